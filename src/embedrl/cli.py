@@ -1,0 +1,82 @@
+"""`embedrl` command line: one subcommand per job; each lives in `embedrl.commands.<name>`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import DataError, EmbedRLError
+
+# Order is the order of `embedrl --help`. Each module defines `register(subparsers)`.
+COMMAND_MODULES = (
+    "demo",
+    "task",
+    "encode",
+    "score",
+    "report",
+    "models",
+    "train",
+)
+
+DESCRIPTION = """\
+embedrl: reasoning-driven multimodal embeddings (Embed-RL).
+
+A Reasoner writes a Traceability CoT (T-CoT) for each query and candidate; an Embedder reads the input plus
+its T-CoT (with boxed crops and keyframes re-inserted) and returns an L2-normalised vector.
+
+Typical flow:
+  embedrl demo                          run the whole pipeline on the bundled synthetic benchmark
+  embedrl models make-tiny --out DIR    build an offline tiny Qwen-VL checkpoint (tests, demos)
+  embedrl task validate DIR             check a task folder (unified format) and list every defect
+  embedrl encode ...                    input items -> vectors (with T-CoT generation and caches)
+  embedrl score --task DIR ...          score a task from embeddings or a score matrix
+  embedrl report --benchmark mmeb-v2 R  aggregate per-task results into the benchmark table
+  embedrl train embedder|reasoner ...   stage 1 (contrastive) and stage 2 (EG-RL) training
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="embedrl", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"embedrl {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f".commands.{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__package__}.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except DataError as exc:
+        print(exc.report(), file=sys.stderr)
+        print(f"error: {len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 2
+    except EmbedRLError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; everything written so far is kept and a rerun resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `embedrl` subcommand; each defines `register(subparsers)`."""

@@ -1,0 +1,1 @@
+"""Data: items, media loading and the unified task folder format."""

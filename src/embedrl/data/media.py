@@ -1,0 +1,170 @@
+"""Image and video loading with the conversions real datasets need.
+
+Images: JPEG, PNG, WebP, BMP, GIF (first frame), TIFF; every mode becomes RGB (transparency composited on
+white, 16-bit scaled to 8-bit, CMYK converted); EXIF orientation applied; a pixel limit refuses
+decompression bombs before any pixel is decoded.
+
+Video: a folder of frame images (natural sort) or a video file (PyAV, the `video` extra). Frames are sampled
+uniformly as `np.linspace(0, n - 1, N).astype(int)`. When a video has fewer frames than asked for (n < N),
+every frame is returned once, in order, without padding or repetition (the VLM2Vec behaviour), so callers
+must not assume exactly N frames.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import MediaError
+
+# 1e8 pixels is ~10k x 10k: far above any benchmark image, far below what exhausts memory.
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpeg", ".mpg")
+
+
+def load_image(source: str | Path | Image.Image, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Load any supported image as an RGB PIL image with EXIF orientation applied."""
+    if isinstance(source, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(source) or source)
+    path = Path(source)
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb check only warns below 2x its limit; ours is an error, checked below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise MediaError(path, f"image is {width}x{height} = {width * height:,} pixels, above "
+                                     f"the limit of {max_pixels:,} (possible decompression bomb)")
+                if getattr(img, "n_frames", 1) > 1:
+                    img.seek(0)
+                img.load()
+                oriented = ImageOps.exif_transpose(img) or img
+                return to_rgb(oriented)
+    except MediaError:
+        raise
+    except FileNotFoundError:
+        raise MediaError(path, "file not found") from None
+    except IsADirectoryError:
+        raise MediaError(path, "is a directory, not an image") from None
+    except UnidentifiedImageError:
+        raise MediaError(path, "not a readable image (unknown format or corrupt header)") from None
+    except Image.DecompressionBombError as exc:
+        raise MediaError(path, f"refused as a decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise MediaError(path, f"corrupt or truncated image: {exc}") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB. Transparent pixels are composited on white."""
+    mode = img.mode
+    if mode == "RGB":
+        return img.copy()
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+        if mode == "RGB":
+            return img
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(img)
+        if mode.startswith("I;16"):
+            # Full 16-bit range -> 8 bits, rounding: 65535 -> 255, 257 -> 1.
+            arr8 = np.round(arr.astype(np.float64) / 257.0)
+        else:
+            # 32-bit int and float images carry no range convention; values are clipped to 0..255.
+            arr8 = np.clip(np.nan_to_num(arr.astype(np.float64)), 0, 255).round()
+        gray = Image.fromarray(arr8.astype(np.uint8), mode="L")
+        return gray.convert("RGB")
+    return img.convert("RGB")
+
+
+# ------------------------------------------------------------------------------------------------- video
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders 'frame_2' before 'frame_10'."""
+    return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", name)]
+
+
+def list_frames(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MediaError(folder, "frame folder does not exist")
+    frames = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if not frames:
+        raise MediaError(folder, "frame folder holds no image files")
+    return sorted(frames, key=lambda p: natural_key(p.name))
+
+
+def sample_indices(num_available: int, num_frames: int) -> list[int]:
+    """Uniform frame indices: `np.linspace(0, n-1, N)` cast to int when n >= N, else all n frames."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if num_available < 1:
+        raise ValueError("a video needs at least one frame")
+    if num_available <= num_frames:
+        return list(range(num_available))
+    return np.linspace(0, num_available - 1, num_frames).astype(int).tolist()
+
+
+def sample_frames(frames: Sequence[Any], num_frames: int) -> list[Any]:
+    return [frames[i] for i in sample_indices(len(frames), num_frames)]
+
+
+def load_video(
+    source: str | Path | Sequence[Any],
+    num_frames: int = 8,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> list[Image.Image]:
+    """Sampled RGB frames of a frame folder, a frame list (paths or images) or a video file."""
+    if isinstance(source, (list, tuple)):
+        return [load_image(f, max_pixels) for f in sample_frames(list(source), num_frames)]
+    path = Path(source)
+    if path.is_dir():
+        return [load_image(f, max_pixels) for f in sample_frames(list_frames(path), num_frames)]
+    return _decode_video_file(path, num_frames)
+
+
+def _decode_video_file(path: Path, num_frames: int) -> list[Image.Image]:
+    try:
+        import av  # noqa: PLC0415 - optional extra
+    except ImportError:
+        raise MediaError(path, "reading video files needs PyAV: pip install 'embedrl[video]' "
+                         "(or give the video as a folder of frames)") from None
+    if not path.is_file():
+        raise MediaError(path, "video file not found")
+    try:
+        # Pass 1 counts frames by demuxing (no decoding); stream.frames is 0 for many containers.
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise MediaError(path, "file has no video stream")
+            stream = container.streams.video[0]
+            total = sum(1 for packet in container.demux(stream) if packet.size > 0)
+        if total == 0:
+            raise MediaError(path, "video has no frames")
+        wanted = set(sample_indices(total, num_frames))
+        frames: list[Image.Image] = []
+        with av.open(str(path)) as container:
+            for index, frame in enumerate(container.decode(video=0)):
+                if index in wanted:
+                    frames.append(frame.to_image().convert("RGB"))
+                if len(frames) == len(wanted):
+                    break
+    except MediaError:
+        raise
+    except Exception as exc:  # PyAV raises a family of its own (av.error.*) plus OSError
+        raise MediaError(path, f"corrupt or unreadable video: {exc}") from None
+    if not frames:
+        raise MediaError(path, "no frame could be decoded")
+    return frames

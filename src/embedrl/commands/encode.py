@@ -1,0 +1,116 @@
+"""`embedrl encode`: items.jsonl -> vectors.npy through the full Reasoner -> Embedder pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import DataError, Problem
+from ..fileio import iter_jsonl, save_npy, write_jsonl
+
+HELP = """\
+Each line of --input is one item with the fields of a task query: "id", optional "instruction", "text",
+"images" (paths relative to the items file, or absolute) and "video" ({"frames": [...]} or a video file path).
+Row i of --out is line i of the input. Without --reasoner, items are embedded without T-CoT (or with T-CoTs
+given in "meta": {"tcot": ...} under --reasoning cached).
+
+Resuming: T-CoTs and vectors are cached in --cache-dir (default OUT.cache); rerunning the same command after a
+crash or Ctrl-C recomputes only what is missing. Items that fail (unreadable media, no cached T-CoT) are listed
+in OUT.failures.jsonl with their id, their rows are NaN, and the exit code is 1.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("encode", help="embed items (with T-CoT reasoning) into a .npy matrix",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--embedder", required=True, help="Embedder checkpoint folder")
+    p.add_argument("--reasoner", help="Reasoner checkpoint folder (transformers backend)")
+    p.add_argument("--reasoner-url", help="OpenAI-compatible endpoint for the Reasoner instead of a folder")
+    p.add_argument("--reasoner-model", default="reasoner", help="model name sent to --reasoner-url")
+    p.add_argument("--input", required=True, help="items.jsonl")
+    p.add_argument("--out", required=True, help="output .npy (float32, one row per input line)")
+    p.add_argument("--side", choices=["query", "candidate"], default="query",
+                   help="which reasoner prompt family to use (default: query)")
+    p.add_argument("--target-modality", choices=["text", "image", "video"],
+                   help="for text queries: what they retrieve (picks the text->video prompt for 'video')")
+    p.add_argument("--reasoning", choices=["generate", "cached", "off"],
+                   help="default: generate with a reasoner, else off")
+    p.add_argument("--cache-dir", help="T-CoT and vector cache (default: OUT.cache)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_encode)
+
+
+def read_items(path: Path):
+    """Items of an items.jsonl file; media paths resolved against the file's folder. Raises DataError
+    listing every malformed line before anything is computed."""
+    from ..data.items import Item, parse_item, resolve_item_media
+
+    problems: list[Problem] = []
+    items: list[Item] = []
+    seen: dict[str, int] = {}
+    for line, obj in iter_jsonl(path, problems):
+        item = parse_item(obj, file=str(path), line=line, id_key="id", problems=problems,
+                          allow_video_string=True)
+        if item is None:
+            continue
+        if item.id in seen:
+            problems.append(Problem(str(path), f"duplicate id (first on line {seen[item.id]})", line=line,
+                                    field="id", record=item.id))
+            continue
+        seen[item.id] = line
+        # Existence is checked when the item is loaded: a missing file fails that item only.
+        items.append(resolve_item_media(item, path.parent, confine=False, file=str(path), line=line,
+                                        problems=problems, must_exist=False))
+    if problems:
+        raise DataError(problems)
+    if not items:
+        raise DataError(Problem(str(path), "no items"))
+    return items
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from ..models.backbone import LoadOptions
+    from ..models.embedder import Embedder
+    from ..models.reasoner import GenerationSettings, OpenAIChatBackend, Reasoner
+    from ..pipeline import encode_detailed
+
+    items = read_items(Path(args.input))
+    options = LoadOptions(dtype=args.dtype, device=args.device)
+    embedder = Embedder.from_pretrained(args.embedder, options)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    reasoner = None
+    if args.reasoner_url:
+        reasoner = Reasoner(OpenAIChatBackend(args.reasoner_url, args.reasoner_model), settings,
+                            num_frames=embedder.config.num_frames)
+    elif args.reasoner:
+        reasoner = Reasoner.from_pretrained(args.reasoner, options, batch_size=args.batch_size,
+                                            settings=settings, num_frames=embedder.config.num_frames)
+    out = Path(args.out)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else out.with_name(out.name + ".cache")
+    result = encode_detailed(items, embedder, reasoner, reasoning=args.reasoning, side=args.side,
+                             target_modality=args.target_modality, cache_dir=cache_dir,
+                             batch_size=args.batch_size, progress=not args.no_progress)
+    save_npy(out, result.vectors)
+    if any(t is not None for t in result.tcots):
+        write_jsonl(out.with_name(out.name + ".tcots.jsonl"),
+                    ({"id": it.id, "tcot": t} for it, t in zip(items, result.tcots)))
+    failures_file = out.with_name(out.name + ".failures.jsonl")
+    if result.failures:
+        write_jsonl(failures_file, ({"index": f.index, "id": f.id, "stage": f.stage, "error": f.message}
+                                    for f in result.failures))
+        for failure in result.failures[:20]:
+            print(f"failed: {failure}", file=sys.stderr)
+        print(f"{len(result.failures)} of {len(items)} item(s) failed (rows are NaN); see {failures_file}. "
+              f"Fix them and rerun: the other {len(items) - len(result.failures)} come from the cache.",
+              file=sys.stderr)
+    elif failures_file.exists():
+        failures_file.unlink()
+    print(f"wrote {out} {result.vectors.shape} ({result.computed} computed, "
+          f"{len(items) - result.computed - len(result.failures)} from cache or duplicates)")
+    return 1 if result.failures else 0

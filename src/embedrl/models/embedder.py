@@ -1,0 +1,424 @@
+"""The Embedder: a Qwen-VL model that reads an item plus its T-CoT and pools one vector at `<emb>`.
+
+Chat layout (method.md §1.2, the same in training, evaluation and the RL reward):
+
+    user:      [original images] [video frames as images | one video] [instruction + text]
+               [<thinking>…</thinking>] [crops / keyframes] [<rethink>…</rethink><answer>…</answer>]
+               "Summarize the above content in one word:"
+    assistant: <emb>
+
+The embedding is the last-layer hidden state *after the final norm* at the last `<emb>` token, L2-normalised.
+`build_input` is the single input builder; `encode()` (pipeline.py), stage-1 training and the EG-RL reward all
+go through it, so the three cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.items import Item
+from ..data.media import load_image, load_video
+from ..errors import ConfigError, ModelError
+from .backbone import (
+    LoadOptions,
+    detect_family,
+    language_model,
+    load_model,
+    load_processor,
+    save_processor,
+    torchvision_available,
+)
+from .families import Family
+
+log = logging.getLogger(__name__)
+
+EMBEDDER_CONFIG_FILE = "embedrl_embedder.json"
+SUMMARY_PROMPT = "Summarize the above content in one word:"
+EMB_TOKEN = "<emb>"
+# Vision placeholders a text must never smuggle in: they would desynchronise text and pixel inputs.
+VISION_MARKERS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
+
+
+@dataclass
+class EmbedderConfig:
+    """Input-building settings, saved with the checkpoint so training, evaluation and reward agree.
+
+    `video_mode` is 'frames' (sampled frames as separate images: works without torchvision, the official
+    evaluation's representation) or 'video' (one native video item; needs torchvision).
+    Pixel bounds of None keep the checkpoint processor's own; the `official` preset sets the paper's values.
+    """
+
+    summary_prompt: str = SUMMARY_PROMPT
+    emb_token: str = EMB_TOKEN
+    video_mode: str = "frames"
+    num_frames: int = 8
+    image_min_pixels: int | None = None
+    image_max_pixels: int | None = None
+    frame_max_pixels: int | None = None
+    max_text_tokens: int | None = None
+    max_crops: int = 4
+    max_keyframes: int = 8
+    padding_side: str = "left"
+
+    @classmethod
+    def official(cls) -> EmbedderConfig:
+        """The paper's vision settings (method.md §1.3)."""
+        return cls(image_min_pixels=128 * 32 * 32, image_max_pixels=768 * 32 * 32,
+                   frame_max_pixels=300 * 32 * 32)
+
+    def validate(self) -> None:
+        if self.video_mode not in ("frames", "video"):
+            raise ConfigError(f"video_mode must be 'frames' or 'video', got {self.video_mode!r}")
+        if self.video_mode == "video" and not torchvision_available():
+            raise ConfigError("video_mode='video' needs torchvision; this environment has none that imports. "
+                              "Use video_mode='frames' (the default).")
+        if self.padding_side not in ("left", "right"):
+            raise ConfigError("padding_side must be 'left' or 'right'")
+        if self.num_frames < 1:
+            raise ConfigError("num_frames must be >= 1")
+
+    @classmethod
+    def load(cls, path: str | Path) -> EmbedderConfig:
+        file = Path(path) / EMBEDDER_CONFIG_FILE
+        if not file.is_file():
+            return cls()
+        raw = json.loads(file.read_text())
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def save(self, path: str | Path) -> None:
+        (Path(path) / EMBEDDER_CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+@dataclass
+class EmbedderInput:
+    """One item turned into a chat conversation plus the images it references, in placeholder order."""
+
+    messages: list[dict]
+    images: list[Image.Image]
+    videos: list[list[Image.Image]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def strip_vision_markers(text: str) -> str:
+    for marker in VISION_MARKERS:
+        text = text.replace(marker, "")
+    return text
+
+
+def _limit_pixels(img: Image.Image, max_pixels: int | None) -> Image.Image:
+    if max_pixels is None or img.width * img.height <= max_pixels:
+        return img
+    scale = math.sqrt(max_pixels / (img.width * img.height))
+    size = (max(1, int(img.width * scale)), max(1, int(img.height * scale)))
+    return img.resize(size, Image.Resampling.BICUBIC)
+
+
+def load_item_media(item: Item, config: EmbedderConfig) -> tuple[list[Image.Image], list[Image.Image]]:
+    """(images, sampled video frames) of an item as RGB PIL images. Raises MediaError naming the file."""
+    images = [load_image(img) for img in item.images]
+    frames: list[Image.Image] = []
+    if item.video is not None:
+        source = item.video.frames if item.video.frames is not None else item.video.path
+        frames = load_video(source, num_frames=config.num_frames)
+    return images, frames
+
+
+def item_text(item: Item) -> str:
+    """Instruction and payload text as the Embedder reads them."""
+    parts = [p.strip() for p in (item.instruction, item.text) if p and p.strip()]
+    return strip_vision_markers(" ".join(parts))
+
+
+def build_input(
+    item: Item,
+    config: EmbedderConfig,
+    tcot: Any = None,
+    *,
+    media: tuple[list[Image.Image], list[Image.Image]] | None = None,
+    truncate=None,
+) -> EmbedderInput:
+    """The single Embedder input builder.
+
+    `tcot` is None (no reasoning), a raw T-CoT string, or a parsed `embedrl.tcot.TCoT` / `ParseResult`;
+    crops are cut from the first original image and keyframes taken from the sampled frames.
+    `media` lets callers pass already-loaded (images, frames) to avoid reloading.
+    """
+    images, frames = media if media is not None else load_item_media(item, config)
+    content: list[dict] = []
+    for img in images:
+        content.append({"type": "image", "image": _limit_pixels(img, config.image_max_pixels)})
+    frame_images = [_limit_pixels(f, config.frame_max_pixels) for f in frames]
+    videos: list[list[Image.Image]] = []
+    if frame_images:
+        if config.video_mode == "video":
+            content.append({"type": "video", "video": frame_images})
+            videos.append(frame_images)
+        else:
+            content.extend({"type": "image", "image": f} for f in frame_images)
+    text = item_text(item)
+    if truncate is not None and text:
+        text = truncate(text)
+    if text:
+        content.append({"type": "text", "text": text + "\n"})
+    notes: list[str] = []
+    if tcot is None:
+        content.append({"type": "text", "text": config.summary_prompt})
+    else:
+        from ..tcot import EvidenceConfig, evidence
+
+        ev = evidence(
+            tcot, images=images, frames=frames,
+            config=EvidenceConfig(max_crops=config.max_crops, max_keyframes=config.max_keyframes,
+                                  summary_prompt=config.summary_prompt),
+        )
+        notes.extend(ev.notes)
+        for piece in ev.content():
+            if piece["type"] == "image":
+                limit = config.frame_max_pixels if frames and not images else config.image_max_pixels
+                content.append({"type": "image", "image": _limit_pixels(piece["image"], limit)})
+            else:
+                content.append({"type": "text", "text": strip_vision_markers(piece["text"])})
+    messages = [
+        {"role": "user", "content": content},
+        {"role": "assistant", "content": [{"type": "text", "text": config.emb_token}]},
+    ]
+    ordered_images = [c["image"] for c in content if c["type"] == "image"]
+    return EmbedderInput(messages=messages, images=ordered_images, videos=videos, notes=notes)
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on every Linear inside the backbone (method.md §1.5); the vision tower is an explicit choice."""
+
+    r: int = 64
+    alpha: int = 128
+    dropout: float = 0.05
+    include_vision: bool = True
+    target_modules: list[str] | None = None  # None: every nn.Linear under `model.`, lm_head excluded
+
+    @classmethod
+    def preset(cls, name: str) -> LoraSettings:
+        presets = {"2b": cls(r=64, alpha=128), "4b": cls(r=96, alpha=192), "tiny": cls(r=8, alpha=16)}
+        try:
+            return presets[name.lower()]
+        except KeyError:
+            raise ConfigError(f"unknown LoRA preset {name!r}; choose {', '.join(presets)}") from None
+
+
+def lora_target_modules(model: torch.nn.Module, include_vision: bool) -> list[str]:
+    """Names of the Linear layers that get LoRA: all under `model.` except lm_head (and the vision tower
+    unless `include_vision`). The official code's freeze switch matched nothing on Qwen3-VL; ours is tested."""
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or "lm_head" in name or "model" not in name:
+            continue
+        if not include_vision and ".visual." in f".{name}.":
+            continue
+        names.append(name)
+    return names
+
+
+class Embedder:
+    """A Qwen-VL backbone with `<emb>` pooling. Use `Embedder.from_pretrained(path)`."""
+
+    def __init__(self, model, processor, family: Family, config: EmbedderConfig | None = None,
+                 emb_token_id: int | None = None):
+        self.model = model
+        self.processor = processor
+        self.family = family
+        self.config = config or EmbedderConfig()
+        self.config.validate()
+        self.tokenizer = processor.tokenizer
+        self.emb_token_id = emb_token_id if emb_token_id is not None else self._ensure_emb_token()
+        self.name_or_path: str | None = None
+
+    # ----------------------------------------------------------------------------------------- loading
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, options: LoadOptions | None = None,
+                        config: EmbedderConfig | None = None, adapter: str | Path | None = None) -> Embedder:
+        """Load an Embedder from a checkpoint: an official Embed-RL one (`emb_token_ids` in its config), one
+        saved by embedrl, or a plain Qwen-VL model (then `<emb>` is added). `adapter`: a LoRA folder."""
+        options = options or LoadOptions()
+        family = detect_family(path)
+        processor = load_processor(path, family, options)
+        model = load_model(path, family, options)
+        emb_id = _emb_id_from_config(model.config)
+        embedder = cls(model, processor, family, config or EmbedderConfig.load(path), emb_id)
+        embedder.name_or_path = str(path)
+        if adapter is not None:
+            embedder.load_adapter(adapter)
+        return embedder
+
+    def _ensure_emb_token(self) -> int:
+        token = self.config.emb_token
+        ids = self.tokenizer.convert_tokens_to_ids([token])
+        unk = self.tokenizer.unk_token_id
+        if ids and ids[0] is not None and ids[0] != unk and self.tokenizer.convert_ids_to_tokens(ids[0]) == token:
+            emb_id = ids[0]
+        else:
+            self.tokenizer.add_tokens([token], special_tokens=True)
+            emb_id = self.tokenizer.convert_tokens_to_ids(token)
+            rows = self.model.get_input_embeddings().weight.shape[0]
+            if len(self.tokenizer) > rows:
+                # Qwen pads its vocabulary, so this only happens for unusual checkpoints.
+                self.model.resize_token_embeddings(len(self.tokenizer))
+            log.info("added %s to the tokenizer as id %d", token, emb_id)
+        self.model.config.emb_token_ids = [int(emb_id)]
+        return int(emb_id)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dim(self) -> int:
+        return int(language_model(self.model).norm.weight.shape[0])
+
+    # -------------------------------------------------------------------------------------------- LoRA
+
+    def add_lora(self, settings: LoraSettings) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        targets = settings.target_modules or lora_target_modules(self.model, settings.include_vision)
+        if not targets:
+            raise ConfigError("no Linear layers matched for LoRA")
+        lora = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                          target_modules=targets, bias="none", task_type="CAUSAL_LM")
+        self.model = get_peft_model(self.model, lora)
+
+    def load_adapter(self, path: str | Path, trainable: bool = False) -> None:
+        from peft import PeftModel
+
+        try:
+            self.model = PeftModel.from_pretrained(self.model, str(path), is_trainable=trainable)
+        except Exception as exc:
+            raise ModelError(f"{path}: cannot load LoRA adapter: {exc}") from None
+        if not trainable:
+            self.model.eval()
+
+    def merge_lora(self) -> None:
+        if hasattr(self.model, "merge_and_unload"):
+            self.model = self.model.merge_and_unload()
+
+    def save_pretrained(self, out_dir: str | Path, merge: bool = True) -> Path:
+        """Save a complete checkpoint (LoRA merged by default) or, with merge=False, only the adapter."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model = self.model
+        if hasattr(model, "merge_and_unload") and merge:
+            # Merge a copy so that the in-memory model keeps training with its adapter.
+            import copy
+
+            model = copy.deepcopy(model).merge_and_unload()
+        model.config.emb_token_ids = [int(self.emb_token_id)]
+        model.save_pretrained(out)
+        save_processor(self.processor, out)
+        self.config.save(out)
+        return out
+
+    # ------------------------------------------------------------------------------------------ inputs
+
+    def truncate_text(self, text: str) -> str:
+        limit = self.config.max_text_tokens
+        if limit is None:
+            return text
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= limit else self.tokenizer.decode(ids[:limit])
+
+    def build_input(self, item: Item, tcot: Any = None, media=None) -> EmbedderInput:
+        return build_input(item, self.config, tcot, media=media, truncate=self.truncate_text)
+
+    def collate(self, inputs: Sequence[EmbedderInput], padding_side: str | None = None) -> dict[str, torch.Tensor]:
+        """Tokenise and pad a batch; images are flattened in placeholder order."""
+        texts = [
+            self.processor.apply_chat_template(inp.messages, tokenize=False, add_generation_prompt=False)
+            for inp in inputs
+        ]
+        images = [img for inp in inputs for img in inp.images]
+        videos = [v for inp in inputs for v in inp.videos]
+        side = padding_side or self.config.padding_side
+        old_side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = side
+        try:
+            kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
+            if images:
+                kwargs["images"] = images
+                if self.config.image_min_pixels or self.config.image_max_pixels:
+                    size = dict(self.processor.image_processor.size)
+                    if self.config.image_min_pixels:
+                        size["shortest_edge"] = self.config.image_min_pixels
+                    if self.config.image_max_pixels:
+                        size["longest_edge"] = self.config.image_max_pixels
+                    kwargs["images_kwargs"] = {"size": size}
+            if videos:
+                kwargs["videos"] = videos
+            batch = self.processor(**kwargs)
+        finally:
+            self.tokenizer.padding_side = old_side
+        return dict(batch)
+
+    # ---------------------------------------------------------------------------------------- forward
+
+    def forward_batch(self, batch: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
+        """Pooled embeddings of a collated batch, with gradients if enabled by the caller."""
+        device = self.device
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        # `base.model` is the multimodal backbone without lm_head: its last_hidden_state is already normed.
+        out = base.model(**batch, use_cache=False)
+        hidden = out.last_hidden_state
+        positions = emb_positions(batch["input_ids"], batch.get("attention_mask"), self.emb_token_id)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions]
+        pooled = pooled.float()
+        return torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+
+    @torch.no_grad()
+    def embed_inputs(self, inputs: Sequence[EmbedderInput]) -> np.ndarray:
+        self.model.eval()
+        return self.forward_batch(self.collate(inputs)).cpu().numpy()
+
+    def embed(self, items: Sequence[Item], tcots: Sequence[Any] | None = None, batch_size: int = 8,
+              progress: bool = False) -> np.ndarray:
+        """Embed items directly (no reasoning, no caches). `pipeline.encode` is the full path."""
+        from .. import pipeline
+
+        return pipeline.embed_items(self, items, tcots=tcots, batch_size=batch_size, progress=progress)
+
+
+def emb_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, emb_id: int) -> torch.Tensor:
+    """Index of the last `<emb>` per row; rows without one fall back to their last real token."""
+    seq = input_ids.shape[1]
+    idx = torch.arange(seq, device=input_ids.device).expand_as(input_ids)
+    is_emb = input_ids == emb_id
+    last_emb = torch.where(is_emb, idx, torch.full_like(idx, -1)).max(dim=1).values
+    if attention_mask is not None:
+        last_real = torch.where(attention_mask.bool(), idx, torch.full_like(idx, -1)).max(dim=1).values
+    else:
+        last_real = torch.full_like(last_emb, seq - 1)
+    missing = last_emb < 0
+    if bool(missing.any()):
+        log.warning("%d input(s) have no <emb> token (truncated?); pooling at the last token", int(missing.sum()))
+    return torch.where(missing, last_real, last_emb)
+
+
+def _emb_id_from_config(config: Any) -> int | None:
+    ids = getattr(config, "emb_token_ids", None)
+    if ids is None and hasattr(config, "text_config"):
+        ids = getattr(config.text_config, "emb_token_ids", None)
+    if ids is None:
+        return None
+    if isinstance(ids, (list, tuple)):
+        return int(ids[0]) if ids else None
+    return int(ids)

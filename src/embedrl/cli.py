@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "report",
     "models",
     "train",
+    "serve",
 )
 
 DESCRIPTION = """\

@@ -1,0 +1,44 @@
+"""`embedrl serve`: OpenAI-compatible /v1/chat/completions and /v1/embeddings on one port."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="serve a Reasoner (chat) and/or an Embedder (embeddings) over HTTP",
+        description="Starts an OpenAI-compatible server. /v1/chat/completions runs the --reasoner checkpoint "
+        "(use it as the EG-RL judge or a teacher); /v1/embeddings runs the --embedder and accepts plain strings "
+        "or embedrl item objects with base64 images and a 'tcot'. Binds to 127.0.0.1 unless --host is given.",
+    )
+    p.add_argument("--reasoner", help="checkpoint folder for /v1/chat/completions")
+    p.add_argument("--embedder", help="checkpoint folder for /v1/embeddings")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..models.backbone import LoadOptions
+    from ..models.embedder import Embedder
+    from ..models.reasoner import TransformersBackend
+    from ..serve import EmbedRLServer
+
+    if not args.reasoner and not args.embedder:
+        raise ConfigError("give --reasoner, --embedder or both")
+    options = LoadOptions(dtype=args.dtype, device=args.device)
+    generator = TransformersBackend.from_pretrained(args.reasoner, options) if args.reasoner else None
+    embedder = Embedder.from_pretrained(args.embedder, options) if args.embedder else None
+    server = EmbedRLServer(generator, embedder, host=args.host, port=args.port)
+    print(f"serving on {server.url} (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()
+    return 0

@@ -345,7 +345,9 @@ def _reasoning_stage(items, reasoner, mode, side, target_modality, cache_root, b
     keys = [_digest(content_key(it, extra=f"{side}|{target_modality}"), reasoner_name) for it in items]
     pending: dict[str, list[int]] = {}
     for i, (item, key) in enumerate(zip(items, keys)):
-        given = item.meta.get("tcot") if isinstance(item.meta, dict) else None
+        # Given T-CoTs (item.meta["tcot"], e.g. released evaluation T-CoTs) only count in 'cached' mode:
+        # 'generate' evaluates the Reasoner itself.
+        given = item.meta.get("tcot") if mode == "cached" and isinstance(item.meta, dict) else None
         cached = cache.get(key) if cache is not None else None
         if isinstance(given, str):
             texts[i] = given

@@ -1,0 +1,187 @@
+"""encode(): reasoning generate / cached / off, dedup, caches that survive a crash, per-item failures, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from embedrl.cli import main
+from embedrl.data.items import Item, VideoRef
+from embedrl.data.synthetic import draw_scene, random_scene, teacher_image_tcot
+from embedrl.models.embedder import Embedder
+from embedrl.models.reasoner import GenerationSettings, Reasoner, TransformersBackend
+from embedrl.pipeline import EncodeError, encode, encode_detailed, embed_items
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_qwen3_embedder) -> Embedder:
+    return Embedder.from_pretrained(tiny_qwen3_embedder)
+
+
+@pytest.fixture(scope="module")
+def reasoner(tiny_qwen3_reasoner) -> Reasoner:
+    return Reasoner(TransformersBackend.from_pretrained(tiny_qwen3_reasoner),
+                    GenerationSettings(max_new_tokens=24))
+
+
+def _scene_items(root: Path, n: int = 6) -> list[Item]:
+    import random
+
+    rng = random.Random(0)
+    items = []
+    for i in range(n):
+        shapes = random_scene(rng)
+        path = root / f"s{i}.png"
+        draw_scene(shapes, 128).save(path)
+        items.append(Item(id=f"img{i}", images=[str(path)], meta={"tcot": teacher_image_tcot(shapes, 128)}))
+    items.append(Item(id="txt", text="a small red circle", instruction="Find an image:"))
+    frames = []
+    for t in range(4):
+        p = root / f"f{t}.png"
+        Image.new("RGB", (64, 64), (40 * t, 0, 0)).save(p)
+        frames.append(str(p))
+    items.append(Item(id="vid", video=VideoRef(frames=frames)))
+    return items
+
+
+def test_reasoning_off_equals_direct_embedding(embedder, tmp_path: Path) -> None:
+    items = _scene_items(tmp_path)
+    vectors = encode(items, embedder, reasoning="off", progress=False)
+    direct = embedder.embed_inputs([embedder.build_input(it) for it in items])
+    assert vectors.shape == (len(items), embedder.dim)
+    assert np.abs(vectors - direct).max() < 1e-5
+
+
+def test_cached_uses_given_tcots_with_crops(embedder, tmp_path: Path) -> None:
+    items = _scene_items(tmp_path)[:3]
+    result = encode_detailed(items, embedder, reasoning="cached", progress=False)
+    assert result.failures == []
+    assert result.tcots == [it.meta["tcot"] for it in items]
+    built = embedder.build_input(items[0], items[0].meta["tcot"])
+    assert len(built.images) >= 2  # the original image plus at least one crop from the boxes
+    assert np.abs(result.vectors[0] - embedder.embed_inputs([built])[0]).max() < 1e-5
+    off = encode(items, embedder, reasoning="off", progress=False)
+    assert np.abs(off - result.vectors).max() > 1e-3  # the T-CoT changes the vector
+
+
+def test_cached_without_tcot_is_a_per_item_failure(embedder, tmp_path: Path) -> None:
+    items = _scene_items(tmp_path)
+    result = encode_detailed(items, embedder, reasoning="cached", progress=False)
+    failed = {f.id for f in result.failures}
+    assert failed == {"txt", "vid"}  # the only items without meta["tcot"]
+    assert all(f.stage == "reasoning" for f in result.failures)
+    assert np.isnan(result.vectors[-1]).all() and np.isfinite(result.vectors[0]).all()
+    with pytest.raises(EncodeError, match="2 of 8 item"):
+        encode(items, embedder, reasoning="cached", progress=False)
+
+
+def test_generate_with_reasoner_and_dedup(embedder, reasoner, tmp_path: Path) -> None:
+    items = _scene_items(tmp_path)[:2] + [Item(id="txt", text="a small red circle")]
+    dup = Item(id="dup", text="a small red circle")  # same content as "txt": computed once
+    result = encode_detailed(items + [dup], embedder, reasoner, side="query", progress=False)
+    assert result.failures == []
+    assert all(isinstance(t, str) for t in result.tcots)
+    assert result.tcots[2] == result.tcots[3]
+    assert np.array_equal(result.vectors[2], result.vectors[3])
+    assert result.computed == 3
+    direct = reasoner.reason(items[:1], side="query")
+    assert result.tcots[0] == direct[0]  # greedy decoding: the pipeline gives the reasoner's own text
+    expected = embedder.embed_inputs([embedder.build_input(items[0], direct[0])])[0]
+    assert np.abs(result.vectors[0] - expected).max() < 1e-5
+
+
+def test_crash_then_resume_gives_identical_vectors(embedder, reasoner, tmp_path: Path, monkeypatch) -> None:
+    items = _scene_items(tmp_path)
+    cache = tmp_path / "cache"
+    reference = encode(items, embedder, reasoner, batch_size=2, progress=False)
+
+    calls = {"n": 0}
+    original = Embedder.embed_inputs
+
+    def crash_after_two(self, inputs):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise RuntimeError("injected crash")
+        return original(self, inputs)
+
+    monkeypatch.setattr(Embedder, "embed_inputs", crash_after_two)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        encode(items, embedder, reasoner, batch_size=2, cache_dir=cache, progress=False)
+    monkeypatch.setattr(Embedder, "embed_inputs", original)
+    assert len(list((cache / "vectors").rglob("shard-*.npz"))) == 2  # two batches made it to disk
+    assert (cache / "tcots.jsonl").read_text().count("\n") == len(items)  # every T-CoT was generated first
+
+    resumed = encode_detailed(items, embedder, reasoner, batch_size=2, cache_dir=cache, progress=False)
+    assert resumed.computed == len(items) - 4  # only the batches lost in the crash are recomputed
+    assert np.abs(resumed.vectors - reference).max() < 1e-6
+    third = encode_detailed(items, embedder, reasoner, batch_size=2, cache_dir=cache, progress=False)
+    assert third.computed == 0 and np.array_equal(third.vectors, resumed.vectors)
+
+
+def test_unreadable_media_reported_and_rest_kept(embedder, tmp_path: Path) -> None:
+    items = _scene_items(tmp_path)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    items.insert(2, Item(id="bad", images=[str(broken)]))
+    result = encode_detailed(items, embedder, reasoning="off", progress=False, cache_dir=tmp_path / "c")
+    assert [(f.id, f.stage) for f in result.failures] == [("bad", "media")]
+    assert "broken.png" in result.failures[0].message
+    assert np.isnan(result.vectors[2]).all()
+    assert np.isfinite(np.delete(result.vectors, 2, axis=0)).all()
+
+
+def test_torch_output_and_embed_items_match(embedder, tmp_path: Path) -> None:
+    items = _scene_items(tmp_path)[:3]
+    as_torch = encode(items, embedder, reasoning="off", return_tensors="torch", progress=False)
+    vectors, computed = embed_items(embedder, items)
+    assert computed == 3
+    assert np.abs(as_torch.numpy() - vectors).max() < 1e-6
+
+
+def test_cli_encode_reports_and_resumes(tiny_qwen3_embedder, tmp_path: Path, capsys) -> None:
+    img = tmp_path / "media" / "a.png"
+    img.parent.mkdir()
+    Image.new("RGB", (64, 64), (0, 200, 0)).save(img)
+    lines = [
+        {"id": "x1", "text": "a green square", "instruction": "Find:"},
+        {"id": "x2", "images": ["media/a.png"]},
+        {"id": "x3", "images": ["media/missing.png"]},
+        {"id": "x4", "video": {"frames": ["media/a.png", "media/a.png"]}},
+    ]
+    items_file = tmp_path / "items.jsonl"
+    items_file.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "vec.npy"
+    code = main(["encode", "--embedder", str(tiny_qwen3_embedder), "--input", str(items_file),
+                 "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "x3" in err and "missing.png" in err
+    vectors = np.load(out)
+    assert vectors.shape[0] == 4 and np.isnan(vectors[2]).all() and np.isfinite(vectors[[0, 1, 3]]).all()
+    failures = [json.loads(x) for x in (tmp_path / "vec.npy.failures.jsonl").read_text().splitlines()]
+    assert [f["id"] for f in failures] == ["x3"]
+
+    Image.new("RGB", (64, 64), (0, 0, 200)).save(tmp_path / "media" / "missing.png")
+    code = main(["encode", "--embedder", str(tiny_qwen3_embedder), "--input", str(items_file),
+                 "--out", str(out), "--no-progress"])
+    stdout = capsys.readouterr().out
+    assert code == 0 and "(1 computed" in stdout  # the three others came from the cache
+    again = np.load(out)
+    assert np.isfinite(again).all() and np.array_equal(again[[0, 1, 3]], vectors[[0, 1, 3]])
+    assert not (tmp_path / "vec.npy.failures.jsonl").exists()
+
+
+def test_cli_encode_rejects_malformed_items(tiny_qwen3_embedder, tmp_path: Path, capsys) -> None:
+    items_file = tmp_path / "items.jsonl"
+    items_file.write_text('{"id": "a", "text": "ok"}\n{"id": "a", "text": "dup"}\n{"text": 3}\n')
+    code = main(["encode", "--embedder", str(tiny_qwen3_embedder), "--input", str(items_file),
+                 "--out", str(tmp_path / "v.npy")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{items_file}:2: record 'a': field 'id': duplicate id" in err
+    assert f"{items_file}:3: field 'id': missing required field" in err
+    assert not (tmp_path / "v.npy").exists()

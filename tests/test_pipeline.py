@@ -14,7 +14,7 @@ from embedrl.data.items import Item, VideoRef
 from embedrl.data.synthetic import draw_scene, random_scene, teacher_image_tcot
 from embedrl.models.embedder import Embedder
 from embedrl.models.reasoner import GenerationSettings, Reasoner, TransformersBackend
-from embedrl.pipeline import EncodeError, encode, encode_detailed, embed_items
+from embedrl.pipeline import EncodeError, embed_items, encode, encode_detailed
 
 
 @pytest.fixture(scope="module")

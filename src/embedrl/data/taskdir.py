@@ -33,7 +33,7 @@ EVAL_TYPES = ("local", "global")
 METRIC_NAMES = (
     "hit", "precision", "recall", "uvrb_recall", "ndcg_linear", "ndcg_exponential", "mrr", "map", "f1",
 )
-_METRIC_RE = re.compile(r"^(%s)@([1-9][0-9]*)$" % "|".join(METRIC_NAMES))
+_METRIC_RE = re.compile(r"^(" + "|".join(METRIC_NAMES) + r")@([1-9][0-9]*)$")
 
 
 def parse_metric_name(name: str) -> tuple[str, int]:

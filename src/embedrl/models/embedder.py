@@ -373,16 +373,7 @@ class Embedder:
 
     def forward_batch(self, batch: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
         """Pooled embeddings of a collated batch, with gradients if enabled by the caller."""
-        device = self.device
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        # `base.model` is the multimodal backbone without lm_head: its last_hidden_state is already normed.
-        out = base.model(**batch, use_cache=False)
-        hidden = out.last_hidden_state
-        positions = emb_positions(batch["input_ids"], batch.get("attention_mask"), self.emb_token_id)
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions]
-        pooled = pooled.float()
-        return torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+        return pooled_embeddings(self.model, batch, self.emb_token_id, normalize)
 
     @torch.no_grad()
     def embed_inputs(self, inputs: Sequence[EmbedderInput]) -> np.ndarray:
@@ -395,6 +386,21 @@ class Embedder:
         from .. import pipeline
 
         return pipeline.embed_items(self, items, tcots=tcots, batch_size=batch_size, progress=progress)
+
+
+def pooled_embeddings(model: torch.nn.Module, batch: dict[str, Any], emb_token_id: int,
+                      normalize: bool = True) -> torch.Tensor:
+    """Hidden state after the final norm at the last `<emb>` of each row (float32, L2-normalised)."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # `base.model` is the multimodal backbone without lm_head: its last_hidden_state is already normed,
+    # and skipping lm_head avoids a (tokens x vocabulary) logits tensor.
+    out = base.model(**batch, use_cache=False)
+    hidden = out.last_hidden_state
+    positions = emb_positions(batch["input_ids"], batch.get("attention_mask"), emb_token_id)
+    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions].float()
+    return torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled
 
 
 def emb_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, emb_id: int) -> torch.Tensor:

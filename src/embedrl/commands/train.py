@@ -1,0 +1,131 @@
+"""`embedrl train embedder | reasoner | check-data`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+EMBEDDER_HELP = """\
+Stage 1: contrastive training of the Embedder on T-CoT-conditioned pairs.
+
+Settings come from, in increasing priority: --preset, --config YAML (any field of EmbedderTrainingConfig,
+including every HF TrainingArguments field), then the flags below. Checkpoints go to OUT/checkpoint-N; rerun
+with --resume to continue exactly where a run stopped. The final Embedder (LoRA merged) is OUT/final, with
+OUT/training_curve.png and OUT/log_history.json.
+
+Multi-GPU: launch the same command with accelerate, e.g.
+  accelerate launch --config_file configs/accelerate/ddp.yaml -m embedrl train embedder ...
+  accelerate launch --config_file configs/accelerate/zero2.yaml -m embedrl train embedder ... \\
+      --config configs/train/embedder-2b.yaml
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="stage 1 (embedder) and stage 2 (reasoner) training")
+    tsub = train.add_subparsers(dest="train_command", metavar="STAGE", required=True)
+
+    emb = tsub.add_parser("embedder", help="stage 1: contrastive Embedder training", description=EMBEDDER_HELP,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    emb.add_argument("--model", required=True, help="starting checkpoint (Qwen-VL or an embedrl Embedder)")
+    emb.add_argument("--pairs", required=True, help="training pairs JSONL (see `embedrl train check-data`)")
+    emb.add_argument("--out", required=True, help="output folder")
+    emb.add_argument("--preset", choices=["2b", "4b", "tiny"], help="paper batch/LoRA settings (tiny: CPU tests)")
+    emb.add_argument("--config", help="YAML with any EmbedderTrainingConfig / TrainingArguments fields")
+    emb.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    emb.add_argument("--max-steps", type=int, dest="max_steps")
+    emb.add_argument("--epochs", type=float, dest="num_train_epochs")
+    emb.add_argument("--lr", type=float, dest="learning_rate")
+    emb.add_argument("--sub-batch-size", type=int, dest="sub_batch_size")
+    emb.add_argument("--sub-batches-per-batch", type=int, dest="sub_batches_per_batch")
+    emb.add_argument("--grad-cache-chunk", type=int, dest="grad_cache_chunk",
+                     help="GradCache chunk size: large batches in bounded memory")
+    emb.add_argument("--mixture", help="dataset weights YAML")
+    emb.add_argument("--no-tcot", action="store_false", dest="use_tcot", default=None,
+                     help="train on raw inputs (the paper's no-T-CoT baseline)")
+    emb.add_argument("--lora", help="LoRA preset (2b, 4b, tiny) or none for full fine-tuning")
+    emb.add_argument("--lora-r", type=int, dest="lora_r")
+    emb.add_argument("--lora-alpha", type=int, dest="lora_alpha")
+    emb.add_argument("--no-vision-lora", action="store_false", dest="lora_include_vision", default=None)
+    emb.add_argument("--temperature", type=float)
+    emb.add_argument("--learn-temperature", action="store_true", default=None)
+    emb.add_argument("--save-steps", type=int, dest="save_steps")
+    emb.add_argument("--seed", type=int)
+    emb.add_argument("--cpu", action="store_true", dest="use_cpu", default=None)
+    emb.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    emb.set_defaults(func=_train_embedder)
+
+    check = tsub.add_parser("check-data", help="validate a training pairs file; one line per defect",
+                            description="Checks every line of a pairs JSONL file (see embedrl.train.pairs) and "
+                            "prints a per-dataset summary. Exit 1 if any defect was found.")
+    check.add_argument("pairs")
+    check.add_argument("--no-media", action="store_true", help="skip checking that media files exist")
+    check.set_defaults(func=_check_data)
+
+    try:
+        from .train_reasoner import register_reasoner
+    except ImportError:  # stage 2 not available
+        return
+    register_reasoner(tsub)
+
+
+FLAG_FIELDS = ("max_steps", "num_train_epochs", "learning_rate", "sub_batch_size", "sub_batches_per_batch",
+               "grad_cache_chunk", "mixture", "use_tcot", "lora", "lora_r", "lora_alpha", "lora_include_vision",
+               "temperature", "learn_temperature", "save_steps", "seed", "use_cpu", "gradient_checkpointing")
+
+
+def build_config(cls: type, args: argparse.Namespace, fields: tuple[str, ...], presets: dict) -> Any:
+    """preset < YAML < flags, validated by the dataclass itself."""
+    import dataclasses
+
+    import yaml
+
+    values: dict[str, Any] = {}
+    if getattr(args, "preset", None):
+        values.update(presets[args.preset])
+    if getattr(args, "config", None):
+        try:
+            loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{args.config}: cannot read YAML ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{args.config}: expected a mapping of field names to values")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(loaded) - known)
+        if unknown:
+            raise ConfigError(f"{args.config}: unknown field(s) {unknown}")
+        values.update(loaded)
+    for name in fields:
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    values["output_dir"] = args.out
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid training settings: {exc}") from None
+
+
+def _train_embedder(args: argparse.Namespace) -> int:
+    from ..train.pairs import dataset_summary, read_pairs
+    from ..train.stage1 import EmbedderTrainingConfig, train_embedder
+
+    config = build_config(EmbedderTrainingConfig, args, FLAG_FIELDS, EmbedderTrainingConfig.PRESETS)
+    pairs = read_pairs(args.pairs)
+    print(json.dumps(dataset_summary(pairs), indent=1))
+    final = train_embedder(args.model, pairs, config, resume=args.resume)
+    print(f"final embedder: {final}")
+    return 0
+
+
+def _check_data(args: argparse.Namespace) -> int:
+    from ..train.pairs import dataset_summary, load_pairs
+
+    pairs, problems = load_pairs(Path(args.pairs), check_media=not args.no_media)
+    for problem in problems:
+        print(problem)
+    print(json.dumps(dataset_summary(pairs), indent=1))
+    return 1 if problems else 0

@@ -1,0 +1,327 @@
+"""Stage 1: contrastive training of the Embedder on T-CoT-conditioned pairs (`embedrl train embedder`).
+
+Built on HF `Trainer`: we supply the batch sampler (single-dataset sub-batches), the collator (the same
+`build_input` as inference, teacher T-CoT crops and keyframes included), the loss (symmetric InfoNCE with
+gathered features) and GradCache; `Trainer` does the optimisation loop, schedules, mixed precision,
+checkpoints with exact resume, and multi-GPU through accelerate (DDP or DeepSpeed ZeRO-2).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers import Trainer, TrainingArguments
+
+from ..errors import ConfigError
+from ..models.embedder import Embedder, LoraSettings, pooled_embeddings
+from .contrastive import ContrastiveLoss, LossOutput, grad_cache_step
+from .pairs import TrainingPair
+from .plots import plot_training_curves
+from .sampler import Mixture, SubBatchSampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedderTrainingConfig(TrainingArguments):
+    """Stage-1 settings. Every field is a CLI flag of `embedrl train embedder`; YAML files load into it too.
+
+    Batch geometry: a global batch is `sub_batches_per_batch` sub-batches of `sub_batch_size` pairs, each from
+    one dataset, split evenly across ranks (`per_device_train_batch_size` is derived from it).
+    """
+
+    lora: str = field(default="2b", metadata={"help": "LoRA preset: 2b (r64/a128), 4b (r96/a192), tiny, "
+                                                      "or none for full fine-tuning"})
+    lora_r: int | None = field(default=None, metadata={"help": "override the preset's rank"})
+    lora_alpha: int | None = field(default=None, metadata={"help": "override the preset's alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_include_vision: bool = field(default=True, metadata={"help": "LoRA on the vision tower too"})
+    temperature: float = field(default=0.02, metadata={"help": "InfoNCE temperature tau (scale 1/tau)"})
+    learn_temperature: bool = field(default=False, metadata={"help": "learn log(1/tau)"})
+    sub_batch_size: int = field(default=32, metadata={"help": "pairs per single-dataset sub-batch"})
+    sub_batches_per_batch: int = field(default=1, metadata={"help": "sub-batches per global batch"})
+    max_video_sub_batches: int = field(default=1, metadata={"help": "video sub-batches allowed per batch"})
+    mixture: str | None = field(default=None, metadata={"help": "YAML of dataset weights (Table 5 style)"})
+    grad_cache_chunk: int | None = field(default=None, metadata={"help": "GradCache chunk size (None: off)"})
+    use_tcot: bool = field(default=True, metadata={"help": "condition on teacher T-CoTs (False: raw input)"})
+    gather_with_grad: bool = field(default=True, metadata={"help": "all-gather features with gradients"})
+    max_text_tokens: int | None = field(default=480, metadata={"help": "truncate item text (tokens)"})
+    merge_lora: bool = field(default=True, metadata={"help": "save a merged checkpoint at the end"})
+    plot: bool = field(default=True, metadata={"help": "write training_curve.png at the end"})
+    # Paper defaults (method.md §3.2) instead of TrainingArguments' generic ones.
+    learning_rate: float = field(default=1e-4, metadata={"help": "peak learning rate"})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "learning-rate schedule"})
+    warmup_steps: float = field(default=10, metadata={"help": "linear warm-up steps"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    num_train_epochs: float = field(default=2.0, metadata={"help": "epochs"})
+    logging_steps: float = field(default=1, metadata={"help": "log every N steps"})
+    save_steps: float = field(default=50, metadata={"help": "checkpoint every N steps"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "must stay False"})
+
+    def __post_init__(self) -> None:
+        if self.output_dir is None:
+            raise ConfigError("output_dir is required")
+        self.remove_unused_columns = False
+        if not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() and not self.fp16:
+            self.bf16 = True
+        super().__post_init__()
+        if self.grad_cache_chunk is not None and self.grad_cache_chunk < 1:
+            raise ConfigError("grad_cache_chunk must be >= 1")
+        if self.grad_cache_chunk is not None and self.deepspeed:
+            raise ConfigError("GradCache replays several backward passes per step, which DeepSpeed's engine "
+                              "does not support; use DDP with GradCache, or DeepSpeed without it")
+        global_batch = self.sub_batch_size * self.sub_batches_per_batch
+        if global_batch % self.world_size:
+            raise ConfigError(f"global batch {global_batch} is not divisible by {self.world_size} ranks")
+        self.per_device_train_batch_size = global_batch // self.world_size
+
+    def lora_settings(self) -> LoraSettings | None:
+        if self.lora.lower() == "none":
+            return None
+        settings = LoraSettings.preset(self.lora)
+        if self.lora_r is not None:
+            settings.r = self.lora_r
+        if self.lora_alpha is not None:
+            settings.alpha = self.lora_alpha
+        settings.dropout = self.lora_dropout
+        settings.include_vision = self.lora_include_vision
+        return settings
+
+    PRESETS = {
+        # paper App. B.1: batch 512 = 2 sub-batches of 256 (2B), 256 = 2 x 128 (4B)
+        "2b": {"lora": "2b", "sub_batch_size": 256, "sub_batches_per_batch": 2, "gradient_checkpointing": True},
+        "4b": {"lora": "4b", "sub_batch_size": 128, "sub_batches_per_batch": 2, "gradient_checkpointing": True},
+        "tiny": {"lora": "tiny", "sub_batch_size": 8, "sub_batches_per_batch": 1, "learning_rate": 2e-3,
+                 "warmup_steps": 2, "save_steps": 1000, "max_text_tokens": 128},
+    }
+
+
+class PairDataset(Dataset):
+    def __init__(self, pairs: list[TrainingPair]):
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> TrainingPair:
+        return self.pairs[index]
+
+    def groups(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for i, pair in enumerate(self.pairs):
+            out.setdefault(pair.dataset, []).append(i)
+        return out
+
+    def video_datasets(self) -> set[str]:
+        return {p.dataset for p in self.pairs if p.is_video}
+
+
+class PairCollator:
+    """Pairs -> Embedder inputs (media loaded, teacher T-CoT evidence inserted). Tokenisation happens later,
+    per chunk, so GradCache can cut the batch anywhere."""
+
+    def __init__(self, embedder: Embedder, use_tcot: bool = True):
+        self.embedder = embedder
+        self.use_tcot = use_tcot
+
+    def __call__(self, pairs: list[TrainingPair]) -> dict[str, Any]:
+        def build(item, tcot):
+            return self.embedder.build_input(item, tcot if self.use_tcot else None)
+
+        negatives = [build(n, t) for p in pairs for n, t in zip(p.negatives, p.negative_tcots or
+                                                                  [None] * len(p.negatives))]
+        return {
+            "queries": [build(p.query, p.query_tcot) for p in pairs],
+            "positives": [build(p.positive, p.positive_tcot) for p in pairs],
+            "negatives": negatives,
+            "datasets": [p.dataset for p in pairs],
+        }
+
+
+class EmbeddingModule(torch.nn.Module):
+    """The backbone as an nn.Module whose forward returns pooled embeddings, so DDP wraps exactly the
+    computation we back-propagate through."""
+
+    def __init__(self, embedder: Embedder):
+        super().__init__()
+        self.backbone = embedder.model
+        self.emb_token_id = embedder.emb_token_id
+
+    def forward(self, **batch: Any) -> torch.Tensor:
+        return pooled_embeddings(self.backbone, batch, self.emb_token_id)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if hasattr(self.backbone, "enable_input_require_grads"):
+            self.backbone.enable_input_require_grads()
+
+
+class ContrastiveTrainer(Trainer):
+    def __init__(self, embedder: Embedder, args: EmbedderTrainingConfig, train_dataset: PairDataset,
+                 mixture: Mixture | None = None, **kwargs: Any):
+        self.embedder = embedder
+        self.mixture = mixture
+        self.loss_fn = ContrastiveLoss(args.temperature, args.learn_temperature, args.gather_with_grad)
+        self._accuracies: list[float] = []
+        super().__init__(model=EmbeddingModule(embedder), args=args, train_dataset=train_dataset,
+                         data_collator=PairCollator(embedder, args.use_tcot), **kwargs)
+        self.loss_fn.to(self.args.device)
+
+    # ------------------------------------------------------------------------------------------------ data
+
+    def get_train_dataloader(self) -> DataLoader:
+        dataset: PairDataset = self.train_dataset  # type: ignore[assignment]
+        video = dataset.video_datasets() | (self.mixture.video if self.mixture else set())
+        sampler = SubBatchSampler(
+            dataset.groups(), self.args.sub_batch_size, self.args.sub_batches_per_batch,
+            weights=self.mixture.weights if self.mixture else None, video_datasets=video,
+            max_video_sub_batches=self.args.max_video_sub_batches, world_size=self.args.world_size,
+            rank=self.args.process_index, seed=self.args.seed,
+        )
+        # Not passed through accelerator.prepare: the sampler already yields this rank's slice.
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
+                          num_workers=self.args.dataloader_num_workers)
+
+    # ------------------------------------------------------------------------------------------- optimiser
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.args.learn_temperature and not any(
+                self.loss_fn.log_scale is p for g in optimizer.param_groups for p in g["params"]):
+            optimizer.add_param_group({"params": [self.loss_fn.log_scale], "weight_decay": 0.0})
+        return optimizer
+
+    # ------------------------------------------------------------------------------------------------ step
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        model.train()
+        scale = 1.0 / max(1, getattr(self, "current_gradient_accumulation_steps", 1))
+        groups = [inputs["queries"], inputs["positives"]]
+        if inputs["negatives"]:
+            groups.append(inputs["negatives"])
+
+        def encode(chunk):
+            return model(**self.embedder.collate(chunk))
+
+        if self.args.grad_cache_chunk:
+            distributed = self.args.world_size > 1
+            out = grad_cache_step(
+                encode, groups, self.loss_fn, self.args.grad_cache_chunk, backward=self.accelerator.backward,
+                no_sync=(lambda: self.accelerator.no_sync(model)) if distributed else None, loss_scale=scale,
+            )
+        else:
+            out = self.loss_fn(*[encode(g) for g in groups])
+            self.accelerator.backward(out.loss * scale)
+        self._accuracies.append(out.accuracy)
+        self._last_scale = out.scale
+        return out.loss.detach() * scale
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        groups = [inputs["queries"], inputs["positives"]] + ([inputs["negatives"]] if inputs["negatives"] else [])
+        out: LossOutput = self.loss_fn(*[model(**self.embedder.collate(g)) for g in groups])
+        return (out.loss, out) if return_outputs else out.loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._accuracies and "loss" in logs:
+            logs["accuracy"] = round(sum(self._accuracies) / len(self._accuracies), 4)
+            logs["logit_scale"] = round(getattr(self, "_last_scale", 0.0), 3)
+            self._accuracies.clear()
+        super().log(logs, start_time)
+
+    # -------------------------------------------------------------------------------------- checkpoints
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        # The adapter only (LoRA) or the full backbone: not the wrapper's full state dict.
+        self.embedder.model.save_pretrained(out)
+        self.embedder.config.save(out)
+        torch.save({"log_scale": self.loss_fn.log_scale.detach().cpu()}, out / "embedrl_loss.pt")
+        torch.save(self.args, out / "training_args.bin")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        from safetensors.torch import load_file
+
+        ckpt = Path(resume_from_checkpoint)
+        backbone = self.embedder.model
+        adapter = ckpt / "adapter_model.safetensors"
+        if adapter.is_file():
+            from peft import set_peft_model_state_dict
+
+            result = set_peft_model_state_dict(backbone, load_file(str(adapter)))
+            unexpected = getattr(result, "unexpected_keys", [])
+            if unexpected:
+                raise ConfigError(f"{adapter}: adapter does not match the model ({unexpected[:3]} ...)")
+        else:
+            weights = sorted(ckpt.glob("model*.safetensors"))
+            if not weights:
+                raise ConfigError(f"{ckpt}: no adapter or model weights to resume from")
+            state: dict[str, torch.Tensor] = {}
+            for w in weights:
+                state.update(load_file(str(w)))
+            backbone.load_state_dict(state, strict=False)
+        loss_state = ckpt / "embedrl_loss.pt"
+        if loss_state.is_file():
+            with torch.no_grad():
+                self.loss_fn.log_scale.copy_(torch.load(loss_state)["log_scale"])
+
+
+def latest_checkpoint(output_dir: str | Path) -> str | None:
+    ckpts = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def train_embedder(model_path: str | Path, pairs: list[TrainingPair], config: EmbedderTrainingConfig,
+                   resume: bool | str = False, callbacks: list | None = None) -> Path:
+    """Run stage 1 and return the final Embedder checkpoint folder (merged LoRA by default)."""
+    from ..models.backbone import LoadOptions
+    from ..models.embedder import EmbedderConfig
+
+    embedder_config = EmbedderConfig.load(model_path)
+    embedder_config.max_text_tokens = config.max_text_tokens
+    options = LoadOptions(dtype="float32" if not (config.bf16 or config.fp16) else "auto",
+                          device="cpu" if config.use_cpu else "auto")
+    embedder = Embedder.from_pretrained(model_path, options, config=embedder_config)
+    lora = config.lora_settings()
+    if lora is not None:
+        embedder.add_lora(lora)
+    mixture = Mixture.from_yaml(config.mixture) if config.mixture else None
+    trainer = ContrastiveTrainer(embedder, config, PairDataset(pairs), mixture=mixture, callbacks=callbacks)
+    checkpoint = None
+    if resume:
+        checkpoint = resume if isinstance(resume, str) else latest_checkpoint(config.output_dir)
+        if checkpoint is None:
+            log.warning("no checkpoint found in %s; starting from scratch", config.output_dir)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    out = Path(config.output_dir)
+    final = out / "final"
+    if trainer.is_world_process_zero():
+        embedder.name_or_path = str(model_path)
+        embedder.save_pretrained(final, merge=config.merge_lora)
+        history = trainer.state.log_history
+        (out / "log_history.json").write_text(json.dumps(history, indent=1))
+        (out / "embedrl_training.json").write_text(json.dumps(
+            {"stage": 1, "model": str(model_path), "pairs": len(pairs),
+             "config": {k: v for k, v in asdict(config).items() if _jsonable(v)}}, indent=1, default=str))
+        if config.plot:
+            plot_training_curves(history, out / "training_curve.png", ("loss", "accuracy"),
+                                 title="Stage 1: Embedder contrastive training")
+    return final
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments, set_seed
 
 from ..errors import ConfigError
 from ..models.embedder import Embedder, LoraSettings, pooled_embeddings
@@ -144,6 +144,15 @@ class PairCollator:
         }
 
 
+class EpochDataLoader(DataLoader):
+    """Forwards `Trainer`'s `set_epoch` to the batch sampler, so that every epoch (and a resumed one, which
+    accelerate re-wraps) draws the batches of its own epoch number."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)
+
+
 class EmbeddingModule(torch.nn.Module):
     """The backbone as an nn.Module whose forward returns pooled embeddings, so DDP wraps exactly the
     computation we back-propagate through."""
@@ -186,8 +195,8 @@ class ContrastiveTrainer(Trainer):
             rank=self.args.process_index, seed=self.args.seed,
         )
         # Not passed through accelerator.prepare: the sampler already yields this rank's slice.
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
-                          num_workers=self.args.dataloader_num_workers)
+        return EpochDataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
+                               num_workers=self.args.dataloader_num_workers)
 
     # ------------------------------------------------------------------------------------------- optimiser
 
@@ -294,6 +303,7 @@ def train_embedder(model_path: str | Path, pairs: list[TrainingPair], config: Em
     embedder = Embedder.from_pretrained(model_path, options, config=embedder_config)
     lora = config.lora_settings()
     if lora is not None:
+        set_seed(config.seed)  # LoRA A-matrices are drawn here: a rerun must draw the same ones
         embedder.add_lora(lora)
     mixture = Mixture.from_yaml(config.mixture) if config.mixture else None
     trainer = ContrastiveTrainer(embedder, config, PairDataset(pairs), mixture=mixture, callbacks=callbacks)

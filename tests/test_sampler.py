@@ -84,8 +84,11 @@ def test_deterministic_per_epoch() -> None:
 def test_configuration_errors() -> None:
     with pytest.raises(ConfigError, match="smaller than the sub-batch size 50: a \\(10\\)"):
         SubBatchSampler({"a": list(range(10)), "b": list(range(100))}, 50)
-    with pytest.raises(ConfigError, match="not in the data"):
+    with pytest.raises(ConfigError, match="no mixture weight names a dataset"):
         SubBatchSampler({"a": list(range(100))}, 10, weights={"zzz": 1.0})
+    partial = SubBatchSampler({"a": list(range(100)), "b": list(range(100, 200))}, 10,
+                              weights={"a": 3.0, "zzz": 1.0})  # absent datasets are ignored
+    assert partial.weights == {"a": 3.0, "b": 1.0}
     with pytest.raises(ConfigError, match="not divisible"):
         SubBatchSampler({"a": list(range(100))}, 10, world_size=3)
 

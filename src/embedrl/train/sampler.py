@@ -12,6 +12,7 @@ Both are deterministic in (seed, epoch), so a resumed run replays the same batch
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,8 +80,11 @@ class SubBatchSampler:
             raise ConfigError("no non-empty dataset to sample from")
         weights = dict(weights or {})
         unknown = set(weights) - set(self.datasets)
+        if weights and unknown == set(weights):
+            raise ConfigError(f"no mixture weight names a dataset of the data (typo?): weights for "
+                              f"{sorted(weights)[:5]}, data has {sorted(self.datasets)[:5]}")
         if unknown:
-            raise ConfigError(f"mixture weights name datasets that are not in the data: {sorted(unknown)}")
+            log.warning("mixture weights for datasets absent from the data are ignored: %s", sorted(unknown))
         self.weights = {k: float(weights.get(k, 1.0)) for k in self.datasets}
         self.names = sorted(n for n in self.datasets if self.weights[n] > 0)
         if not self.names:

@@ -86,12 +86,42 @@ def detect_family(path: str | Path) -> Family:
     return family_for_model_type(read_config(path).get("model_type", "<missing>"))
 
 
+def flatten_images(images: Any) -> Any:
+    """Per-prompt image lists -> one flat list in placeholder order; prompts without images (None or []) add
+    nothing. Batches that mix image and text-only prompts (both sides of an EG-RL pair) need this."""
+    if not isinstance(images, (list, tuple)):
+        return images
+    flat: list[Any] = []
+    for entry in images:
+        if entry is None:
+            continue
+        if isinstance(entry, (list, tuple)):
+            flat.extend(e for e in entry if e is not None)
+        else:
+            flat.append(entry)
+    return flat or None
+
+
+class MixedBatchImagesMixin:
+    """Accept per-prompt image lists with empty entries (TRL passes None for a text-only prompt)."""
+
+    def __call__(self, images=None, text=None, videos=None, **kwargs):
+        return super().__call__(images=flatten_images(images), text=text, videos=videos, **kwargs)
+
+
+def _with_mixed_batches(processor: Any) -> Any:
+    cls = type(processor)
+    if not issubclass(cls, MixedBatchImagesMixin):
+        processor.__class__ = type(cls.__name__, (MixedBatchImagesMixin, cls), {})
+    return processor
+
+
 def _image_only_processor_class(family: Family) -> type:
     import transformers
 
     base = getattr(transformers, family.processor_class)
 
-    class ImageOnlyProcessor(base):  # type: ignore[misc, valid-type]
+    class ImageOnlyProcessor(MixedBatchImagesMixin, base):  # type: ignore[misc, valid-type]
         """The family processor without a video processor (no torchvision): frames go in as images."""
 
         def check_argument_for_proper_class(self, argument_name, argument):
@@ -116,7 +146,7 @@ def load_processor(path: str | Path, family: Family | None = None, options: Load
         try:
             from transformers import AutoProcessor
 
-            return AutoProcessor.from_pretrained(str(path), **pixel_kwargs)
+            return _with_mixed_batches(AutoProcessor.from_pretrained(str(path), **pixel_kwargs))
         except Exception as exc:  # e.g. a tiny checkpoint without a video processor config
             log.warning("AutoProcessor failed for %s (%s); using the image-only processor", path, exc)
     try:

@@ -1,0 +1,98 @@
+"""`embedrl train reasoner`: stage 2, EG-RL (GRPO with embedder-guided rewards) on TRL."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = """\
+Stage 2: Embedder-Guided RL. Each step takes B query-positive pairs of one dataset; the Reasoner writes G T-CoTs
+for every query and positive; the frozen Embedder embeds each rollout with its crops/keyframes; rewards are
+format + in-batch outcome (symmetric) + a listwise judge's process reward (0.05 / 0.8 / 0.2, --reward-preset).
+
+The Embedder runs in-process (--embedder DIR) or remotely (--embedder-url of `embedrl serve --embedder`); the
+judge likewise (--judge DIR or --judge-url of any OpenAI-compatible chat server). Without a judge, pass
+--process-weight 0. --sft-steps N first fine-tunes on the pairs' teacher T-CoTs (cold start for small models).
+Settings: --preset, then --config YAML (any EGRLConfig / GRPOConfig field), then flags. OUT/final is the
+Reasoner; OUT/rl_curves.png and OUT/log_history.json hold the per-step rewards, Acc, margin and lengths.
+"""
+
+FIELDS = ("max_steps", "num_train_epochs", "learning_rate", "pairs_per_step", "num_generations",
+          "max_completion_length", "reward_preset", "format_weight", "process_weight", "outcome_weight", "acc_mode",
+          "beta", "epsilon", "temperature", "lora", "save_steps", "seed", "use_cpu", "use_vllm", "steps_per_generation")
+
+
+def register_reasoner(tsub: argparse._SubParsersAction) -> None:
+    p = tsub.add_parser("reasoner", help="stage 2: EG-RL (GRPO) on the Reasoner", description=HELP,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="Reasoner checkpoint to start from")
+    p.add_argument("--pairs", required=True, help="training pairs JSONL (same format as stage 1)")
+    p.add_argument("--out", required=True)
+    emb = p.add_mutually_exclusive_group(required=True)
+    emb.add_argument("--embedder", help="frozen Embedder checkpoint (in-process)")
+    emb.add_argument("--embedder-url", help="OpenAI-compatible /v1/embeddings server (embedrl serve)")
+    p.add_argument("--judge", help="judge checkpoint (in-process transformers backend)")
+    p.add_argument("--judge-url", help="OpenAI-compatible chat endpoint of the judge")
+    p.add_argument("--judge-model", default="judge", help="model name sent to --judge-url")
+    p.add_argument("--preset", choices=["paper", "tiny"])
+    p.add_argument("--config", help="YAML with any EGRLConfig / GRPOConfig field")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--sft-steps", type=int, default=0, help="SFT cold start on teacher T-CoTs first")
+    p.add_argument("--max-steps", type=int, dest="max_steps")
+    p.add_argument("--epochs", type=float, dest="num_train_epochs")
+    p.add_argument("--lr", type=float, dest="learning_rate")
+    p.add_argument("--pairs-per-step", type=int, dest="pairs_per_step", help="B per rank")
+    p.add_argument("--generations", type=int, dest="num_generations", help="G rollouts per prompt")
+    p.add_argument("--max-completion-length", type=int, dest="max_completion_length")
+    p.add_argument("--reward-preset", choices=["paper", "official-code"], dest="reward_preset")
+    p.add_argument("--format-weight", type=float, dest="format_weight")
+    p.add_argument("--process-weight", type=float, dest="process_weight")
+    p.add_argument("--outcome-weight", type=float, dest="outcome_weight")
+    p.add_argument("--acc-mode", choices=["all", "fraction"], dest="acc_mode")
+    p.add_argument("--beta", type=float, help="KL coefficient")
+    p.add_argument("--epsilon", type=float, help="clip range")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--lora", help="none (full fine-tune) or r,alpha")
+    p.add_argument("--steps-per-generation", type=int, dest="steps_per_generation")
+    p.add_argument("--save-steps", type=int, dest="save_steps")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--cpu", action="store_true", dest="use_cpu", default=None)
+    p.add_argument("--vllm", action="store_true", dest="use_vllm", default=None, help="vLLM rollouts (GPU extra)")
+    p.set_defaults(func=_train_reasoner)
+
+
+def _train_reasoner(args: argparse.Namespace) -> int:
+    from ..models.backbone import LoadOptions
+    from ..train.egrl import EGRLConfig, Judge, local_embed_fn, sft_cold_start, train_reasoner
+    from ..train.pairs import dataset_summary, read_pairs
+    from .train import build_config
+
+    config = build_config(EGRLConfig, args, FIELDS, EGRLConfig.PRESETS)
+    pairs = read_pairs(args.pairs)
+    print(json.dumps(dataset_summary(pairs), indent=1))
+    options = LoadOptions(device="cpu" if config.use_cpu else "auto")
+    if args.embedder_url:
+        from ..models.remote import RemoteEmbedder
+
+        embed_fn = RemoteEmbedder(args.embedder_url, num_frames=config.num_frames).embed
+    else:
+        from ..models.embedder import Embedder
+
+        embed_fn = local_embed_fn(Embedder.from_pretrained(args.embedder, options))
+    judge = None
+    if args.judge_url:
+        from ..models.reasoner import OpenAIChatBackend
+
+        judge = Judge(OpenAIChatBackend(args.judge_url, args.judge_model), config.judge_max_new_tokens)
+    elif args.judge:
+        from ..models.reasoner import TransformersBackend
+
+        judge = Judge(TransformersBackend.from_pretrained(args.judge, options), config.judge_max_new_tokens)
+    model = args.model
+    if args.sft_steps > 0:
+        model = str(sft_cold_start(model, pairs, f"{args.out}/sft", max_steps=args.sft_steps,
+                                   use_cpu=bool(config.use_cpu), num_frames=config.num_frames, seed=config.seed))
+        print(f"SFT cold start: {model}")
+    final, _ = train_reasoner(model, pairs, config, embed_fn, judge, resume=args.resume)
+    print(f"final reasoner: {final}")
+    return 0

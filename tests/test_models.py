@@ -180,3 +180,25 @@ def test_make_tiny_is_deterministic(tmp_path: Path) -> None:
     for name in ("model.safetensors", "tokenizer.json", "config.json", "preprocessor_config.json"):
         assert _file_hash(a / name) == _file_hash(b / name), name
     assert _file_hash(a / "model.safetensors") != _file_hash(c / "model.safetensors")
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"])
+def test_linear_patch_embedding_equals_the_convolution(tiny_factory, family: str) -> None:
+    import copy
+
+    import transformers
+
+    from embedrl.models.backbone import use_linear_patch_embedding
+    from embedrl.models.families import FAMILIES
+
+    path = tiny_factory(family, "base")
+    model = getattr(transformers, FAMILIES[family].model_class).from_pretrained(path).eval()
+    patch_embed = model.model.visual.patch_embed
+    pixels = torch.randn(40, patch_embed.proj.weight[0].numel())
+    with torch.no_grad():
+        reference = patch_embed(pixels)
+        assert use_linear_patch_embedding(model) == 1
+        fast = patch_embed(pixels)
+        copied = copy.deepcopy(model).model.visual.patch_embed(pixels)  # survives the copy save_pretrained makes
+    assert torch.allclose(fast, reference, atol=1e-5)
+    assert torch.allclose(copied, reference, atol=1e-5)

@@ -100,18 +100,18 @@ def test_crash_then_resume_gives_identical_vectors(embedder, reasoner, tmp_path:
     reference = encode(items, embedder, reasoner, batch_size=2, progress=False)
 
     calls = {"n": 0}
-    original = Embedder.embed_inputs
+    original = Embedder.embed_collated
 
-    def crash_after_two(self, inputs):
+    def crash_after_two(self, batch):
         calls["n"] += 1
         if calls["n"] > 2:
             raise RuntimeError("injected crash")
-        return original(self, inputs)
+        return original(self, batch)
 
-    monkeypatch.setattr(Embedder, "embed_inputs", crash_after_two)
+    monkeypatch.setattr(Embedder, "embed_collated", crash_after_two)
     with pytest.raises(RuntimeError, match="injected crash"):
         encode(items, embedder, reasoner, batch_size=2, cache_dir=cache, progress=False)
-    monkeypatch.setattr(Embedder, "embed_inputs", original)
+    monkeypatch.setattr(Embedder, "embed_collated", original)
     assert len(list((cache / "vectors").rglob("shard-*.npz"))) == 2  # two batches made it to disk
     assert (cache / "tcots.jsonl").read_text().count("\n") == len(items)  # every T-CoT was generated first
 

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,32 +212,44 @@ def embed_items(
                                              if isinstance(tcots[by_key[k][0]], str) else None))
     computed = 0
     loader = media_loader or (lambda it: load_item_media(it, embedder.config))
+
+    def prepare(chunk: list[str]) -> tuple[list[str], Any, list[EncodeFailure], dict[str, list[str]]]:
+        """Load media, build and collate one batch (runs in a worker thread, overlapping the model)."""
+        ready_keys, inputs, batch_failures, batch_notes = [], [], [], {}
+        for key in chunk:
+            first = by_key[key][0]
+            item = items[first]
+            try:
+                built = embedder.build_input(item, tcots[first], media=loader(item))
+            except MediaError as exc:
+                batch_failures.extend(EncodeFailure(row, items[row].id, "media", str(exc)) for row in by_key[key])
+                continue
+            if built.notes:
+                batch_notes.setdefault(item.id, []).extend(built.notes)
+            ready_keys.append(key)
+            inputs.append(built)
+        return ready_keys, embedder.collate(inputs) if inputs else None, batch_failures, batch_notes
+
+    chunks = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     bar = _progress(len(todo), "embed", progress)
     try:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            ready_keys, inputs = [], []
-            for key in chunk:
-                first = by_key[key][0]
-                item = items[first]
-                try:
-                    built = embedder.build_input(item, tcots[first], media=loader(item))
-                except MediaError as exc:
-                    for row in by_key[key]:
-                        failures.append(EncodeFailure(row, items[row].id, "media", str(exc)))
-                    continue
-                if built.notes and notes is not None:
-                    notes.setdefault(item.id, []).extend(built.notes)
-                ready_keys.append(key)
-                inputs.append(built)
-            if inputs:
-                vectors = embedder.embed_inputs(inputs)
-                computed += len(inputs)
-                for key, vec in zip(ready_keys, vectors):
-                    out[by_key[key]] = vec
-                if cache is not None:
-                    cache.add_many(ready_keys, vectors)
-            bar.update(len(chunk))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(prepare, chunks[0]) if chunks else None
+            for index, chunk in enumerate(chunks):
+                ready_keys, batch, batch_failures, batch_notes = pending.result()
+                pending = pool.submit(prepare, chunks[index + 1]) if index + 1 < len(chunks) else None
+                failures.extend(batch_failures)
+                if notes is not None:
+                    for item_id, item_notes in batch_notes.items():
+                        notes.setdefault(item_id, []).extend(item_notes)
+                if batch is not None:
+                    vectors = embedder.embed_collated(batch)
+                    computed += len(ready_keys)
+                    for key, vec in zip(ready_keys, vectors):
+                        out[by_key[key]] = vec
+                    if cache is not None:
+                        cache.add_many(ready_keys, vectors)
+                bar.update(len(chunk))
     finally:
         bar.close()
     if own_failures and failures:

@@ -199,7 +199,37 @@ def load_model(path: str | Path, family: Family | None = None, options: LoadOpti
         model = cls.from_pretrained(str(path), **kwargs)
     except Exception as exc:
         raise ModelError(f"{path}: cannot load {family.model_class}: {exc}") from None
+    use_linear_patch_embedding(model)
     return model.to(options.torch_device()).eval()
+
+
+class _LinearPatchEmbedding:
+    """Qwen-VL patch embedding computed as one matrix product.
+
+    The families embed each flattened (temporal × patch × patch × channel) patch with a Conv3d whose kernel equals
+    its stride and the whole input: the same linear map, but the convolution kernels are several times slower
+    than a matmul on CPU. Same weights (still the Conv3d's), same result up to float rounding.
+    """
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        weight = self.proj.weight
+        flat = hidden_states.reshape(-1, weight[0].numel()).to(weight.dtype)
+        return torch.nn.functional.linear(flat, weight.reshape(weight.shape[0], -1), self.proj.bias)
+
+
+def use_linear_patch_embedding(model: torch.nn.Module) -> int:
+    """Switch every Qwen-VL patch embedding in `model` to `_LinearPatchEmbedding`; returns how many."""
+    switched = 0
+    for name, module in model.named_modules():
+        proj = getattr(module, "proj", None)
+        if not (name.endswith("patch_embed") and isinstance(proj, torch.nn.Conv3d)):
+            continue
+        if proj.kernel_size != proj.stride or proj.padding != (0, 0, 0) or proj.groups != 1:
+            continue
+        if not isinstance(module, _LinearPatchEmbedding):
+            module.__class__ = type(type(module).__name__, (_LinearPatchEmbedding, type(module)), {})
+            switched += 1
+    return switched
 
 
 def final_norm(model) -> torch.nn.Module:

@@ -375,10 +375,14 @@ class Embedder:
         """Pooled embeddings of a collated batch, with gradients if enabled by the caller."""
         return pooled_embeddings(self.model, batch, self.emb_token_id, normalize)
 
-    @torch.no_grad()
     def embed_inputs(self, inputs: Sequence[EmbedderInput]) -> np.ndarray:
+        return self.embed_collated(self.collate(inputs))
+
+    @torch.inference_mode()
+    def embed_collated(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        """Vectors of an already collated batch (lets callers tokenise the next batch meanwhile)."""
         self.model.eval()
-        return self.forward_batch(self.collate(inputs)).cpu().numpy()
+        return self.forward_batch(batch).cpu().numpy()
 
     def embed(self, items: Sequence[Item], tcots: Sequence[Any] | None = None, batch_size: int = 8,
               progress: bool = False) -> np.ndarray:

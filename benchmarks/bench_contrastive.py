@@ -26,7 +26,6 @@ def worker(args: argparse.Namespace) -> None:
     import psutil
     import torch
 
-    from embedrl.data.synthetic import write_training_pairs
     from embedrl.models.embedder import Embedder, LoraSettings
     from embedrl.train.contrastive import ContrastiveLoss, grad_cache_step
     from embedrl.train.pairs import read_pairs

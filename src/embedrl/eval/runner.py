@@ -1,0 +1,101 @@
+"""Run retrieval tasks end to end: encode queries and candidates through `pipeline.encode`, score, write results.
+
+Resumable at two levels: a finished task's result JSON is kept (rerun skips it), and an unfinished task's
+T-CoTs and vectors are cached per task, so a crash mid-task recomputes only what was lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data.taskdir import Task, read_task
+from ..errors import EmbedRLError
+from ..fileio import read_json, write_json
+from ..pipeline import encode_detailed
+
+log = logging.getLogger(__name__)
+
+
+class TaskFailed(EmbedRLError):
+    pass
+
+
+@dataclass
+class EvalSettings:
+    reasoning: str | None = None       # generate | cached | off (default: generate with a reasoner)
+    batch_size: int = 8
+    progress: bool = True
+    overwrite: bool = False
+    label: str | None = None            # free-form run name stored in every result
+
+
+def candidate_modality(task: Task) -> str:
+    """What the queries retrieve (picks the text->video prompt for text queries of video tasks)."""
+    counts = Counter(c.modality for c in task.candidates)
+    return counts.most_common(1)[0][0]
+
+
+def result_path(out_dir: Path, task: Task) -> Path:
+    return out_dir / task.meta.benchmark / f"{task.meta.task}.json"
+
+
+def evaluate_task(task_dir: str | Path, embedder: Any, reasoner: Any = None, *, out_dir: str | Path,
+                  settings: EvalSettings | None = None) -> dict:
+    """Score one task folder; returns the result dict (also written to OUT/<benchmark>/<task>.json)."""
+    from .scoring import score_task
+
+    settings = settings or EvalSettings()
+    task = read_task(task_dir)
+    out_dir = Path(out_dir)
+    target = result_path(out_dir, task)
+    if target.is_file() and not settings.overwrite:
+        log.info("%s: result exists, skipped (use overwrite to recompute)", target)
+        return read_json(target)
+    cache = out_dir / "cache" / task.meta.benchmark / task.meta.task
+    start = time.perf_counter()
+    common = dict(reasoning=settings.reasoning, cache_dir=cache, batch_size=settings.batch_size,
+                  progress=settings.progress)
+    cands = encode_detailed(task.candidates_for_encoding(), embedder, reasoner, side="candidate", **common)
+    queries = encode_detailed(task.queries_for_encoding(), embedder, reasoner, side="query",
+                              target_modality=candidate_modality(task), **common)
+    failures = [("candidate", f) for f in cands.failures] + [("query", f) for f in queries.failures]
+    if failures:
+        lines = "; ".join(f"{side} {f}" for side, f in failures[:10])
+        raise TaskFailed(f"{task.meta.task}: {len(failures)} item(s) could not be encoded ({lines}). Everything "
+                         f"else is cached in {cache}; fix the inputs and rerun.")
+    result = score_task(task, query_emb=queries.vectors, cand_emb=cands.vectors)
+    result["run"] = {
+        "label": settings.label,
+        "embedder": getattr(embedder, "name_or_path", None),
+        "reasoner": getattr(reasoner, "name", None),
+        "reasoning": settings.reasoning or ("generate" if reasoner is not None else "off"),
+        "seconds": round(time.perf_counter() - start, 2),
+        "unparsed_tcots": _unparsed(queries.tcots) + _unparsed(cands.tcots),
+    }
+    write_json(target, result)
+    return result
+
+
+def _unparsed(tcots: Sequence[str | None]) -> int:
+    from ..tcot import parse
+
+    return sum(1 for t in tcots if t is not None and not parse(t).ok)
+
+
+def evaluate_tasks(task_dirs: Sequence[str | Path], embedder: Any, reasoner: Any = None, *, out_dir: str | Path,
+                   settings: EvalSettings | None = None) -> tuple[list[dict], list[str]]:
+    """Every task in turn; a failing task is reported and the others still run. Returns (results, errors)."""
+    results, errors = [], []
+    for task_dir in task_dirs:
+        try:
+            results.append(evaluate_task(task_dir, embedder, reasoner, out_dir=out_dir, settings=settings))
+        except EmbedRLError as exc:
+            log.error("%s", exc)
+            errors.append(str(exc))
+    return results, errors

@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "demo",
     "task",
     "encode",
+    "eval",
     "score",
     "report",
     "models",
@@ -33,9 +34,11 @@ Typical flow:
   embedrl models make-tiny --out DIR    build an offline tiny Qwen-VL checkpoint (tests, demos)
   embedrl task validate DIR             check a task folder (unified format) and list every defect
   embedrl encode ...                    input items -> vectors (with T-CoT generation and caches)
+  embedrl eval --task DIR ...           encode + score task folders end to end (resumable)
   embedrl score --task DIR ...          score a task from embeddings or a score matrix
   embedrl report --benchmark mmeb-v2 R  aggregate per-task results into the benchmark table
   embedrl train embedder|reasoner ...   stage 1 (contrastive) and stage 2 (EG-RL) training
+  embedrl serve --embedder DIR ...      OpenAI-compatible /v1/embeddings and /v1/chat/completions
 """
 
 

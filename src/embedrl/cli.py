@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 from . import __version__
 from .errors import DataError, EmbedRLError
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
+    if args.verbose == 0:
+        # Deprecation notices from inside transformers / TRL are not actionable for users of the CLI.
+        warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()

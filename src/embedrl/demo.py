@@ -79,7 +79,7 @@ def _stage1(s: DemoSettings, embedder: Path, pairs_file: Path) -> Path:
         return out / "final"
     values = dict(EmbedderTrainingConfig.PRESETS["tiny"])
     values.update(output_dir=str(out), max_steps=s.stage1_steps, use_cpu=True, report_to="none", seed=s.seed,
-                  disable_tqdm=False, logging_steps=10)
+                  disable_tqdm=True, logging_steps=10)
     return train_embedder(embedder, read_pairs(pairs_file), EmbedderTrainingConfig(**values))
 
 
@@ -95,7 +95,7 @@ def _stage2(s: DemoSettings, reasoner: Path, embedder: Path, judge_path: Path, p
     values = dict(EGRLConfig.PRESETS["tiny"])
     values.update(output_dir=str(out), max_steps=s.stage2_steps, use_cpu=True, report_to="none", seed=s.seed,
                   max_completion_length=s.max_new_tokens, save_strategy="no", logging_steps=1,
-                  disable_tqdm=False)
+                  disable_tqdm=True)
     frozen = local_embed_fn(Embedder.from_pretrained(embedder))
     judge = Judge(TransformersBackend.from_pretrained(judge_path))
     final, _ = train_reasoner(reasoner, read_pairs(pairs_file), EGRLConfig(**values), frozen, judge)
@@ -115,13 +115,29 @@ def _evaluate(s: DemoSettings, tasks: list[Path], runs: dict[str, tuple]) -> dic
         if reasoner_path is not None:
             reasoner = Reasoner.from_pretrained(reasoner_path, batch_size=8,
                                                 settings=GenerationSettings(max_new_tokens=s.max_new_tokens))
-        settings = EvalSettings(reasoning=reasoning, batch_size=8, label=label)
+        settings = EvalSettings(reasoning=reasoning, batch_size=8, label=label, progress=False)
         results, errors = evaluate_tasks(tasks, embedder, reasoner, out_dir=s.out / "results" / _slug(label),
                                          settings=settings)
         if errors:
             raise RuntimeError("; ".join(errors))
         table[label] = {r["task"]: r for r in results}
+        if reasoner is not None:
+            bad = sum(r["run"]["unparsed_tcots"] for r in results)
+            total = sum(r["num_queries"] + r["num_candidates"] for r in results)
+            _say(f"  the reasoner's T-CoTs: {total - bad} of {total} parse as a T-CoT")
     return table
+
+
+def _last_log(run: Path, keys: tuple[str, ...]) -> str:
+    """First and last logged values of `keys` in a run's log_history.json."""
+    try:
+        history = [h for h in json.loads((run / "log_history.json").read_text()) if keys[0] in h]
+    except (OSError, json.JSONDecodeError):
+        return "(no log)"
+    if not history:
+        return "(no log)"
+    first, last = history[0], history[-1]
+    return ", ".join(f"{k}: {first.get(k, float('nan')):.3f} -> {last.get(k, float('nan')):.3f}" for k in keys)
 
 
 def _slug(text: str) -> str:
@@ -149,8 +165,10 @@ def run_demo(settings: DemoSettings) -> str:
     _say(f"synthetic benchmark: {', '.join(t.name for t in tasks)}; training pairs: {pairs}")
     _say(f"stage 1: contrastive Embedder training ({settings.stage1_steps} steps, teacher T-CoTs)")
     trained = _stage1(settings, paths["embedder"], pairs)
+    _say(f"  {_last_log(settings.out / 'stage1', ('loss', 'accuracy'))}")
     _say(f"stage 2: EG-RL on the Reasoner ({settings.stage2_steps} GRPO steps, frozen Embedder, judge)")
     rl_reasoner = _stage2(settings, paths["reasoner"], trained, paths["judge"], pairs)
+    _say(f"  {_last_log(settings.out / 'stage2', ('reward', 'rewards/outcome/mean', 'acc', 'format_valid_rate'))}")
     runs = {
         "untrained embedder, no T-CoT": (paths["embedder"], None, "off"),
         "stage-1 embedder, no T-CoT": (trained, None, "off"),

@@ -120,8 +120,11 @@ def test_emb_token_read_from_official_config(tiny_factory, tmp_path: Path) -> No
     assert plain.tokenizer.convert_ids_to_tokens(added_id) == "<emb>"
     assert added_id < plain.model.get_input_embeddings().weight.shape[0]  # landed on a spare padded row
     plain.save_pretrained(tmp_path / "official")
+    (tmp_path / "official" / "embedrl_embedder.json").unlink()  # as released: emb_token_ids, no embedrl file
     reloaded = Embedder.from_pretrained(tmp_path / "official")
     assert reloaded.emb_token_id == added_id and len(reloaded.tokenizer) == len(plain.tokenizer)
+    assert reloaded.config.image_max_pixels == 768 * 32 * 32  # the paper's vision bounds for official weights
+    assert Embedder.from_pretrained(base).config.image_max_pixels is None  # a plain model keeps its processor's
 
 
 def test_lora_target_modules_and_vision_switch(embedder: Embedder) -> None:

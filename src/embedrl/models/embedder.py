@@ -255,7 +255,11 @@ class Embedder:
         processor = load_processor(path, family, options)
         model = load_model(path, family, options)
         emb_id = _emb_id_from_config(model.config)
-        embedder = cls(model, processor, family, config or EmbedderConfig.load(path), emb_id)
+        if config is None:
+            saved = Path(path) / EMBEDDER_CONFIG_FILE
+            # An official Embed-RL checkpoint (emb_token_ids, no embedrl settings) gets the paper's vision bounds.
+            config = EmbedderConfig.load(path) if saved.is_file() or emb_id is None else EmbedderConfig.official()
+        embedder = cls(model, processor, family, config, emb_id)
         embedder.name_or_path = str(path)
         if adapter is not None:
             embedder.load_adapter(adapter)

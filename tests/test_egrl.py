@@ -206,3 +206,22 @@ def test_process_weight_without_judge_is_refused(tiny_qwen3_reasoner, image_pair
 
     with pytest.raises(ConfigError, match="no judge"):
         train_reasoner(tiny_qwen3_reasoner, image_pairs, _config(tmp_path, max_steps=1), lambda i, t: None)
+
+
+def test_checkpoint_and_resume(tiny_qwen3_reasoner, image_pairs, tmp_path: Path) -> None:
+    def embed(items, tcots):  # a cheap deterministic frozen embedder: pair identity plus the text length
+        out = np.zeros((len(items), 8))
+        for row, (item, text) in enumerate(zip(items, tcots)):
+            out[row, hash(item.id.split("-")[1]) % 7] = 1.0
+            out[row, 7] = len(text or "") / 100
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    out = tmp_path / "run"
+    settings = dict(max_completion_length=8, process_weight=0.0, save_strategy="steps", save_steps=1, plot=False)
+    train_reasoner(tiny_qwen3_reasoner, image_pairs, _config(out, max_steps=2, **settings), embed)
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file()
+    train_reasoner(tiny_qwen3_reasoner, image_pairs, _config(out, max_steps=3, **settings), embed, resume=True)
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    steps = [h["step"] for h in state["log_history"] if "reward" in h]
+    assert steps == [1, 2, 3]  # the resumed run continued at step 3 instead of starting over

@@ -123,3 +123,23 @@ def test_pairs_validation_names_line_and_field(tmp_path: Path) -> None:
         assert line in problems, (line, problems)
     assert any(p.startswith(f"{path}:7: malformed JSON") for p in problems)
     assert len(problems) == 7
+
+
+def test_hard_negatives_flow_through_training(tiny_qwen3_embedder, tmp_path: Path) -> None:
+    records = []
+    for i in range(8):
+        records.append({"dataset": "d", "query": {"text": f"a red circle number {i}"},
+                        "positive": {"text": f"red circle {i}"}, "negatives": [{"text": f"blue square {i}"}],
+                        "query_tcot": None, "positive_tcot": None})
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    pairs = read_pairs(path)
+    assert all(len(p.negatives) == 1 for p in pairs)
+    from embedrl.train.stage1 import PairCollator
+
+    emb = Embedder.from_pretrained(tiny_qwen3_embedder)
+    batch = PairCollator(emb)(pairs[:4])
+    assert len(batch["negatives"]) == 4 and len(batch["queries"]) == 4
+    out = tmp_path / "run"
+    train_embedder(tiny_qwen3_embedder, pairs, _config(out, max_steps=2, sub_batch_size=4, plot=False))
+    assert len(_losses(out)[0]) == 2

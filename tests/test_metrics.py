@@ -1,4 +1,4 @@
-"""Each metric against hand-computed values: ties, graded relevance, empty P, k beyond the pool."""
+"""Metrics against hand-computed values on small rankings (benchmarks.md §3.3)."""
 
 from __future__ import annotations
 
@@ -7,70 +7,143 @@ import math
 import numpy as np
 import pytest
 
-from embedrl.eval.metrics import mean_metrics, pessimistic_hit1, query_metrics, stable_ranking, top1_tied
+from embedrl.eval.metrics import (
+    METRIC_NAMES,
+    f1_at_k,
+    hit_at_k,
+    judge,
+    map_at_k,
+    mrr_at_k,
+    ndcg_exponential_at_k,
+    ndcg_linear_at_k,
+    per_query_metrics,
+    pessimistic_hit_at_1,
+    precision_at_k,
+    recall_at_k,
+    stable_order,
+    task_metrics,
+    top1_tied,
+    uvrb_recall_at_k,
+)
+
+L2 = math.log2
 
 
-def test_binary_ranking_hand_computed() -> None:
-    ranked = ["a", "x", "b", "y", "z"]
-    m = query_metrics(ranked, {"a": 1, "b": 1, "c": 1}, ks=(1, 3, 5))
-    assert m["hit@1"] == 1.0 and m["hit@3"] == 1.0
-    assert m["precision@3"] == pytest.approx(2 / 3)
-    assert m["precision@5"] == pytest.approx(2 / 5)
-    assert m["recall@3"] == pytest.approx(2 / 3) and m["uvrb_recall@3"] == 1.0
-    p, r = 2 / 3, 2 / 3
-    assert m["f1@3"] == pytest.approx(2 * p * r / (p + r))
-    assert m["mrr@5"] == 1.0
-    assert m["map@3"] == pytest.approx((1 / 1 + 2 / 3) / 3)
-    assert m["map@1"] == pytest.approx(1.0)
-    idcg3 = 1 + 1 / math.log2(3) + 1 / math.log2(4)
-    assert m["ndcg_linear@3"] == pytest.approx((1 + 1 / math.log2(4)) / idcg3)
-    assert m["ndcg_exponential@3"] == pytest.approx(m["ndcg_linear@3"])  # binary grades: same
+def one(ranked, rel, depth=10):
+    return judge([ranked], [rel], depth)
 
 
-def test_graded_ndcg() -> None:
-    ranked = ["p1", "p2", "n", "p3"]
-    rel = {"p1": 1, "p2": 1, "p3": 3}
-    m = query_metrics(ranked, rel, ks=(5,))
-    dcg = 1 / math.log2(2) + 1 / math.log2(3) + 3 / math.log2(5)
-    idcg = 3 / math.log2(2) + 1 / math.log2(3) + 1 / math.log2(4)
-    assert m["ndcg_linear@5"] == pytest.approx(dcg / idcg)
-    dcg_e = 1 + 1 / math.log2(3) + 7 / math.log2(5)
-    idcg_e = 7 + 1 / math.log2(3) + 1 / math.log2(4)
-    assert m["ndcg_exponential@5"] == pytest.approx(dcg_e / idcg_e)
+def test_metric_names_match_the_task_format():
+    from embedrl.data.taskdir import METRIC_NAMES as TASK_METRIC_NAMES
+
+    assert set(METRIC_NAMES) == set(TASK_METRIC_NAMES)
 
 
-def test_first_hit_late_and_miss() -> None:
-    m = query_metrics(["n1", "n2", "p"], {"p": 1}, ks=(1, 2, 3))
-    assert (m["hit@1"], m["hit@2"], m["hit@3"]) == (0.0, 0.0, 1.0)
-    assert m["mrr@2"] == 0.0 and m["mrr@3"] == pytest.approx(1 / 3)
-    assert m["map@3"] == pytest.approx(1 / 3)
+def test_single_positive_at_rank_3():
+    j = one(["a", "b", "p", "c", "d"], {"p": 1})
+    assert hit_at_k(j, 1)[0] == 0 and hit_at_k(j, 3)[0] == 1 and hit_at_k(j, 5)[0] == 1
+    assert precision_at_k(j, 5)[0] == pytest.approx(1 / 5)
+    assert recall_at_k(j, 2)[0] == 0 and recall_at_k(j, 3)[0] == 1
+    assert mrr_at_k(j, 2)[0] == 0 and mrr_at_k(j, 5)[0] == pytest.approx(1 / 3)
+    assert map_at_k(j, 5)[0] == pytest.approx(1 / 3)            # (1/3) / min(1, 5)
+    assert ndcg_linear_at_k(j, 5)[0] == pytest.approx(1 / L2(4))  # DCG 1/log2(4), IDCG 1
+    assert f1_at_k(j, 5)[0] == pytest.approx(2 * 0.2 * 1 / 1.2)
 
 
-def test_empty_positive_set_conventions() -> None:
-    m = query_metrics(["a", "b"], {}, ks=(1, 5))
-    assert m["hit@1"] == 0.0 and m["precision@5"] == 0.0
-    assert m["recall@1"] == 1.0  # VLM2Vec's convention for an empty P
-    assert m["ndcg_linear@5"] == 0.0 and m["map@5"] == 0.0 and m["mrr@5"] == 0.0
-    assert m["f1@1"] == 0.0
+def test_two_positives_hand_computed():
+    # ranks: 1 = x (no), 2 = p1, 3 = y (no), 4 = p2
+    j = one(["x", "p1", "y", "p2", "z"], {"p1": 1, "p2": 1})
+    assert precision_at_k(j, 5)[0] == pytest.approx(2 / 5)
+    assert recall_at_k(j, 2)[0] == pytest.approx(1 / 2)
+    assert recall_at_k(j, 5)[0] == pytest.approx(1.0)
+    assert uvrb_recall_at_k(j, 2)[0] == 1.0                      # hit, not |P∩top|/|P|
+    assert map_at_k(j, 5)[0] == pytest.approx((1 / 2 + 2 / 4) / 2)
+    assert map_at_k(j, 1)[0] == 0.0
+    idcg = 1 + 1 / L2(3)
+    assert ndcg_linear_at_k(j, 5)[0] == pytest.approx((1 / L2(3) + 1 / L2(5)) / idcg)
+    p, r = 2 / 5, 1.0
+    assert f1_at_k(j, 5)[0] == pytest.approx(2 * p * r / (p + r))
 
 
-def test_k_larger_than_pool() -> None:
-    m = query_metrics(["a", "b"], {"a": 1}, ks=(10,))
-    assert m["precision@10"] == pytest.approx(0.1)  # divided by k, not by the pool size
-    assert m["recall@10"] == 1.0 and m["ndcg_linear@10"] == 1.0 and m["map@10"] == 1.0
+def test_graded_relevance_linear_and_exponential_ndcg():
+    # grades: d3 = 3, d1 = 1, d2 = 2; ranking puts d1 first.
+    j = one(["d1", "d3", "n", "d2"], {"d1": 1, "d2": 2, "d3": 3})
+    dcg_lin = 1 + 3 / L2(3) + 0 + 2 / L2(5)
+    idcg_lin = 3 + 2 / L2(3) + 1 / L2(4)
+    assert ndcg_linear_at_k(j, 5)[0] == pytest.approx(dcg_lin / idcg_lin)
+    dcg_exp = 1 + 7 / L2(3) + 3 / L2(5)
+    idcg_exp = 7 + 3 / L2(3) + 1 / L2(4)
+    assert ndcg_exponential_at_k(j, 5)[0] == pytest.approx(dcg_exp / idcg_exp)
+    # At k=1 the ideal is cut to the best grade: 1 / 3.
+    assert ndcg_linear_at_k(j, 1)[0] == pytest.approx(1 / 3)
+    # Hit/precision/recall ignore the grade.
+    assert precision_at_k(j, 2)[0] == 1.0 and recall_at_k(j, 2)[0] == pytest.approx(2 / 3)
 
 
-def test_stable_ranking_and_ties() -> None:
-    scores = np.array([0.5, 0.9, 0.9, 0.1, 0.9])
-    assert stable_ranking(scores).tolist() == [1, 2, 4, 0, 3]  # ties keep upstream order
-    assert top1_tied([0.9, 0.9, 0.5]) and not top1_tied([0.9, 0.8]) and not top1_tied([0.9])
-    assert pessimistic_hit1(["b", "c"], [0.9, 0.9], {"b": 1}) == 0.0  # tied with a wrong candidate
-    assert pessimistic_hit1(["b", "c"], [0.9, 0.9], {"b": 1, "c": 1}) == 1.0
-    assert pessimistic_hit1(["b", "c"], [0.9, 0.5], {"b": 1}) == 1.0
+def test_binary_grades_make_both_ndcg_forms_equal():
+    j = one(["a", "p", "b", "q"], {"p": 1, "q": 1})
+    assert ndcg_linear_at_k(j, 4)[0] == pytest.approx(ndcg_exponential_at_k(j, 4)[0])
 
 
-def test_mean_over_queries() -> None:
-    a = query_metrics(["p"], {"p": 1}, ks=(1,))
-    b = query_metrics(["n", "p"], {"p": 1}, ks=(1,))
-    assert mean_metrics([a, b])["hit@1"] == 0.5
-    assert mean_metrics([]) == {}
+def test_empty_relevant_set_follows_vlm2vec():
+    j = one(["a", "b", "c"], {})
+    assert recall_at_k(j, 5)[0] == 1.0                 # VLM2Vec: all of nothing was found
+    for fn in (hit_at_k, precision_at_k, uvrb_recall_at_k, ndcg_linear_at_k, ndcg_exponential_at_k,
+               mrr_at_k, map_at_k, f1_at_k):
+        assert fn(j, 5)[0] == 0.0, fn.__name__
+
+
+def test_k_larger_than_the_pool():
+    j = one(["p", "a"], {"p": 1}, depth=10)           # two candidates, k = 10
+    assert precision_at_k(j, 5)[0] == pytest.approx(0.2)   # divided by k, not by the pool size
+    assert precision_at_k(j, 10)[0] == pytest.approx(0.1)
+    assert hit_at_k(j, 10)[0] == 1.0 and recall_at_k(j, 10)[0] == 1.0
+    assert ndcg_linear_at_k(j, 10)[0] == 1.0 and map_at_k(j, 10)[0] == 1.0
+
+
+def test_map_normalises_by_min_of_positives_and_k():
+    # 3 positives, k = 2, both top ranks relevant: AP@2 = (1 + 1) / min(3, 2) = 1.
+    j = one(["p1", "p2", "x", "p3"], {"p1": 1, "p2": 1, "p3": 1})
+    assert map_at_k(j, 2)[0] == pytest.approx(1.0)
+    assert map_at_k(j, 5)[0] == pytest.approx((1 + 1 + 3 / 4) / 3)
+
+
+def test_k_outside_depth_is_an_error():
+    j = one(["a"], {"a": 1}, depth=3)
+    with pytest.raises(ValueError, match="outside"):
+        hit_at_k(j, 4)
+
+
+def test_task_metrics_average_over_queries():
+    j = judge([["p", "a"], ["a", "p"], ["a", "b"]], [{"p": 1}, {"p": 1}, {"p": 1}], depth=3)
+    out = task_metrics(j, ks=[1, 2])
+    assert out["hit@1"] == pytest.approx(1 / 3)
+    assert out["hit@2"] == pytest.approx(2 / 3)
+    assert out["mrr@2"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert set(out) == {f"{m}@{k}" for m in METRIC_NAMES for k in (1, 2)}
+    per_query = per_query_metrics(j, ks=[1])
+    assert per_query["hit@1"].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_stable_order_keeps_upstream_order_for_ties():
+    scores = np.array([0.5, 0.9, 0.5, 0.9, 0.1])
+    assert stable_order(scores).tolist() == [1, 3, 0, 2, 4]
+
+
+def test_tie_rate_and_pessimistic_hit():
+    # q0: top tie between a relevant and an irrelevant candidate; q1: no tie; q2: tie of two relevant ones;
+    # q3: tie fills the whole (incomplete) row, so the rest of the tie is unseen.
+    scores = np.array([[0.9, 0.9, 0.1], [0.9, 0.5, 0.1], [0.8, 0.8, 0.2], [0.7, 0.7, 0.7]])
+    valid = np.ones_like(scores, dtype=bool)
+    j = judge([["p", "n", "m"], ["p", "n", "m"], ["p", "q", "n"], ["p", "q", "r"]],
+              [{"p": 1}, {"p": 1}, {"p": 1, "q": 1}, {"p": 1, "q": 1, "r": 1}], depth=3)
+    assert top1_tied(scores, valid).tolist() == [True, False, True, True]
+    complete = np.array([True, True, True, False])
+    assert pessimistic_hit_at_1(j, scores, valid, complete).tolist() == [0.0, 1.0, 1.0, 0.0]
+    assert hit_at_k(j, 1).tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_padding_is_never_a_tie():
+    scores = np.array([[0.3, -np.inf, -np.inf]])
+    valid = np.array([[True, False, False]])
+    assert not top1_tied(scores, valid)[0]

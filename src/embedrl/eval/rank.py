@@ -1,147 +1,244 @@
-"""Exact top-k over a candidate pool in bounded memory, plus optional FAISS search.
+"""Top-k search over a candidate pool: exact and blockwise in bounded memory, or through FAISS.
 
-`exact_topk` scores queries against the pool block by block (a query block × a candidate block at a time,
-candidates normalised per block for cosine), keeps a running top-k, and never holds the full
-queries × candidates score matrix: a 1,000,000 × 2048 float32 pool against 1,000 queries uses a few hundred MB
-beyond the pool itself. Order is (−score, candidate index) exactly — ties go to the lower index, as in the
-stable full sort — so the result equals `np.argsort(-scores, kind="stable")[:, :k]`.
+Order everywhere is (−score, candidate index): ties go to the lower index, as a stable full sort would give.
 
-`faiss_topk` (the `index` extra) gives the same top-k with an exact flat index (when there are no exact
-ties), or approximate results with an IVF index for very large pools.
+`exact_topk` never holds the queries × candidates score matrix. It walks the pool in candidate chunks and the
+queries in blocks, so one score block, and one float32 copy of a pool chunk, are each at most `block_bytes`
+(256 MiB by default): 1,000 queries against a 1,000,000 × 2048 float32 pool need about 0.5 GB beyond the
+pool instead of a 4 GB score matrix, and a memory-mapped pool is read once. Each block's top-k comes from `torch.topk` (fast, but with unspecified tie order); one extra column
+shows whether the cut falls inside a tie, and only those rows are redone exactly. For cosine, rows are
+normalised chunk by chunk before the product, the arithmetic of `normalize(Q) @ normalize(C).T`, so the
+scores equal those of the full matrix (bit for bit wherever BLAS uses the same kernel).
+
+`faiss_topk` (the `index` extra) searches a FAISS index: "flat" is exact and gives the same top-k as
+`exact_topk`; "hnsw" is approximate, for pools too large to scan.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..errors import ConfigError
 
 SIMILARITIES = ("cosine", "dot")
+FAISS_INDEXES = ("flat", "hnsw")
+DEFAULT_BLOCK_BYTES = 256 << 20
+_MAX_QUERY_BLOCK = 1024
 
 
-@dataclass
+@dataclass(frozen=True)
 class TopK:
-    indices: np.ndarray   # (n_queries, k) int64, best first
-    scores: np.ndarray    # (n_queries, k) float32
+    """Best-first candidates per query. Rows of pools smaller than k are padded with index -1, score -inf."""
+
+    indices: np.ndarray   # (num_queries, k) int64
+    scores: np.ndarray    # (num_queries, k) float32 (float64 when ranking a float64 score matrix)
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.indices >= 0
 
 
-def _as_tensor(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-
-
-def _normalise(x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(x, dim=-1)
-
-
-def _merge(best_s: torch.Tensor, best_i: torch.Tensor, new_s: torch.Tensor, new_i: torch.Tensor, k: int):
-    """Top-k of the union, ordered by (−score, index)."""
-    scores = torch.cat([best_s, new_s], dim=1)
-    idx = torch.cat([best_i, new_i], dim=1)
-    # Sort by index first, then stably by score: ties end up in increasing index order.
-    by_index = torch.argsort(idx, dim=1, stable=True)
-    scores, idx = torch.gather(scores, 1, by_index), torch.gather(idx, 1, by_index)
-    order = torch.argsort(-scores, dim=1, stable=True)[:, :k]
-    return torch.gather(scores, 1, order), torch.gather(idx, 1, order)
-
-
-def _block_topk(block: torch.Tensor, offset: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of one score block with exact tie handling at the k-th value."""
-    kk = min(k, block.shape[1])
-    values, _ = torch.topk(block, kk, dim=1, sorted=True)
-    threshold = values[:, -1:]
-    # Everything at or above the k-th value competes; usually exactly k columns, more only with ties.
-    candidates = block >= threshold
-    counts = candidates.sum(dim=1)
-    width = int(counts.max())
-    if width == kk:
-        cols = torch.topk(candidates.to(torch.int8) * 2 - 1, kk, dim=1, sorted=False).indices
-    else:
-        # rank candidate columns first, lower column index first among them
-        key = candidates.to(torch.int64) * (block.shape[1] + 1) - torch.arange(block.shape[1])
-        cols = torch.topk(key, width, dim=1, sorted=False).indices
-    scores = torch.gather(block, 1, cols)
-    valid = torch.gather(candidates, 1, cols)
-    scores = torch.where(valid, scores, torch.full_like(scores, -torch.inf))
-    return scores, cols.to(torch.int64) + offset
-
-
-def exact_topk(
-    queries: np.ndarray,
-    candidates: np.ndarray,
-    k: int,
-    similarity: str = "cosine",
-    query_block: int = 1024,
-    candidate_block: int = 32768,
-) -> TopK:
-    """Exact top-k of each query over `candidates`, computed blockwise; see the module docstring."""
+def _check_similarity(similarity: str) -> None:
     if similarity not in SIMILARITIES:
-        raise ConfigError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        raise ConfigError(f"unknown similarity {similarity!r}; expected one of {', '.join(SIMILARITIES)}")
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, in float32 (a new array). Raises ValueError naming the first zero row:
+    cosine similarity is undefined for it."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    zero = np.flatnonzero(norms[:, 0] == 0)
+    if zero.size:
+        raise ValueError(f"row {int(zero[0])} is a zero vector; cosine similarity is undefined")
+    return x / norms
+
+
+def _prepare(x: np.ndarray, similarity: str) -> np.ndarray:
+    return normalize_rows(x) if similarity == "cosine" else np.asarray(x, dtype=np.float32)
+
+
+def similarity_block(queries: np.ndarray, candidates: np.ndarray, similarity: str,
+                     out: np.ndarray | None = None) -> np.ndarray:
+    """Scores of a query block against a candidate block in float32: rows are normalised first for cosine,
+    the same arithmetic as `normalize(Q) @ normalize(C).T` on the whole matrices."""
+    return np.matmul(_prepare(queries, similarity), _prepare(candidates, similarity).T, out=out)
+
+
+def full_similarity(queries: np.ndarray, candidates: np.ndarray, similarity: str = "cosine") -> np.ndarray:
+    """The whole score matrix (for small inputs and tests); the same arithmetic as `exact_topk`."""
+    _check_similarity(similarity)
+    return similarity_block(queries, candidates, similarity)
+
+
+# --------------------------------------------------------------------------------------- block top-k
+
+
+def _lowest_index_topk(row: np.ndarray, k: int) -> np.ndarray:
+    """Columns of the k best entries of one row, ties at the cut going to the lowest columns: everything above
+    the k-th largest value, then the lowest-index columns equal to it. Unordered."""
+    kth_value = np.partition(row, row.size - k)[row.size - k]
+    above = np.flatnonzero(row > kth_value)
+    equal = np.flatnonzero(row == kth_value)
+    return np.concatenate([above, equal[: k - above.size]])
+
+
+def block_topk(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of each row of a score block, ordered by (−score, column). Returns (columns, scores);
+    k is capped at the number of columns."""
+    import torch
+
+    n = block.shape[1]
+    k = min(k, n)
+    if n <= k + 1:
+        cols = np.argsort(-block, axis=1, kind="stable")[:, :k]
+        return cols, np.take_along_axis(block, cols, axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # read-only input (a memmap): torch only reads it
+        values, cols = torch.topk(torch.from_numpy(block), k + 1, dim=1, largest=True, sorted=True)
+    values, cols = values.numpy(), cols.numpy()
+    # With the (k+1)-th value equal to the k-th, torch may have kept a higher column than a stable sort would.
+    cut_in_tie = np.flatnonzero(values[:, k] == values[:, k - 1])
+    cols = np.ascontiguousarray(cols[:, :k])
+    for r in cut_in_tie:
+        cols[r] = _lowest_index_topk(block[r], k)
+    scores = np.take_along_axis(block, cols, axis=1)
+    order = np.lexsort((cols, -scores), axis=1)
+    return np.take_along_axis(cols, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
+def _merge(best: TopK, rows: slice, cols: np.ndarray, scores: np.ndarray) -> None:
+    """Fold a chunk's top-k (global column indices) into the running top-k of `rows`, in place."""
+    k = best.indices.shape[1]
+    all_idx = np.concatenate([best.indices[rows], cols], axis=1)
+    all_scores = np.concatenate([best.scores[rows], scores.astype(best.scores.dtype)], axis=1)
+    # Padding (-1, -inf) sorts last because its score is lowest.
+    order = np.lexsort((all_idx, -all_scores), axis=1)[:, :k]
+    best.indices[rows] = np.take_along_axis(all_idx, order, axis=1)
+    best.scores[rows] = np.take_along_axis(all_scores, order, axis=1)
+
+
+def _empty(num_queries: int, k: int, dtype=np.float32) -> TopK:
+    return TopK(np.full((num_queries, k), -1, dtype=np.int64), np.full((num_queries, k), -np.inf, dtype=dtype))
+
+
+def plan_blocks(num_queries: int, num_candidates: int, block_bytes: int = DEFAULT_BLOCK_BYTES,
+                dim: int = 1, itemsize: int = 4) -> tuple[int, int]:
+    """(query block, candidate chunk) sizes such that the score block, and the float32 copy of a candidate
+    chunk (normalised for cosine), each fit in `block_bytes`."""
+    query_block = max(1, min(num_queries, _MAX_QUERY_BLOCK))
+    cand_chunk = max(1, min(num_candidates, block_bytes // (itemsize * query_block),
+                            block_bytes // (itemsize * dim)))
+    if cand_chunk < 1024 and num_candidates > cand_chunk:
+        # A tiny budget: trade query rows for candidate columns so that each matmul stays efficient.
+        cand_chunk = min(num_candidates, 1024)
+        query_block = max(1, block_bytes // (itemsize * cand_chunk))
+    return query_block, cand_chunk
+
+
+def exact_topk(queries: np.ndarray, candidates: np.ndarray, k: int, *, similarity: str = "cosine",
+               block_bytes: int = DEFAULT_BLOCK_BYTES) -> TopK:
+    """Exact top-k candidates per query by cosine or dot product, in bounded memory (see module doc).
+
+    `queries` (nq × d) and `candidates` (nc × d) may be memory-mapped and of any real dtype; blocks are
+    scored in float32. Zero vectors raise ValueError for cosine."""
+    _check_similarity(similarity)
+    if k < 1:
+        raise ValueError("k must be >= 1")
     if queries.ndim != 2 or candidates.ndim != 2 or queries.shape[1] != candidates.shape[1]:
-        raise ConfigError(f"queries {queries.shape} and candidates {candidates.shape} must be 2-D with equal dims")
-    n, m = queries.shape[0], candidates.shape[0]
-    k = min(k, m)
-    out_i = np.empty((n, k), dtype=np.int64)
-    out_s = np.empty((n, k), dtype=np.float32)
-    for q0 in range(0, n, query_block):
-        q = _as_tensor(queries[q0:q0 + query_block])
-        if similarity == "cosine":
-            q = _normalise(q)
-        best_s = torch.full((q.shape[0], 0), -torch.inf)
-        best_i = torch.zeros((q.shape[0], 0), dtype=torch.int64)
-        for c0 in range(0, m, candidate_block):
-            c = _as_tensor(candidates[c0:c0 + candidate_block])
-            if similarity == "cosine":
-                c = _normalise(c)
-            s, i = _block_topk(q @ c.T, c0, k)
-            best_s, best_i = _merge(best_s, best_i, s, i, k)
-        out_s[q0:q0 + q.shape[0]] = best_s.numpy()
-        out_i[q0:q0 + q.shape[0]] = best_i.numpy()
-    return TopK(out_i, out_s)
+        raise ValueError(f"shapes {queries.shape} and {candidates.shape} do not make a query × candidate product")
+    nq, nc = queries.shape[0], candidates.shape[0]
+    best = _empty(nq, k)
+    query_block, cand_chunk = plan_blocks(nq, nc, block_bytes, dim=queries.shape[1])
+    buffer = np.empty((query_block, cand_chunk), dtype=np.float32)
+    # Candidates outside, queries inside: each pool chunk (maybe read from disk) is read and normalised once.
+    for c0 in range(0, nc, cand_chunk):
+        try:
+            chunk = _prepare(candidates[c0:c0 + cand_chunk], similarity)
+        except ValueError as exc:
+            raise ValueError(f"candidates: {_shift_row(exc, c0)}") from None
+        for q0 in range(0, nq, query_block):
+            rows = slice(q0, min(q0 + query_block, nq))
+            try:
+                q = _prepare(queries[rows], similarity)
+            except ValueError as exc:
+                raise ValueError(f"queries: {_shift_row(exc, q0)}") from None
+            block = np.matmul(q, chunk.T, out=buffer[: q.shape[0], : chunk.shape[0]])
+            cols, scores = block_topk(block, k)
+            _merge(best, rows, cols + c0, scores)
+    return best
 
 
-def topk_from_scores(scores: np.ndarray, k: int, row_block: int = 1024) -> TopK:
-    """Top-k of a precomputed score matrix (rows: queries), same ordering rule, block of rows at a time."""
-    n, m = scores.shape
-    k = min(k, m)
-    out_i = np.empty((n, k), dtype=np.int64)
-    out_s = np.empty((n, k), dtype=np.float32)
-    for r0 in range(0, n, row_block):
-        block = _as_tensor(scores[r0:r0 + row_block])
-        s, i = _block_topk(block, 0, k)
-        s, i = _merge(torch.full((block.shape[0], 0), -torch.inf), torch.zeros((block.shape[0], 0), dtype=torch.int64),
-                      s, i, k)
-        out_s[r0:r0 + block.shape[0]] = s.numpy()
-        out_i[r0:r0 + block.shape[0]] = i.numpy()
-    return TopK(out_i, out_s)
+def _shift_row(exc: ValueError, offset: int) -> str:
+    """Re-number 'row i' in a block's error message to the row of the whole matrix."""
+    text = str(exc)
+    if text.startswith("row "):
+        row, rest = text[4:].split(" ", 1)
+        return f"row {int(row) + offset} {rest}"
+    return text
 
 
-def faiss_topk(queries: np.ndarray, candidates: np.ndarray, k: int, similarity: str = "cosine",
-               index: str = "flat", nlist: int | None = None, nprobe: int = 16) -> TopK:
-    """Top-k with FAISS: 'flat' is exact inner product; 'ivf' is approximate (nlist ≈ 4·sqrt(pool))."""
+def topk_from_scores(scores: np.ndarray, k: int, *, block_bytes: int = DEFAULT_BLOCK_BYTES) -> TopK:
+    """Exact top-k of each row of a given score matrix (maybe memory-mapped), a block of rows at a time.
+    float64 scores stay float64, so no ties are created by rounding."""
+    if scores.ndim != 2:
+        raise ValueError(f"expected a 2-D score matrix, got shape {scores.shape}")
+    dtype = np.float64 if scores.dtype == np.float64 else np.float32
+    nq, nc = scores.shape
+    best = _empty(nq, k, dtype)
+    rows_per_block = max(1, block_bytes // (np.dtype(dtype).itemsize * max(nc, 1)))
+    for q0 in range(0, nq, rows_per_block):
+        rows = slice(q0, min(q0 + rows_per_block, nq))
+        block = np.ascontiguousarray(scores[rows], dtype=dtype)
+        cols, values = block_topk(block, k)
+        _merge(best, rows, cols, values)
+    return best
+
+
+# -------------------------------------------------------------------------------------------------- FAISS
+
+
+def _import_faiss():
     try:
-        import faiss  # noqa: PLC0415 - optional extra
+        import faiss
     except ImportError:
-        raise ConfigError("FAISS search needs the index extra: pip install 'embedrl[index]'") from None
-    if similarity not in SIMILARITIES:
-        raise ConfigError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
-    q = np.ascontiguousarray(queries, dtype=np.float32).copy()
-    c = np.ascontiguousarray(candidates, dtype=np.float32).copy()
-    if similarity == "cosine":
-        faiss.normalize_L2(q)
-        faiss.normalize_L2(c)
-    d = c.shape[1]
+        raise ConfigError("FAISS search needs the `index` extra: pip install 'embedrl[index]' (faiss-cpu)") from None
+    return faiss
+
+
+def faiss_topk(queries: np.ndarray, candidates: np.ndarray, k: int, *, similarity: str = "cosine",
+               index: str = "flat", hnsw_m: int = 32, ef_search: int | None = None) -> TopK:
+    """Top-k through FAISS. index="flat" is exact (IndexFlatIP) and, after re-sorting FAISS's output by
+    (−score, index) and redoing rows whose cut falls in a tie, equals `exact_topk` whenever both compute the same
+    float32 scores. index="hnsw" is approximate (IndexHNSWFlat, inner product)."""
+    _check_similarity(similarity)
+    if index not in FAISS_INDEXES:
+        raise ConfigError(f"unknown FAISS index {index!r}; expected one of {', '.join(FAISS_INDEXES)}")
+    faiss = _import_faiss()
+    q = np.ascontiguousarray(_prepare(queries, similarity))
+    c = np.ascontiguousarray(_prepare(candidates, similarity))
+    nc, dim = c.shape
     if index == "flat":
-        idx = faiss.IndexFlatIP(d)
-    elif index == "ivf":
-        nlist = nlist or max(1, int(4 * np.sqrt(len(c))))
-        idx = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        idx.train(c)
-        idx.nprobe = nprobe
+        searcher = faiss.IndexFlatIP(dim)
     else:
-        raise ConfigError(f"index must be 'flat' or 'ivf', got {index!r}")
-    idx.add(c)
-    scores, indices = idx.search(q, min(k, len(c)))
-    return TopK(indices.astype(np.int64), scores.astype(np.float32))
+        searcher = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        searcher.hnsw.efSearch = ef_search or max(64, 2 * k)
+    searcher.add(c)
+    depth = min(k + 1, nc)
+    values, cols = searcher.search(q, depth)
+    best = _empty(q.shape[0], k)
+    valid = cols >= 0
+    values = np.where(valid, values, -np.inf).astype(np.float32)
+    if index == "flat" and depth > k:
+        for r in np.flatnonzero(values[:, k] == values[:, k - 1]):
+            row = c @ q[r]
+            cols[r, :k] = _lowest_index_topk(row, k)
+            values[r, :k] = row[cols[r, :k]]
+    cols, values = cols[:, :k], values[:, :k]
+    order = np.lexsort((np.where(cols >= 0, cols, np.iinfo(np.int64).max), -values), axis=1)
+    best.indices[:, : cols.shape[1]] = np.take_along_axis(cols, order, axis=1)
+    best.scores[:, : cols.shape[1]] = np.take_along_axis(values, order, axis=1)
+    return best

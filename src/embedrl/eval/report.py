@@ -1,16 +1,21 @@
-"""Aggregate per-task results into the MMEB-V2 and UVRB tables.
+"""Benchmark tables from per-task results: MMEB-V2 (benchmarks.md §1.6) and UVRB (§2.2).
 
-MMEB-V2 (benchmarks.md §1.6): task score = 100 × hit@1 (image, video) or 100 × ndcg_linear@5 (visdoc);
-meta-task, modality and overall scores are FLAT means over their tasks (36 / 18 / 24 / 78), never means of
-means. UVRB (§2.2): each dataset with its own metric, the 16-dataset mean, and the ability means in two
-labelled schemes — hierarchical (GVE, the official numbers) and flat (Embed-RL's own rows).
+Inputs, mixed freely (folders are searched recursively for `*.json`):
+- embedrl per-task results (`score_task` / `embedrl score` / `embedrl eval`);
+- the VLM2Vec / Embed-RL leaderboard layout `{"metadata": ..., "metrics": {"image": {task: {"hit@1": ...}}}}`
+  (MMEB-V2 only), and VLM2Vec's own `<task>_score.json` files (flat metric dicts, task from the file name);
+- a plain `{"task or dataset": score}` mapping, e.g. a paper's table. Scores are percentages unless every value
+  is ≤ 1 (then fractions, scaled by 100); `{"scale": "percent" | "fraction", "scores": {...}}` says so
+  explicitly.
 
-Missing tasks are listed and every mean that lacks one of its tasks is marked partial (with n/N); nothing is
-averaged silently over an incomplete set.
+Scores are read from the metric the benchmark defines (registry.py), never from whatever a result file calls
+its main score, and shown ×100. A task that is missing is listed, and every mean that should include it is
+marked partial with n/N; nothing is averaged over a silently smaller set.
 
-Inputs: folders (read recursively) or files holding embedrl per-task results (`score_task`), the VLM2Vec /
-Embed-RL per-task layout (`{"metrics": {"image": {task: {metric: value}}, ...}}`), or, for UVRB, a plain
-`{"dataset": score}` mapping (percentages, or fractions when every value is ≤ 1).
+MMEB-V2: meta-task, modality (Image 36, Video 18, VisDoc 24) and overall (78) means are flat means over tasks.
+UVRB: the 16 dataset scores, their mean, and ability columns in two schemes, both labelled: hierarchical (GVE:
+S, T, PR -> FG; CG, FG, LC -> TXT) and flat (Embed-RL Table 13: each column a plain mean of its datasets);
+AVG = mean(TXT, CMP, VIS, CG, FG, LC) in both.
 """
 
 from __future__ import annotations
@@ -18,286 +23,445 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from ..data.taskdir import parse_metric_name
 from ..errors import DataError, Problem
-from .registry import (
-    MMEB_ALIASES,
-    MMEB_META_TASKS,
-    MMEB_MODALITIES,
-    MMEB_TASKS,
-    UVRB_ABILITIES,
-    UVRB_ALIASES,
-    UVRB_DATASETS,
-)
+from ..fileio import atomic_open, read_json
+from . import registry as reg
 
-log = logging.getLogger(__name__)
+FORMATS = ("md", "json", "csv")
+SCHEME_LABELS = {
+    "abilities_hier": "hierarchical (GVE; FG = mean(S, T, PR), TXT = mean(CG, FG, LC))",
+    "abilities_flat": "flat (Embed-RL Table 13; each column a plain mean of its datasets)",
+}
 
 
-@dataclass
-class Score:
-    value: float | None          # percent
-    n: int                       # tasks present
-    total: int                   # tasks expected
+def fmt(value: float, digits: int = 2) -> str:
+    """Round half up on the shortest decimal form, as papers print (70.25 -> "70.3", not banker's "70.2")."""
+    quantum = Decimal(1).scaleb(-digits)
+    return str(Decimal(repr(value)).quantize(quantum, rounding=ROUND_HALF_UP))
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    task: str          # registry name
+    score: float       # percent
+    metric: str        # metric the score was read from ("given" for plain mappings)
+    source: str        # file it came from
+
+
+@dataclass(frozen=True)
+class Mean:
+    """A mean over the tasks (datasets) present; `n`/`total` count them, `missing` names the absent ones."""
+
+    name: str
+    value: float | None
+    n: int
+    total: int
+    missing: tuple[str, ...] = ()
 
     @property
     def partial(self) -> bool:
         return self.n < self.total
 
-    def to_json(self) -> dict:
-        return {"score": None if self.value is None else round(self.value, 4), "tasks": self.n, "of": self.total,
-                "partial": self.partial}
-
-    def text(self) -> str:
+    def text(self, digits: int = 2) -> str:
         if self.value is None:
-            return "–"
-        return f"{self.value:.2f}" + (f" (partial {self.n}/{self.total})" if self.partial else "")
+            return f"n/a (0/{self.total})"
+        shown = fmt(self.value, digits)
+        return f"{shown} (partial {self.n}/{self.total})" if self.partial else shown
 
-
-def _mean(values: list[float | None], total: int) -> Score:
-    present = [v for v in values if v is not None]
-    return Score(float(np.mean(present)) if present else None, len(present), total)
+    def to_json(self) -> dict[str, Any]:
+        return {"score": self.value, "n": self.n, "total": self.total, "partial": self.partial,
+                "missing": list(self.missing)}
 
 
 @dataclass
 class Report:
     benchmark: str
-    tasks: dict[str, float]                      # task -> percent
-    groups: dict[str, dict[str, Score]]          # section -> name -> score
+    tasks: list[dict[str, Any]]                    # one row per registry task, in registry order
+    sections: dict[str, dict[str, Mean]]           # section -> label -> mean
     missing: list[str]
-    sources: list[str]
     notes: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict:
-        return {
-            "benchmark": self.benchmark,
-            "tasks": {k: round(v, 4) for k, v in self.tasks.items()},
-            **{section: {k: s.to_json() for k, s in scores.items()} for section, scores in self.groups.items()},
-            "missing": self.missing,
-            "sources": self.sources,
-            "notes": self.notes,
-        }
-
-
-# ---------------------------------------------------------------------------------------------- loading
-
-
-def _records_from_json(obj: Any, source: str) -> list[dict]:
-    if isinstance(obj, dict) and "task" in obj and isinstance(obj.get("metrics"), dict):
-        return [dict(obj, _source=source)]
-    if isinstance(obj, dict) and isinstance(obj.get("metrics"), dict) and set(obj["metrics"]) & set(MMEB_MODALITIES):
-        out = []
-        for modality, tasks in obj["metrics"].items():
-            for task, metrics in (tasks or {}).items():
-                out.append({"benchmark": "MMEB-V2", "task": task, "modality": modality, "metrics": metrics,
-                            "_source": source})
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"benchmark": self.benchmark, "tasks": self.tasks}
+        for section, means in self.sections.items():
+            entry: dict[str, Any] = {label: m.to_json() for label, m in means.items()}
+            if section in SCHEME_LABELS:
+                entry = {"scheme": SCHEME_LABELS[section], **entry}
+            out[section] = entry
+        out["missing"] = self.missing
+        out["notes"] = self.notes
         return out
-    if isinstance(obj, dict) and obj and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                             for v in obj.values()):
-        fraction = all(v <= 1.0 for v in obj.values())
-        return [{"benchmark": "UVRB", "task": k, "percent": float(v) * (100 if fraction else 1), "_source": source}
-                for k, v in obj.items()]
-    return []
 
 
-def load_results(paths: list[str | Path]) -> tuple[list[dict], list[str]]:
-    """Result records from files and folders, and the list of files that held none."""
-    records, skipped = [], []
-    for path in map(Path, paths):
-        files = sorted(p for p in path.rglob("*.json") if "cache" not in p.parts) if path.is_dir() else [path]
-        if not path.exists():
+# -------------------------------------------------------------------------------------------- collecting
+
+
+@dataclass
+class _Collector:
+    benchmark: str
+    scores: dict[str, TaskScore] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)    # JSON files in folders that hold no results
+
+    def unknown(self, name: str, source: str) -> None:
+        hint = reg.MMEB_NOT_LEADERBOARD.get(name) if self.benchmark == reg.MMEB_V2 else None
+        what = "one of the 78 MMEB-V2 tasks" if self.benchmark == reg.MMEB_V2 else "one of the 16 UVRB datasets"
+        self.notes.append(f"{source}: {name!r} is not {what}" + (f" ({hint})" if hint else "") + "; ignored")
+
+    def add(self, name: str, value: float, metric: str, source: str) -> None:
+        task = reg.resolve_task(self.benchmark, name)
+        if task is None:
+            self.unknown(name, source)
+            return
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise DataError(Problem(source, f"score of {name!r} is not a finite number: {value!r}"))
+        if task in self.scores:
+            first = self.scores[task].source
+            raise DataError(Problem(source, f"{task!r} is given twice (also in {first}); pass one result per task"))
+        self.scores[task] = TaskScore(task, float(value), metric, source)
+
+
+def _registry_metric(benchmark: str, task: str) -> str:
+    if benchmark == reg.MMEB_V2:
+        return reg.mmeb_task(task).main_metric
+    return reg.uvrb_dataset(task).metric
+
+
+def _is_metric_key(key: str) -> bool:
+    try:
+        parse_metric_name(key)
+        return True
+    except ValueError:
+        return key in ("num_pred", "num_data")
+
+
+def _read_embedrl_result(obj: dict, source: str, out: _Collector) -> None:
+    benchmark = reg.canonical_benchmark(str(obj.get("benchmark", "")))
+    if benchmark != out.benchmark:
+        out.notes.append(f"{source}: a {obj.get('benchmark')!r} result; skipped")
+        return
+    name = str(obj.get("task"))
+    task = reg.resolve_task(out.benchmark, name)
+    if task is None:
+        out.unknown(name, source)
+        return
+    metric = _registry_metric(out.benchmark, task)
+    metrics = obj["metrics"]
+    if metric not in metrics:
+        raise DataError(Problem(source, f"{name!r} has no {metric!r}, the metric {out.benchmark} reports for it "
+                                        f"(it has: {', '.join(sorted(metrics)[:12])})"))
+    if obj.get("primary_metric") not in (None, metric):
+        out.notes.append(f"{source}: {name!r} lists primary_metric {obj['primary_metric']!r}; the report uses "
+                         f"{metric!r} as {out.benchmark} defines")
+    out.add(name, 100.0 * metrics[metric], metric, source)
+
+
+def _read_leaderboard(obj: dict, source: str, out: _Collector) -> None:
+    """VLM2Vec / Embed-RL layout: metrics.{image,video,visdoc}.{task}.{metric}."""
+    if out.benchmark != reg.MMEB_V2:
+        out.notes.append(f"{source}: MMEB-V2 leaderboard layout; skipped")
+        return
+    for modality, tasks in obj["metrics"].items():
+        if not isinstance(tasks, dict):
+            raise DataError(Problem(source, f"metrics.{modality} is not an object of tasks"))
+        for name, metrics in tasks.items():
+            _read_metric_dict(name, metrics, f"{source}: metrics.{modality}", out)
+
+
+def _read_metric_dict(name: str, metrics: Any, source: str, out: _Collector) -> None:
+    task = reg.resolve_task(out.benchmark, name)
+    if task is None:
+        out.unknown(name, source)
+        return
+    metric = _registry_metric(out.benchmark, task)
+    if not isinstance(metrics, dict) or metric not in metrics:
+        raise DataError(Problem(source, f"task {name!r} has no {metric!r}"))
+    out.add(name, 100.0 * metrics[metric], metric, source)
+
+
+def _read_mapping(obj: dict, source: str, out: _Collector) -> None:
+    scale = obj.get("scale") if isinstance(obj.get("scores"), dict) else None
+    scores = obj["scores"] if scale is not None else obj
+    values = list(scores.values())
+    if scale is None:
+        scale = "fraction" if values and all(abs(v) <= 1.0 for v in values) else "percent"
+        out.notes.append(f"{source}: plain score mapping read as {scale}s"
+                         + (" (every value ≤ 1)" if scale == "fraction" else ""))
+    if scale not in ("percent", "fraction"):
+        raise DataError(Problem(source, f"scale must be 'percent' or 'fraction', got {scale!r}", field="scale"))
+    factor = 100.0 if scale == "fraction" else 1.0
+    for name, value in scores.items():
+        out.add(name, factor * value, "given", source)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _classify(obj: Any) -> str | None:
+    """Which input layout a parsed JSON file is, or None for anything else."""
+    if not isinstance(obj, dict) or not obj:
+        return None
+    if isinstance(obj.get("metrics"), dict) and "task" in obj and "benchmark" in obj:
+        return "embedrl"
+    if isinstance(obj.get("metrics"), dict) and obj["metrics"] and all(
+            isinstance(v, dict) and all(isinstance(m, dict) for m in v.values()) for v in obj["metrics"].values()):
+        return "leaderboard"
+    if isinstance(obj.get("scores"), dict) and set(obj) <= {"scale", "scores"} and all(
+            _is_number(v) for v in obj["scores"].values()):
+        return "mapping"
+    if all(_is_number(v) for v in obj.values()):
+        return "vlm2vec_task" if all(_is_metric_key(k) for k in obj) else "mapping"
+    return None
+
+
+def _read_file(path: Path, out: _Collector, explicit: bool) -> None:
+    source = str(path)
+    obj = read_json(path)
+    kind = _classify(obj)
+    if kind is None:
+        if explicit:
+            raise DataError(Problem(source, "not a result file: expected an embedrl task result, the VLM2Vec / "
+                                            "Embed-RL score layout or a {name: score} mapping"))
+        out.skipped.append(source)
+    elif kind == "embedrl":
+        _read_embedrl_result(obj, source, out)
+    elif kind == "leaderboard":
+        _read_leaderboard(obj, source, out)
+    elif kind == "vlm2vec_task":
+        if out.benchmark != reg.MMEB_V2:
+            out.notes.append(f"{source}: VLM2Vec per-task score file; skipped")
+            return
+        name = path.stem.removesuffix("_score")
+        _read_metric_dict(name, obj, source, out)
+    else:
+        _read_mapping(obj, source, out)
+
+
+def collect(paths: Sequence[str | Path], benchmark: str) -> tuple[dict[str, TaskScore], list[str]]:
+    """Task scores (percent, keyed by registry name) from files and folders, plus notes on what was skipped."""
+    canonical = reg.canonical_benchmark(benchmark)
+    if canonical is None:
+        raise DataError(Problem("--benchmark", f"unknown benchmark {benchmark!r}; expected mmeb-v2 or uvrb"))
+    out = _Collector(canonical)
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*.json") if p.is_file())
+            if not files:
+                out.notes.append(f"{path}: no .json files")
+            for file in files:
+                _read_file(file, out, explicit=False)
+        elif path.is_file():
+            _read_file(path, out, explicit=True)
+        else:
             raise DataError(Problem(str(path), "no such file or folder"))
-        for file in files:
-            try:
-                obj = json.loads(file.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise DataError(Problem(str(file), f"not a JSON file ({exc})")) from None
-            found = _records_from_json(obj, str(file))
-            if found:
-                records.extend(found)
-            else:
-                skipped.append(str(file))
-    return records, skipped
+    if out.skipped:
+        shown = ", ".join(out.skipped[:5]) + (", ..." if len(out.skipped) > 5 else "")
+        out.notes.append(f"{len(out.skipped)} JSON file(s) in the folders are not result files, skipped: {shown}")
+    return out.scores, out.notes
 
 
-def _pick(records: list[dict], aliases: dict[str, str], known: dict, notes: list[str]) -> dict[str, dict]:
-    chosen: dict[str, dict] = {}
-    for rec in records:
-        name = aliases.get(rec["task"], rec["task"])
-        if name not in known:
-            continue
-        if name in chosen:
-            notes.append(f"{name}: several results ({chosen[name]['_source']}, {rec['_source']}); the last is used")
-        chosen[name] = rec
-    return chosen
+# ------------------------------------------------------------------------------------------- aggregation
 
 
-# ---------------------------------------------------------------------------------------------- MMEB-V2
+def mean_over(name: str, names: Iterable[str], scores: dict[str, float]) -> Mean:
+    """Flat mean of the named tasks' scores over those present."""
+    names = list(names)
+    present = [scores[n] for n in names if n in scores]
+    missing = tuple(n for n in names if n not in scores)
+    value = sum(present) / len(present) if present else None
+    return Mean(name, value, len(present), len(names), missing)
 
 
-def mmeb_report(records: list[dict]) -> Report:
-    notes: list[str] = []
-    chosen = _pick([r for r in records if "metrics" in r], MMEB_ALIASES, MMEB_TASKS, notes)
-    tasks: dict[str, float] = {}
-    for name, rec in chosen.items():
-        metric = MMEB_TASKS[name].main_metric
-        if metric not in rec["metrics"]:
-            raise DataError(Problem(rec["_source"], f"task {name!r} has no {metric} (needed for its main score)"))
-        tasks[name] = 100.0 * float(rec["metrics"][metric])
-    meta = {m: _mean([tasks.get(t) for t in names], len(names)) for m, (_, names) in MMEB_META_TASKS.items()}
-    modality = {}
-    for mod in MMEB_MODALITIES:
-        names = [t for t, spec in MMEB_TASKS.items() if spec.modality == mod]
-        modality[mod] = _mean([tasks.get(t) for t in names], len(names))
-    overall = {"All": _mean([tasks.get(t) for t in MMEB_TASKS], len(MMEB_TASKS))}
-    missing = [t for t in MMEB_TASKS if t not in tasks]
-    sources = sorted({r["_source"] for r in chosen.values()})
-    return Report("MMEB-V2", tasks, {"meta_tasks": meta, "modalities": modality, "overall": overall}, missing,
-                  sources, notes)
+def mmeb_report(scores: dict[str, TaskScore], notes: Sequence[str] = ()) -> Report:
+    values = {t: s.score for t, s in scores.items()}
+    rows = [{"task": t.name, "modality": t.modality, "meta_task": t.meta_task, "metric": t.main_metric,
+             "score": values.get(t.name), "source": scores[t.name].source if t.name in scores else None}
+            for t in reg.MMEB_TASKS]
+    meta = {m: mean_over(m, [t.name for t in reg.MMEB_TASKS if t.meta_task == m], values)
+            for m in reg.MMEB_META_TASKS}
+    modalities = {reg.MMEB_MODALITY_LABELS[mod]: mean_over(
+        reg.MMEB_MODALITY_LABELS[mod], [t.name for t in reg.MMEB_TASKS if t.modality == mod], values)
+        for mod in reg.MMEB_MODALITIES}
+    overall = {"All": mean_over("All", [t.name for t in reg.MMEB_TASKS], values)}
+    missing = [t.name for t in reg.MMEB_TASKS if t.name not in values]
+    return Report(reg.MMEB_V2, rows, {"meta_tasks": meta, "modalities": modalities, "overall": overall},
+                  missing, list(notes))
 
 
-# ------------------------------------------------------------------------------------------------- UVRB
+def _hier_mean(node: str, values: dict[str, float]) -> Mean:
+    """GVE scheme: a node is the mean of its children's means (a dataset is its own score)."""
+    leaves = reg.uvrb_leaves(node)
+    if node not in reg.UVRB_TREE:
+        return mean_over(node, leaves, values)
+    children = [_hier_mean(child, values) for child in reg.UVRB_TREE[node]]
+    present = [c.value for c in children if c.value is not None]
+    missing = tuple(leaf for leaf in leaves if leaf not in values)
+    value = sum(present) / len(present) if present else None
+    return Mean(node, value, len(leaves) - len(missing), len(leaves), missing)
 
 
-def uvrb_report(records: list[dict]) -> Report:
-    notes: list[str] = []
-    chosen = _pick(records, UVRB_ALIASES, UVRB_DATASETS, notes)
-    data: dict[str, float] = {}
-    for name, rec in chosen.items():
-        if "percent" in rec:
-            data[name] = rec["percent"]
-            continue
-        metric = UVRB_DATASETS[name].metric
-        if metric not in rec["metrics"]:
-            raise DataError(Problem(rec["_source"], f"dataset {name!r} has no {metric} (its UVRB metric)"))
-        data[name] = 100.0 * float(rec["metrics"][metric])
+def _flat_mean(node: str, values: dict[str, float]) -> Mean:
+    """Embed-RL scheme: a node is the plain mean of all datasets under it."""
+    return mean_over(node, reg.uvrb_leaves(node), values)
 
-    def of(names: list[str]) -> list[float | None]:
-        return [data.get(n) for n in names]
 
-    specs = list(UVRB_DATASETS.values())
-    by = {
-        "S": [d.name for d in specs if d.sub == "S"], "T": [d.name for d in specs if d.sub == "T"],
-        "PR": [d.name for d in specs if d.sub == "PR"], "CG": [d.name for d in specs if d.domain == "CG"],
-        "FG": [d.name for d in specs if d.domain == "FG"], "LC": [d.name for d in specs if d.domain == "LC"],
-        "TXT": [d.name for d in specs if d.task == "TXT"], "CMP": [d.name for d in specs if d.task == "CMP"],
-        "VIS": [d.name for d in specs if d.task == "VIS"],
+def _ability_average(columns: dict[str, Mean], values: dict[str, float]) -> Mean:
+    """AVG = mean(TXT, CMP, VIS, CG, FG, LC); partial when any of the 16 datasets is missing."""
+    present = [columns[a].value for a in reg.UVRB_ABILITIES if columns[a].value is not None]
+    all_datasets = [d.name for d in reg.UVRB_DATASETS]
+    missing = tuple(n for n in all_datasets if n not in values)
+    value = sum(present) / len(present) if present else None
+    return Mean("AVG", value, len(all_datasets) - len(missing), len(all_datasets), missing)
+
+
+def uvrb_report(scores: dict[str, TaskScore], notes: Sequence[str] = ()) -> Report:
+    values = {t: s.score for t, s in scores.items()}
+    rows = [{"task": d.name, "metric": d.paper_metric, "metric_name": d.metric, "score": values.get(d.name),
+             "source": scores[d.name].source if d.name in scores else None} for d in reg.UVRB_DATASETS]
+    sections: dict[str, dict[str, Mean]] = {
+        "avg_datasets": {"AVG_datasets": mean_over("AVG_datasets", [d.name for d in reg.UVRB_DATASETS], values)},
     }
-    flat = {k: _mean(of(v), len(v)) for k, v in by.items()}
-    flat["AVG"] = _mean([flat[a].value for a in UVRB_ABILITIES], len(UVRB_ABILITIES))
-    hier = {k: flat[k] for k in ("S", "T", "PR", "CG", "LC", "CMP", "VIS")}
-    hier["FG"] = _counted_mean([hier["S"], hier["T"], hier["PR"]], len(by["FG"]))
-    hier["TXT"] = _counted_mean([hier["CG"], hier["FG"], hier["LC"]], len(by["TXT"]))
-    hier["AVG"] = _mean([hier[a].value for a in UVRB_ABILITIES], len(UVRB_ABILITIES))
-    for scheme in (flat, hier):
-        # an ability average is partial whenever an ability is partial
-        if any(scheme[a].partial for a in UVRB_ABILITIES):
-            scheme["AVG"] = Score(scheme["AVG"].value, min(scheme["AVG"].n, 5), 6)
-    datasets = {"AVG_datasets": _mean(of(list(UVRB_DATASETS)), len(UVRB_DATASETS))}
-    order = ("AVG", "TXT", "CMP", "VIS", "CG", "FG", "LC", "S", "T", "PR")
-    missing = [d for d in UVRB_DATASETS if d not in data]
-    return Report("UVRB", data, {
-        "datasets_mean": datasets,
-        "abilities_hier": {k: hier[k] for k in order},
-        "abilities_flat": {k: flat[k] for k in order},
-    }, missing, sorted({r["_source"] for r in chosen.values()}), notes + [
-        "abilities_hier: GVE's hierarchical means (FG = mean of S, T, PR; TXT = mean of CG, FG, LC) — the "
-        "official UVRB numbers; abilities_flat: plain dataset means (Embed-RL's own rows).",
-        "R@k is hit@k (Embed-RL's UVRB script); P@1 = precision@1."])
+    for section, node_mean in (("abilities_hier", _hier_mean), ("abilities_flat", _flat_mean)):
+        columns = {c: node_mean(c, values) for c in reg.UVRB_COLUMNS}
+        sections[section] = {"AVG": _ability_average(columns, values), **columns}
+    missing = [d.name for d in reg.UVRB_DATASETS if d.name not in values]
+    return Report(reg.UVRB, rows, sections, missing, list(notes))
 
 
-def _counted_mean(parts: list[Score], total: int) -> Score:
-    values = [p.value for p in parts if p.value is not None]
-    return Score(float(np.mean(values)) if values else None, sum(p.n for p in parts), total)
+def build_report(benchmark: str, paths: Sequence[str | Path]) -> Report:
+    """Collect results from files and folders and aggregate them for `benchmark` ("mmeb-v2" or "uvrb")."""
+    scores, notes = collect(paths, benchmark)
+    if not scores:
+        raise DataError(Problem(", ".join(map(str, paths)), f"no {reg.canonical_benchmark(benchmark)} results found"
+                                + (f" ({len(notes)} note(s): {notes[0]})" if notes else "")))
+    if reg.canonical_benchmark(benchmark) == reg.MMEB_V2:
+        return mmeb_report(scores, notes)
+    return uvrb_report(scores, notes)
 
 
-def build_report(benchmark: str, paths: list[str | Path]) -> Report:
-    records, skipped = load_results(paths)
-    report = mmeb_report(records) if benchmark == "mmeb-v2" else uvrb_report(records)
-    if skipped:
-        report.notes.append(f"files without results skipped: {', '.join(skipped[:10])}")
-    if not report.tasks:
-        raise DataError(Problem(", ".join(map(str, paths)), f"no {report.benchmark} task results found"))
-    return report
+# ---------------------------------------------------------------------------------------------- rendering
 
 
-# ---------------------------------------------------------------------------------------------- output
+def _score_text(value: float | None) -> str:
+    return "missing" if value is None else fmt(value)
 
 
 def render_markdown(report: Report) -> str:
-    lines = [f"# {report.benchmark}", ""]
-    if report.benchmark == "MMEB-V2":
-        lines += ["| modality | meta-task | task | score |", "|---|---|---|---:|"]
-        for meta, (mod, names) in MMEB_META_TASKS.items():
-            for t in names:
-                value = f"{report.tasks[t]:.2f}" if t in report.tasks else "missing"
-                lines.append(f"| {mod} | {meta} | {t} | {value} |")
-        lines += ["", "| group | score |", "|---|---:|"]
+    lines = [f"# {report.benchmark} report", ""]
+    if report.benchmark == reg.MMEB_V2:
+        lines += ["| Modality | Meta-task | Task | Metric | Score |", "|---|---|---|---|---:|"]
+        for row in report.tasks:
+            lines.append(f"| {reg.MMEB_MODALITY_LABELS[row['modality']]} | {row['meta_task']} | {row['task']} | "
+                         f"{row['metric']} | {_score_text(row['score'])} |")
+        lines += ["", "| Group | Score | Tasks |", "|---|---:|---:|"]
         for section in ("meta_tasks", "modalities", "overall"):
-            for name, score in report.groups[section].items():
-                lines.append(f"| {name} | {score.text()} |")
+            for label, mean in report.sections[section].items():
+                shown = "**All**" if section == "overall" else (f"**{label}**" if section == "modalities" else label)
+                lines.append(f"| {shown} | {mean.text()} | {mean.n}/{mean.total} |")
+        lines += ["", "Scores ×100: hit@1 for Image and Video, ndcg_linear@5 for VisDoc. Meta-task, modality and "
+                      "overall scores are flat means over their tasks (benchmarks.md §1.6)."]
     else:
-        lines += ["| dataset | metric | score |", "|---|---|---:|"]
-        for name, spec in UVRB_DATASETS.items():
-            value = f"{report.tasks[name]:.2f}" if name in report.tasks else "missing"
-            lines.append(f"| {name} | {spec.paper_metric} | {value} |")
-        lines += ["", f"16-dataset mean: {report.groups['datasets_mean']['AVG_datasets'].text()}", "",
-                  "| scheme | " + " | ".join(report.groups["abilities_hier"]) + " |",
-                  "|---|" + "---:|" * len(report.groups["abilities_hier"])]
-        for scheme in ("abilities_hier", "abilities_flat"):
-            lines.append(f"| {scheme} | " + " | ".join(s.text() for s in report.groups[scheme].values()) + " |")
+        lines += ["| # | Dataset | Metric | Score |", "|---:|---|---|---:|"]
+        for i, row in enumerate(report.tasks, 1):
+            lines.append(f"| {i} | {row['task']} | {row['metric']} | {_score_text(row['score'])} |")
+        avg = report.sections["avg_datasets"]["AVG_datasets"]
+        columns = list(report.sections["abilities_hier"])
+        lines += ["", f"16-dataset average: {avg.text()}", "",
+                  "| Scheme | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+        for section, title in (("abilities_hier", "hierarchical (GVE)"), ("abilities_flat", "flat (Embed-RL)")):
+            lines.append(f"| {title} | " + " | ".join(m.text(1) for m in report.sections[section].values()) + " |")
+        lines += ["", "Scores ×100. R@k is hit@k (Embed-RL's UVRB script), P@1 is precision@1. "
+                      "AVG = mean(TXT, CMP, VIS, CG, FG, LC). "
+                      f"Hierarchical: {SCHEME_LABELS['abilities_hier']}. Flat: {SCHEME_LABELS['abilities_flat']}."]
     if report.missing:
-        lines += ["", f"Missing ({len(report.missing)}): {', '.join(report.missing)}"]
-    for note in report.notes:
-        lines += ["", f"Note: {note}"]
+        lines += ["", f"**Missing ({len(report.missing)}):** " + ", ".join(report.missing),
+                  "Means marked partial average only the tasks present."]
+    if report.notes:
+        lines += ["", "Notes:"] + [f"- {n}" for n in report.notes]
     return "\n".join(lines) + "\n"
 
 
 def render_csv(report: Report) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["section", "name", "score", "tasks", "of", "partial"])
-    for name, value in report.tasks.items():
-        writer.writerow(["task", name, f"{value:.4f}", 1, 1, False])
-    for section, scores in report.groups.items():
-        for name, score in scores.items():
-            writer.writerow([section, name, "" if score.value is None else f"{score.value:.4f}", score.n,
-                             score.total, score.partial])
-    return buf.getvalue()
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["level", "name", "group", "metric", "score", "n", "total", "partial"])
+    for row in report.tasks:
+        score = "" if row["score"] is None else f"{row['score']:.4f}"
+        level = "task" if report.benchmark == reg.MMEB_V2 else "dataset"
+        group = row.get("meta_task", "")
+        writer.writerow([level, row["task"], group, row["metric"], score, int(row["score"] is not None), 1,
+                         row["score"] is None])
+    for section, means in report.sections.items():
+        for label, mean in means.items():
+            score = "" if mean.value is None else f"{mean.value:.4f}"
+            writer.writerow([section, label, "", "", score, mean.n, mean.total, mean.partial])
+    return buffer.getvalue()
 
 
-def plot_report(report: Report, out: str | Path) -> Path:
-    import matplotlib
+def render(report: Report, fmt: str) -> str:
+    if fmt == "md":
+        return render_markdown(report)
+    if fmt == "json":
+        return json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n"
+    if fmt == "csv":
+        return render_csv(report)
+    raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    if report.benchmark == "MMEB-V2":
-        panels = {"modalities + overall": {**report.groups["modalities"], **report.groups["overall"]},
-                  "meta-tasks": report.groups["meta_tasks"]}
+# -------------------------------------------------------------------------------------------------- plot
+
+
+def plot_report(report: Report, path: str | Path) -> Path:
+    """Bar chart PNG: MMEB-V2 modality and overall scores, or UVRB ability columns in both schemes.
+    Partial means are hatched and labelled."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.0, 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if report.benchmark == reg.MMEB_V2:
+        series = {"score": {**report.sections["modalities"], **report.sections["overall"]}}
+        title = "MMEB-V2: modality and overall scores (flat means over tasks)"
     else:
-        panels = {"abilities (hierarchical, GVE)": report.groups["abilities_hier"],
-                  "abilities (flat)": report.groups["abilities_flat"]}
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.6), squeeze=False)
-    for ax, (title, scores) in zip(axes[0], panels.items()):
-        names = list(scores)
-        values = [scores[n].value or 0.0 for n in names]
-        bars = ax.bar(names, values, color=["#999999" if scores[n].partial else "#3b6ea8" for n in names])
-        for bar, name in zip(bars, names):
-            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{scores[name].value or 0:.1f}",
-                    ha="center", va="bottom", fontsize=7)
-        ax.set_title(title + (" (grey: partial)" if any(s.partial for s in scores.values()) else ""))
-        ax.set_ylim(0, 100)
-        ax.tick_params(axis="x", rotation=45, labelsize=8)
-    fig.suptitle(report.benchmark)
+        series = {"hierarchical (GVE)": report.sections["abilities_hier"],
+                  "flat (Embed-RL)": report.sections["abilities_flat"]}
+        title = "UVRB ability scores"
+    labels = list(next(iter(series.values())))
+    width = 0.8 / len(series)
+    for s, (name, means) in enumerate(series.items()):
+        xs = [i + (s - (len(series) - 1) / 2) * width for i in range(len(labels))]
+        heights = [means[label].value or 0.0 for label in labels]
+        bars = ax.bar(xs, heights, width, label=name if len(series) > 1 else None)
+        for bar, label in zip(bars, labels):
+            mean = means[label]
+            if mean.partial:
+                bar.set_hatch("//")
+            text = "n/a" if mean.value is None else fmt(mean.value, 1) + ("*" if mean.partial else "")
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                        fontsize=7)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("score (×100)")
+    ax.set_ylim(0, 105)
+    partial = any(m.partial for means in series.values() for m in means.values())
+    ax.set_title(title + ("\n* hatched: partial mean (tasks missing)" if partial else ""), fontsize=9)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    path = Path(path)
+    with atomic_open(path, "wb") as handle:
+        handle.write(buffer.getvalue())
+    return path

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import DataError, Problem
 from ..fileio import iter_jsonl, save_npy, write_jsonl
+from ._models import add_model_arguments, load_models
 
 HELP = """\
 Each line of --input is one item with the fields of a task query: "id", optional "instruction", "text",
@@ -24,10 +25,7 @@ in OUT.failures.jsonl with their id, their rows are NaN, and the exit code is 1.
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="embed items (with T-CoT reasoning) into a .npy matrix",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--embedder", required=True, help="Embedder checkpoint folder")
-    p.add_argument("--reasoner", help="Reasoner checkpoint folder (transformers backend)")
-    p.add_argument("--reasoner-url", help="OpenAI-compatible endpoint for the Reasoner instead of a folder")
-    p.add_argument("--reasoner-model", default="reasoner", help="model name sent to --reasoner-url")
+    add_model_arguments(p)
     p.add_argument("--input", required=True, help="items.jsonl")
     p.add_argument("--out", required=True, help="output .npy (float32, one row per input line)")
     p.add_argument("--side", choices=["query", "candidate"], default="query",
@@ -38,10 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="default: generate with a reasoner, else off")
     p.add_argument("--cache-dir", help="T-CoT and vector cache (default: OUT.cache)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_encode)
 
@@ -75,22 +69,10 @@ def read_items(path: Path):
 
 
 def _encode(args: argparse.Namespace) -> int:
-    from ..models.backbone import LoadOptions
-    from ..models.embedder import Embedder
-    from ..models.reasoner import GenerationSettings, OpenAIChatBackend, Reasoner
     from ..pipeline import encode_detailed
 
     items = read_items(Path(args.input))
-    options = LoadOptions(dtype=args.dtype, device=args.device)
-    embedder = Embedder.from_pretrained(args.embedder, options)
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
-    reasoner = None
-    if args.reasoner_url:
-        reasoner = Reasoner(OpenAIChatBackend(args.reasoner_url, args.reasoner_model), settings,
-                            num_frames=embedder.config.num_frames)
-    elif args.reasoner:
-        reasoner = Reasoner.from_pretrained(args.reasoner, options, batch_size=args.batch_size,
-                                            settings=settings, num_frames=embedder.config.num_frames)
+    embedder, reasoner = load_models(args)
     out = Path(args.out)
     cache_dir = Path(args.cache_dir) if args.cache_dir else out.with_name(out.name + ".cache")
     result = encode_detailed(items, embedder, reasoner, reasoning=args.reasoning, side=args.side,

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ._models import add_model_arguments, load_models
+
 HELP = """\
 For each task folder: the Reasoner writes T-CoTs for candidates (candidate prompts) and queries (query prompts),
 the Embedder embeds input + evidence, and the task is scored (every metric at k = 1, 5, 10 and the task's main
@@ -20,39 +22,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="run retrieval tasks end to end (encode + score)", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", nargs="+", required=True, metavar="DIR", help="task folder(s) in the unified format")
-    p.add_argument("--embedder", required=True)
-    p.add_argument("--reasoner", help="Reasoner checkpoint (transformers backend)")
-    p.add_argument("--reasoner-url", help="OpenAI-compatible endpoint serving the Reasoner")
-    p.add_argument("--reasoner-model", default="reasoner")
+    add_model_arguments(p)
     p.add_argument("--reasoning", choices=["generate", "cached", "off"],
                    help="default: generate with a reasoner, else off; cached uses T-CoTs given in item meta")
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--label", help="run name stored in every result")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_eval)
 
 
 def _eval(args: argparse.Namespace) -> int:
     from ..eval.runner import EvalSettings, evaluate_tasks
-    from ..models.backbone import LoadOptions
-    from ..models.embedder import Embedder
-    from ..models.reasoner import GenerationSettings, OpenAIChatBackend, Reasoner
 
-    options = LoadOptions(dtype=args.dtype, device=args.device)
-    embedder = Embedder.from_pretrained(args.embedder, options)
-    generation = GenerationSettings(max_new_tokens=args.max_new_tokens)
-    reasoner = None
-    if args.reasoner_url:
-        reasoner = Reasoner(OpenAIChatBackend(args.reasoner_url, args.reasoner_model), generation,
-                            num_frames=embedder.config.num_frames)
-    elif args.reasoner:
-        reasoner = Reasoner.from_pretrained(args.reasoner, options, batch_size=args.batch_size,
-                                            settings=generation, num_frames=embedder.config.num_frames)
+    embedder, reasoner = load_models(args)
     settings = EvalSettings(reasoning=args.reasoning, batch_size=args.batch_size, progress=not args.no_progress,
                             overwrite=args.overwrite, label=args.label)
     results, errors = evaluate_tasks(args.task, embedder, reasoner, out_dir=Path(args.out), settings=settings)

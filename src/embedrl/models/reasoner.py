@@ -212,14 +212,18 @@ def post_json(url: str, payload: dict, api_key: str | None, timeout: float, retr
     raise last
 
 
+def api_base(url: str) -> str:
+    """'http://host:8000' or 'http://host:8000/v1/' -> 'http://host:8000/v1'."""
+    url = url.rstrip("/")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
 class OpenAIChatBackend:
     """Any OpenAI-compatible chat endpoint; requests run concurrently (`max_concurrency`)."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 300.0,
                  max_concurrency: int = 8, retries: int = 2):
-        self.base_url = base_url.rstrip("/")
-        if not self.base_url.endswith("/v1"):
-            self.base_url += "/v1"
+        self.base_url = api_base(base_url)
         self.model = model
         self.api_key = api_key
         self.timeout = timeout

@@ -13,15 +13,13 @@ import numpy as np
 from ..data.items import Item
 from ..data.media import load_image, load_video
 from ..errors import BackendError
-from .reasoner import image_data_url, post_json
+from .reasoner import api_base, image_data_url, post_json
 
 
 class RemoteEmbedder:
     def __init__(self, base_url: str, model: str = "embedder", api_key: str | None = None,
                  timeout: float = 300.0, batch_size: int = 32, num_frames: int = 8):
-        self.base_url = base_url.rstrip("/")
-        if not self.base_url.endswith("/v1"):
-            self.base_url += "/v1"
+        self.base_url = api_base(base_url)
         self.model = model
         self.api_key = api_key
         self.timeout = timeout

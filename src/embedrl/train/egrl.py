@@ -12,10 +12,9 @@ Wiring on TRL's `GRPOTrainer` (we do not write a GRPO implementation):
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from ..rewards import (
     process_reward_from_answer,
 )
 from .pairs import TrainingPair
-from .plots import plot_training_curves
+from .plots import write_run_outputs
 from .sampler import SubBatchSampler
 
 log = logging.getLogger(__name__)
@@ -451,26 +450,14 @@ def train_reasoner(
             model_out = model_out.merge_and_unload()
         model_out.save_pretrained(final)
         save_processor(processor, final)
-        history = trainer.state.log_history
-        (out / "log_history.json").write_text(json.dumps(history, indent=1))
-        (out / "embedrl_training.json").write_text(json.dumps(
-            {"stage": 2, "model": str(model_path), "pairs": len(pairs),
-             "reward_weights": reward.weights, "acc_mode": config.acc_mode,
-             "config": {k: v for k, v in asdict(config).items() if _jsonable(v)}}, indent=1, default=str))
-        if config.plot:
-            plot_training_curves(history, out / "rl_curves.png",
-                                 ("reward", "rewards/format/mean", "rewards/process/mean", "rewards/outcome/mean",
-                                  "format_valid_rate", "acc", "margin", "judge_parse_failures",
-                                  "completions/mean_length"), title="Stage 2: EG-RL")
+        write_run_outputs(out, trainer.state.log_history,
+                          {"stage": 2, "model": str(model_path), "pairs": len(pairs),
+                           "reward_weights": reward.weights, "acc_mode": config.acc_mode}, config,
+                          "rl_curves.png" if config.plot else None,
+                          ("reward", "rewards/format/mean", "rewards/process/mean", "rewards/outcome/mean",
+                           "format_valid_rate", "acc", "margin", "judge_parse_failures", "completions/mean_length"),
+                          "Stage 2: EG-RL")
     return final, reward
-
-
-def _jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value)
-        return True
-    except (TypeError, ValueError):
-        return False
 
 
 # ------------------------------------------------------------------------------------------ SFT cold start

@@ -1,9 +1,14 @@
-"""Training curves as PNG (matplotlib, Agg backend: no display needed)."""
+"""What a training run leaves beside its checkpoints: the log history, a run record and curve PNGs."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
+
+from ..fileio import write_json
 
 
 def plot_training_curves(history: Sequence[dict], out: str | Path, keys: Sequence[str], title: str = "") -> Path | None:
@@ -32,3 +37,21 @@ def plot_training_curves(history: Sequence[dict], out: str | Path, keys: Sequenc
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def write_run_outputs(out: Path, history: list[dict], record: dict[str, Any], config: Any, plot_file: str | None,
+                      plot_keys: Sequence[str], title: str) -> None:
+    """log_history.json, embedrl_training.json (the record plus every JSON-able config field) and a curve PNG."""
+    write_json(out / "log_history.json", history, indent=1)
+    settings = {k: v for k, v in asdict(config).items() if _jsonable(v)}
+    write_json(out / "embedrl_training.json", {**record, "config": settings}, indent=1)
+    if plot_file:
+        plot_training_curves(history, out / plot_file, plot_keys, title=title)

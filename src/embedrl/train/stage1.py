@@ -8,9 +8,8 @@ checkpoints with exact resume, and multi-GPU through accelerate (DDP or DeepSpee
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from ..errors import ConfigError
 from ..models.embedder import Embedder, LoraSettings, pooled_embeddings
 from .contrastive import ContrastiveLoss, LossOutput, grad_cache_step
 from .pairs import TrainingPair
-from .plots import plot_training_curves
+from .plots import write_run_outputs
 from .sampler import Mixture, SubBatchSampler
 
 log = logging.getLogger(__name__)
@@ -318,20 +317,9 @@ def train_embedder(model_path: str | Path, pairs: list[TrainingPair], config: Em
     if trainer.is_world_process_zero():
         embedder.name_or_path = str(model_path)
         embedder.save_pretrained(final, merge=config.merge_lora)
-        history = trainer.state.log_history
-        (out / "log_history.json").write_text(json.dumps(history, indent=1))
-        (out / "embedrl_training.json").write_text(json.dumps(
-            {"stage": 1, "model": str(model_path), "pairs": len(pairs),
-             "config": {k: v for k, v in asdict(config).items() if _jsonable(v)}}, indent=1, default=str))
-        if config.plot:
-            plot_training_curves(history, out / "training_curve.png", ("loss", "accuracy"),
-                                 title="Stage 1: Embedder contrastive training")
+        write_run_outputs(out, trainer.state.log_history,
+                          {"stage": 1, "model": str(model_path), "pairs": len(pairs)}, config,
+                          "training_curve.png" if config.plot else None, ("loss", "accuracy"),
+                          "Stage 1: Embedder contrastive training")
     return final
 
-
-def _jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value)
-        return True
-    except (TypeError, ValueError):
-        return False

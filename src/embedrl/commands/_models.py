@@ -1,0 +1,36 @@
+"""Model flags shared by the commands that encode (`encode`, `eval`), and loading from them."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--embedder", required=True, help="Embedder checkpoint (folder or hub id)")
+    parser.add_argument("--reasoner", help="Reasoner checkpoint (transformers backend)")
+    parser.add_argument("--reasoner-url", help="OpenAI-compatible endpoint serving the Reasoner instead")
+    parser.add_argument("--reasoner-model", default="reasoner", help="model name sent to --reasoner-url")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="T-CoT length limit")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
+
+def load_models(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(Embedder, Reasoner or None) from the flags of `add_model_arguments`."""
+    from ..models.backbone import LoadOptions
+    from ..models.embedder import Embedder
+    from ..models.reasoner import GenerationSettings, OpenAIChatBackend, Reasoner
+
+    options = LoadOptions(dtype=args.dtype, device=args.device)
+    embedder = Embedder.from_pretrained(args.embedder, options)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    frames = embedder.config.num_frames
+    if args.reasoner_url:
+        return embedder, Reasoner(OpenAIChatBackend(args.reasoner_url, args.reasoner_model), settings,
+                                  num_frames=frames)
+    if args.reasoner:
+        return embedder, Reasoner.from_pretrained(args.reasoner, options, batch_size=args.batch_size,
+                                                  settings=settings, num_frames=frames)
+    return embedder, None

@@ -1,0 +1,34 @@
+"""`embedrl eval`: task folders encoded and scored end to end, skipped when done, failures isolated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from embedrl.cli import main
+from embedrl.data.synthetic import write_benchmark
+
+
+def test_eval_cli_scores_resumes_and_isolates_failures(tiny_qwen3_embedder, tmp_path: Path, capsys) -> None:
+    tasks = write_benchmark(tmp_path / "bench", n=6)
+    picked = [t for t in tasks if t.name in ("SynT2I", "SynCLS")]
+    out = tmp_path / "results"
+    args = ["eval", "--task", *map(str, picked), "--embedder", str(tiny_qwen3_embedder), "--reasoning", "cached",
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    result = json.loads((out / "synthetic" / "SynT2I.json").read_text())
+    assert result["num_queries"] == 6 and 0.0 <= result["main_score"] <= 1.0
+    assert result["run"]["reasoning"] == "cached" and result["run"]["unparsed_tcots"] == 0
+    stamp = (out / "synthetic" / "SynT2I.json").stat().st_mtime_ns
+    assert main(args) == 0  # finished tasks are skipped
+    assert (out / "synthetic" / "SynT2I.json").stat().st_mtime_ns == stamp
+
+    broken = next(t for t in tasks if t.name == "SynI2T")
+    first_image = sorted((broken / "media" / "images").iterdir())[0]
+    first_image.write_bytes(b"not an image")
+    code = main(["eval", "--task", str(broken), str(next(t for t in tasks if t.name == "SynDoc")),
+                 "--embedder", str(tiny_qwen3_embedder), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "SynI2T: 1 item(s) could not be encoded" in err and first_image.name in err
+    assert (out / "synthetic" / "SynDoc.json").is_file()  # the other task still ran
+    assert not (out / "synthetic" / "SynI2T.json").exists()

@@ -349,7 +349,7 @@ def encode_detailed(
 
 def _reasoning_stage(items, reasoner, mode, side, target_modality, cache_root, batch_size, progress,
                      failures) -> list[str | None]:
-    from .data.media import load_image, load_video
+    from .data.media import load_item_media
 
     n = len(items)
     texts: list[str | None] = [None] * n
@@ -384,18 +384,14 @@ def _reasoning_stage(items, reasoner, mode, side, target_modality, cache_root, b
             for key in chunk:
                 item = items[pending[key][0]]
                 try:
-                    images = [load_image(x) for x in item.images]
-                    frames = []
-                    if item.video is not None:
-                        src = item.video.frames if item.video.frames is not None else item.video.path
-                        frames = load_video(src, num_frames)
+                    loaded = load_item_media(item, num_frames)
                 except MediaError as exc:
                     for row in pending[key]:
                         failures.append(EncodeFailure(row, items[row].id, "media", str(exc)))
                     continue
                 ready.append(key)
                 batch_items.append(item)
-                media.append((images, frames))
+                media.append(loaded)
             if batch_items:
                 outputs = reasoner.reason(batch_items, side=side, target_modality=target_modality, media=media)
                 for key, text in zip(ready, outputs):

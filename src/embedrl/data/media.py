@@ -136,6 +136,16 @@ def load_video(
     return _decode_video_file(path, num_frames)
 
 
+def load_item_media(item: Any, num_frames: int = 8) -> tuple[list[Image.Image], list[Image.Image]]:
+    """(images, sampled video frames) of an `Item` as RGB PIL images. Raises MediaError naming the file."""
+    images = [load_image(img) for img in item.images]
+    frames: list[Image.Image] = []
+    if item.video is not None:
+        source = item.video.frames if item.video.frames is not None else item.video.path
+        frames = load_video(source, num_frames=num_frames)
+    return images, frames
+
+
 def _decode_video_file(path: Path, num_frames: int) -> list[Image.Image]:
     try:
         import av  # noqa: PLC0415 - optional extra

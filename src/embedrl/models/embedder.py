@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from ..data.items import Item
-from ..data.media import load_image, load_video
+from ..data.media import load_item_media as load_media_files
 from ..errors import ConfigError, ModelError
 from .backbone import (
     LoadOptions,
@@ -125,13 +125,8 @@ def _limit_pixels(img: Image.Image, max_pixels: int | None) -> Image.Image:
 
 
 def load_item_media(item: Item, config: EmbedderConfig) -> tuple[list[Image.Image], list[Image.Image]]:
-    """(images, sampled video frames) of an item as RGB PIL images. Raises MediaError naming the file."""
-    images = [load_image(img) for img in item.images]
-    frames: list[Image.Image] = []
-    if item.video is not None:
-        source = item.video.frames if item.video.frames is not None else item.video.path
-        frames = load_video(source, num_frames=config.num_frames)
-    return images, frames
+    """(images, sampled video frames) of an item, sampled with the Embedder's frame count."""
+    return load_media_files(item, config.num_frames)
 
 
 def item_text(item: Item) -> str:

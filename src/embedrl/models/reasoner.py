@@ -293,16 +293,9 @@ class Reasoner:
     def reason(self, items: Sequence[Item], side: str, target_modality: str | None = None,
                media: Sequence[tuple[list[Image.Image], list[Image.Image]]] | None = None) -> list[str]:
         """Raw T-CoT text per item. `media` gives each item's loaded (images, frames)."""
-        from ..data.media import load_image, load_video
+        from ..data.media import load_item_media
 
         if media is None:
-            media = []
-            for item in items:
-                images = [load_image(i) for i in item.images]
-                frames = []
-                if item.video is not None:
-                    source = item.video.frames if item.video.frames is not None else item.video.path
-                    frames = load_video(source, self.num_frames)
-                media.append((images, frames))
+            media = [load_item_media(item, self.num_frames) for item in items]
         conversations = [self.conversation(it, side, target_modality, m) for it, m in zip(items, media)]
         return self.backend.generate(conversations, self.settings)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..data.items import Item
-from ..data.media import load_image, load_video
+from ..data.media import load_item_media
 from ..errors import BackendError
 from .reasoner import api_base, image_data_url, post_json
 
@@ -27,11 +27,11 @@ class RemoteEmbedder:
         self.num_frames = num_frames
 
     def _payload(self, item: Item, tcot: str | None) -> dict:
+        images, frames = load_item_media(item, self.num_frames)
         entry: dict = {"id": item.id, "text": item.text, "instruction": item.instruction,
-                       "images": [image_data_url(load_image(i)) for i in item.images]}
+                       "images": [image_data_url(i) for i in images]}
         if item.video is not None:
-            source = item.video.frames if item.video.frames is not None else item.video.path
-            entry["frames"] = [image_data_url(f) for f in load_video(source, self.num_frames)]
+            entry["frames"] = [image_data_url(f) for f in frames]
         if tcot is not None:
             entry["tcot"] = tcot
         return entry

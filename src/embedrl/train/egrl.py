@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, Sampler
 from trl import GRPOConfig, GRPOTrainer
 
 from ..data.items import Item
-from ..data.media import load_image, load_video
+from ..data.media import load_item_media
 from ..errors import ConfigError
 from ..prompts import (
     format_judge_anchor,
@@ -149,19 +149,12 @@ class RLPromptDataset(Dataset):
         pair = self.pairs[pair_index]
         return pair.query if side == "query" else pair.positive
 
-    def frames_of(self, item: Item) -> list:
-        if item.video is None:
-            return []
-        source = item.video.frames if item.video.frames is not None else item.video.path
-        return load_video(source, self.num_frames)
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         pair_index, side = divmod(index, 2)
         side_name = "query" if side == 0 else "positive"
         pair = self.pairs[pair_index]
         item = pair.query if side == 0 else pair.positive
-        images = [load_image(i) for i in item.images]
-        frames = self.frames_of(item)
+        images, frames = load_item_media(item, self.num_frames)
         if side == 0:
             kind = select_prompt_kind("query", item.modality, pair.positive.modality)
         else:

@@ -191,6 +191,3 @@ def run_demo(settings: DemoSettings) -> str:
     _say(f"done in {time.perf_counter() - start:.0f} s; report: {settings.out / 'report.md'}")
     return text
 
-
-def load_report(out: Path) -> dict:
-    return json.loads((out / "report.json").read_text())

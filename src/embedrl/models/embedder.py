@@ -29,6 +29,7 @@ from PIL import Image
 from ..data.items import Item
 from ..data.media import load_item_media as load_media_files
 from ..errors import ConfigError, ModelError
+from ..tcot import EvidenceConfig, evidence, strip_special_tokens
 from .backbone import (
     LoadOptions,
     detect_family,
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 EMBEDDER_CONFIG_FILE = "embedrl_embedder.json"
 SUMMARY_PROMPT = "Summarize the above content in one word:"
 EMB_TOKEN = "<emb>"
-# Vision placeholders a text must never smuggle in: they would desynchronise text and pixel inputs.
-VISION_MARKERS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
 
 
 @dataclass
@@ -110,12 +109,6 @@ class EmbedderInput:
     notes: list[str] = field(default_factory=list)
 
 
-def strip_vision_markers(text: str) -> str:
-    for marker in VISION_MARKERS:
-        text = text.replace(marker, "")
-    return text
-
-
 def _limit_pixels(img: Image.Image, max_pixels: int | None) -> Image.Image:
     if max_pixels is None or img.width * img.height <= max_pixels:
         return img
@@ -132,7 +125,8 @@ def load_item_media(item: Item, config: EmbedderConfig) -> tuple[list[Image.Imag
 def item_text(item: Item) -> str:
     """Instruction and payload text as the Embedder reads them."""
     parts = [p.strip() for p in (item.instruction, item.text) if p and p.strip()]
-    return strip_vision_markers(" ".join(parts))
+    # Control tokens in user text (<|image_pad|>, <emb>, ...) would desynchronise text and pixels or pooling.
+    return strip_special_tokens(" ".join(parts))
 
 
 def build_input(
@@ -170,8 +164,6 @@ def build_input(
     if tcot is None:
         content.append({"type": "text", "text": config.summary_prompt})
     else:
-        from ..tcot import EvidenceConfig, evidence
-
         ev = evidence(
             tcot, images=images, frames=frames,
             config=EvidenceConfig(max_crops=config.max_crops, max_keyframes=config.max_keyframes,
@@ -183,7 +175,7 @@ def build_input(
                 limit = config.frame_max_pixels if frames and not images else config.image_max_pixels
                 content.append({"type": "image", "image": _limit_pixels(piece["image"], limit)})
             else:
-                content.append({"type": "text", "text": strip_vision_markers(piece["text"])})
+                content.append(piece)  # evidence texts are already free of special tokens
     messages = [
         {"role": "user", "content": content},
         {"role": "assistant", "content": [{"type": "text", "text": config.emb_token}]},

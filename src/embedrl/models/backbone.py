@@ -136,7 +136,8 @@ def _image_only_processor_class(family: Family) -> type:
 def load_processor(path: str | Path, family: Family | None = None, options: LoadOptions | None = None):
     """The checkpoint's processor: tokenizer + image processor (+ video processor with torchvision)."""
     from transformers import AutoTokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from .imageprep import FastQwen2VLImageProcessorPil
 
     options = options or LoadOptions()
     family = family or detect_family(path)
@@ -151,7 +152,7 @@ def load_processor(path: str | Path, family: Family | None = None, options: Load
             log.warning("AutoProcessor failed for %s (%s); using the image-only processor", path, exc)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(path), **pixel_kwargs)
+        image_processor = FastQwen2VLImageProcessorPil.from_pretrained(str(path), **pixel_kwargs)
     except Exception as exc:
         raise ModelError(f"{path}: cannot load tokenizer / image processor: {exc}") from None
     chat_template = tokenizer.chat_template or _read_chat_template(Path(path))
@@ -200,6 +201,7 @@ def load_model(path: str | Path, family: Family | None = None, options: LoadOpti
     except Exception as exc:
         raise ModelError(f"{path}: cannot load {family.model_class}: {exc}") from None
     use_linear_patch_embedding(model)
+    use_packed_vision_attention(model)
     return model.to(options.torch_device()).eval()
 
 
@@ -230,6 +232,107 @@ def use_linear_patch_embedding(model: torch.nn.Module) -> int:
             module.__class__ = type(type(module).__name__, (_LinearPatchEmbedding, type(module)), {})
             switched += 1
     return switched
+
+
+# transformers hands the vision tower's packed sequence (all images of a batch, with cu_seqlens) to an attention
+# function in one call only when the implementation's name contains "flash"; any other implementation gets one
+# call per image. The name below is ours (registered through the public AttentionInterface), not flash-attn.
+PACKED_VISION_ATTENTION = "embedrl_packed_sdpa_flash_varlen"
+
+
+def _equal_length_runs(lengths: list[int]) -> list[tuple[int, int]]:
+    """[(length, count)] for consecutive equal lengths: [4, 4, 9, 4] -> [(4, 2), (9, 1), (4, 1)]."""
+    runs: list[tuple[int, int]] = []
+    for length in lengths:
+        if runs and runs[-1][0] == length:
+            runs[-1] = (length, runs[-1][1] + 1)
+        else:
+            runs.append((length, 1))
+    return runs
+
+
+def packed_sdpa_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
+                          cu_seq_lens_q=None, cu_seq_lens_k=None, is_causal=False, **kwargs):
+    """Attention over a packed (1, heads, total, dim) sequence of independent segments given by cu_seqlens.
+
+    Consecutive segments of equal length (the images of a batch usually share a size) go through one batched
+    `scaled_dot_product_attention` call instead of one call each. Returns (1, total, heads, dim) like the
+    flash-attention functions. Anything else (a mask, unequal q/k segments) is handled by plain SDPA.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    packed = (cu_seq_lens_q is not None and attention_mask is None and query.shape[0] == 1
+              and query.shape == key.shape == value.shape
+              and (cu_seq_lens_k is None or torch.equal(cu_seq_lens_q, cu_seq_lens_k)))
+    if not packed:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                      dropout=dropout, is_causal=is_causal)
+    _, heads, _, dim = query.shape
+    lengths = (cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]).tolist()
+    outputs, start = [], 0
+    for length, count in _equal_length_runs(lengths):
+        span = slice(start, start + length * count)
+        q, k, v = (t[0, :, span].unflatten(1, (count, length)).transpose(0, 1) for t in (query, key, value))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling,
+                                                               is_causal=is_causal)
+        outputs.append(out.transpose(1, 2).reshape(length * count, heads, dim))
+        start += length * count
+    return torch.cat(outputs).unsqueeze(0), None
+
+
+def use_packed_vision_attention(model: torch.nn.Module) -> bool:
+    """Run the vision tower's SDPA attention as `packed_sdpa_attention`; returns whether it was switched.
+
+    Only an `sdpa` vision tower is switched: eager (e.g. for attention outputs) and real flash attention stay.
+    Same math as one SDPA call per image; on CPU the per-image calls cost more than the attention itself.
+    """
+    from transformers import AttentionInterface
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    vision_config = getattr(getattr(base, "config", None), "vision_config", None)
+    if vision_config is None or vision_config._attn_implementation != "sdpa":
+        return False
+    AttentionInterface.register(PACKED_VISION_ATTENTION, packed_sdpa_attention)
+    vision_config._attn_implementation = PACKED_VISION_ATTENTION
+    return True
+
+
+def image_rope_positions(batch: dict[str, Any], spatial_merge_size: int) -> torch.Tensor | None:
+    """Multimodal RoPE position ids (3, batch, length) for a batch whose visual inputs are all still images.
+
+    The values the Qwen-VL models compute themselves (`get_rope_index`), without their per-row Python loop:
+    a text token at running position c gets (c, c, c) and advances c by 1; an image of (h, w) merged patches
+    starting at c gives patch (i, j) the position (c, c + i, c + j) and advances c by max(h, w). Padding gets 0.
+    Returns None (the model computes positions itself) for text-only batches, video tokens or multi-frame grids.
+    """
+    input_ids, grids = batch.get("input_ids"), batch.get("image_grid_thw")
+    token_types = batch.get("mm_token_type_ids")
+    if input_ids is None or grids is None or token_types is None or batch.get("video_grid_thw") is not None:
+        return None
+    if bool((token_types > 1).any()) or bool((grids[:, 0] != 1).any()):
+        return None
+    mask = batch.get("attention_mask")
+    valid = mask.bool() if mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+    is_image = (token_types == 1) & valid
+    grid_h, grid_w = grids[:, 1] // spatial_merge_size, grids[:, 2] // spatial_merge_size
+    counts = grid_h * grid_w
+    if int(is_image.sum()) != int(counts.sum()):
+        return None  # token/grid mismatch: let the model raise its own error
+    # Image tokens in row-major order belong to the images in grid order (the model reads them the same way).
+    image_of_token = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+    first_token = torch.cumsum(counts, 0) - counts
+    within = torch.arange(int(counts.sum()), device=counts.device) - first_token[image_of_token]
+    token_index = is_image.reshape(-1).nonzero().squeeze(1)
+    advance = (valid & ~is_image).long()
+    last = within == counts[image_of_token] - 1
+    advance.view(-1)[token_index[last]] = torch.maximum(grid_h, grid_w)
+    start = torch.cumsum(advance, dim=1) - advance
+    positions = start.unsqueeze(0).repeat(3, 1, 1)
+    width = grid_w[image_of_token]
+    positions[1].view(-1)[token_index] += within // width
+    positions[2].view(-1)[token_index] += within % width
+    positions[:, ~valid] = 0
+    return positions.to(input_ids.dtype)
 
 
 def final_norm(model) -> torch.nn.Module:

@@ -33,6 +33,7 @@ from ..tcot import EvidenceConfig, evidence, strip_special_tokens
 from .backbone import (
     LoadOptions,
     detect_family,
+    image_rope_positions,
     language_model,
     load_model,
     load_processor,
@@ -391,6 +392,11 @@ def pooled_embeddings(model: torch.nn.Module, batch: dict[str, Any], emb_token_i
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     # `base.model` is the multimodal backbone without lm_head: its last_hidden_state is already normed,
     # and skipping lm_head avoids a (tokens x vocabulary) logits tensor.
+    if "position_ids" not in batch:
+        merge = getattr(getattr(base.config, "vision_config", None), "spatial_merge_size", None)
+        positions = image_rope_positions(batch, merge) if merge else None
+        if positions is not None:
+            batch["position_ids"] = positions
     out = base.model(**batch, use_cache=False)
     hidden = out.last_hidden_state
     positions = emb_positions(batch["input_ids"], batch.get("attention_mask"), emb_token_id)

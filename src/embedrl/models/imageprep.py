@@ -1,0 +1,115 @@
+"""Qwen-VL image preprocessing without per-pixel float work in Python-driven numpy passes.
+
+The PIL image processor of transformers (`Qwen2VLImageProcessorPil`, used by all three families when
+torchvision is absent) handles each image with several full-image numpy passes: PIL -> array -> PIL for the
+resize, a float64 rescale, a float32 normalise, then a patch transpose. On a small CPU this costs about as much
+as a tiny model's forward pass.
+
+`FastQwen2VLImageProcessorPil` produces the same `pixel_values` and `image_grid_thw`, bit for bit, for the
+common input (RGB `PIL.Image`s): the resize is the same PIL call on the original image, and rescale + normalise
+of a uint8 value depend only on (channel, value), so they become a 3 x 256 lookup table computed with exactly
+the processor's float operations. Patchify is one strided copy per image. Anything else (arrays, tensors,
+other modes, disabled steps) goes through the unchanged transformers path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
+
+# Keys the fast path understands; any other truthy option (e.g. a crop or pad request) takes the slow path.
+_HANDLED = {
+    "do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std",
+    "patch_size", "temporal_patch_size", "merge_size", "return_tensors", "do_convert_rgb", "data_format",
+    "input_data_format", "device", "min_pixels", "max_pixels", "default_to_square", "disable_grouping",
+}
+
+
+def normalisation_table(rescale_factor: float, mean, std) -> np.ndarray:
+    """(3, 256) float32: the processor's rescale-then-normalise of every uint8 value, per channel.
+
+    Same operations and dtypes as `transformers.image_transforms.rescale` (float64 multiply, cast to float32)
+    followed by `normalize` (float32 subtract and divide), so every entry equals the processor's result.
+    """
+    values = (np.arange(256, dtype=np.uint8).astype(np.float64) * rescale_factor).astype(np.float32)
+    mean32 = np.asarray(mean, dtype=np.float32).reshape(-1, 1)
+    std32 = np.asarray(std, dtype=np.float32).reshape(-1, 1)
+    return (values[None, :] - mean32) / std32
+
+
+def patchify_into(out: torch.Tensor, pixels: np.ndarray, table: torch.Tensor, patch: int, merge: int,
+                  temporal: int) -> None:
+    """Write one (H, W, 3) uint8 image into `out` ((grid_h * grid_w) x (3 * temporal * patch * patch) float32)
+    in the processor's layout.
+
+    Rows run over merge blocks, then positions inside a block; columns over channel, time, patch row, column.
+    A still image fills every temporal slot with the same frame. `table` is `normalisation_table` flattened.
+    """
+    height, width, channels = pixels.shape
+    gh, gw = height // patch, width // patch
+    # Normalise the small uint8 image first (one lookup per pixel), then a single strided copy does the
+    # patch transpose and the temporal repeat straight into the output rows.
+    index = torch.from_numpy(pixels.astype(np.int32))
+    index += torch.arange(0, 256 * channels, 256, dtype=torch.int32)
+    values = table[index].view(gh // merge, merge, patch, gw // merge, merge, patch, channels)
+    source = values.permute(0, 3, 1, 4, 6, 2, 5).unsqueeze(5)
+    out.view(gh // merge, gw // merge, merge, merge, channels, temporal, patch, patch).copy_(source)
+
+
+class FastQwen2VLImageProcessorPil(Qwen2VLImageProcessorPil):
+    """`Qwen2VLImageProcessorPil` with a vectorised path for RGB PIL images; identical output."""
+
+    def _fast_path_applies(self, images: list, args: tuple, kwargs: dict) -> bool:
+        if args or not images:
+            return False
+        if not all(isinstance(img, Image.Image) and img.mode == "RGB" for img in images):
+            return False
+        if not (kwargs.get("do_resize") and kwargs.get("do_rescale") and kwargs.get("do_normalize")):
+            return False
+        if kwargs.get("return_tensors") not in ("pt", "np", None):
+            return False
+        size = kwargs.get("size")
+        if size is None or not size.shortest_edge or not size.longest_edge:
+            return False
+        return not any(value for key, value in kwargs.items() if key not in _HANDLED)
+
+    def _preprocess_image_like_inputs(self, images: Any, *args, **kwargs):
+        flat = self._prepare_images_structure(images, expected_ndims=3)
+        if flat and isinstance(flat[0], (list, tuple)):
+            flat = [img for group in flat for img in group]
+        if not self._fast_path_applies(flat, args, kwargs):
+            return super()._preprocess_image_like_inputs(images, *args, **kwargs)
+        from transformers.feature_extraction_utils import BatchFeature
+
+        size = kwargs["size"]
+        patch, merge, temporal = kwargs["patch_size"], kwargs["merge_size"], kwargs["temporal_patch_size"]
+        table = torch.from_numpy(normalisation_table(kwargs["rescale_factor"], kwargs["image_mean"],
+                                                     kwargs["image_std"]))
+        if table.shape[0] != 3:
+            return super()._preprocess_image_like_inputs(images, *args, **kwargs)
+        table = table.reshape(-1)
+        sizes = [smart_resize(img.height, img.width, factor=patch * merge, min_pixels=size.shortest_edge,
+                              max_pixels=size.longest_edge) for img in flat]
+        rows = [(h // patch) * (w // patch) for h, w in sizes]
+        pixel_values = torch.empty(sum(rows), 3 * temporal * patch * patch, dtype=torch.float32)
+        start = 0
+        for img, (height, width), count in zip(flat, sizes, rows):
+            if (width, height) != img.size:
+                img = img.resize((width, height), resample=kwargs["resample"])
+            patchify_into(pixel_values[start:start + count], np.asarray(img), table, patch, merge, temporal)
+            start += count
+        grid_thw = torch.tensor([[1, h // patch, w // patch] for h, w in sizes], dtype=torch.long)
+        if kwargs.get("return_tensors") != "pt":
+            pixel_values, grid_thw = pixel_values.numpy(), grid_thw.numpy()
+        return BatchFeature(data={"pixel_values": pixel_values, "image_grid_thw": grid_thw},
+                            tensor_type=kwargs.get("return_tensors"))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        # Saved configs name the standard class, so any loader (AutoProcessor included) reads them.
+        out["image_processor_type"] = "Qwen2VLImageProcessor"
+        return out

@@ -9,6 +9,16 @@ Items: 200 texts (label-like: 60 distinct strings, repeated as in classification
 (128 px drawn scenes), 50 videos of 8 frames. Reasoning is off (the Embedder path is what is compared).
 
     python benchmarks/bench_encode.py [--n 500] [--batch-size 32] [--rounds 2] [--repeats 5]
+
+Model-shaped throughput (a GPU run): `--shape 2b` builds a randomly initialised Qwen3-VL model with
+Qwen3-VL-2B's shape (text 2048 x 28 layers, 16 / 8 heads, head_dim 128, MLP 6144, vocabulary 151,936; vision
+1024 x 24, MLP 4096, deepstack [5, 11, 17]) directly on the device in bf16 (random init; nothing is downloaded or written),
+and times `encode()` on text items and on one-image items (448 x 448, the paper's pixel bounds). It reports
+items/s, tokens/s and the achieved matrix throughput (2 x linear-layer parameters x tokens, plus attention
+score/value products) as a fraction of the card's dense bf16 peak, looked up from the device name or given
+with `--peak-tflops`. `--shape small --device cpu` runs the same code on a small model (a smoke test).
+
+    python benchmarks/bench_encode.py --shape 2b --device cuda [--text-items 512 --image-items 256]
 """
 
 from __future__ import annotations
@@ -50,6 +60,157 @@ def make_items(root: Path, n: int) -> list[dict]:
         items.append({"id": f"v{i}", "video": {"frames": paths}})
     rng.shuffle(items)
     return items
+
+
+# Dense bf16 tensor-core peaks (TFLOP/s, without sparsity) by device-name fragment; the first match wins.
+BF16_PEAK_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("H800", 989.0), ("GH200", 989.0),
+                    ("B200", 2250.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("L40", 181.0),
+                    ("A10G", 70.0), ("A10", 125.0), ("L4", 121.0), ("RTX 4090", 165.0), ("A6000", 155.0))
+
+SHAPES = {
+    # Qwen3-VL-2B-Instruct's published configuration
+    "2b": {"text": {"hidden_size": 2048, "num_layers": 28, "num_heads": 16, "num_kv_heads": 8,
+                    "intermediate_size": 6144, "vision_hidden": 1024, "vision_depth": 24, "vision_heads": 16},
+           "vocab_size": 151936, "vision_intermediate": 4096, "deepstack": [5, 11, 17], "position_embeddings": 2304,
+           "mrope_section": [24, 20, 20], "rope_theta": 5_000_000.0},
+    # the same code path at a size a CPU runs in seconds
+    "small": {"text": {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2,
+                       "intermediate_size": 512, "vision_hidden": 128, "vision_depth": 4, "vision_heads": 4},
+              "vocab_size": 8192, "vision_intermediate": 256, "deepstack": [1, 2], "position_embeddings": 256,
+              "mrope_section": [12, 10, 10], "rope_theta": 5_000_000.0},
+}
+
+
+def build_shaped_embedder(shape: str, device: str, dtype_name: str):
+    """A randomly initialised Qwen3-VL Embedder of the given shape, built directly on `device`."""
+    import torch
+    import transformers
+
+    from embedrl.models.backbone import (
+        image_only_processor,
+        use_linear_patch_embedding,
+        use_packed_vision_attention,
+    )
+    from embedrl.models.embedder import Embedder, EmbedderConfig
+    from embedrl.models.families import family_by_name
+    from embedrl.models.imageprep import FastQwen2VLImageProcessorPil
+    from embedrl.models.tiny import TinySize, build_config, build_tokenizer
+
+    spec = SHAPES[shape]
+    family = family_by_name("qwen3-vl")
+    tokenizer = build_tokenizer(seed=0)
+    config = build_config(family, tokenizer, TinySize(**spec["text"]))
+    config.text_config.vocab_size = spec["vocab_size"]
+    config.text_config.rope_parameters.update(mrope_section=spec["mrope_section"], rope_theta=spec["rope_theta"])
+    config.vision_config.intermediate_size = spec["vision_intermediate"]
+    config.vision_config.deepstack_visual_indexes = spec["deepstack"]
+    config.vision_config.num_position_embeddings = spec["position_embeddings"]
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
+    torch.manual_seed(0)
+    with torch.device(device):  # initialised where it runs: no 4 GB host copy, rotary buffers computed there
+        model = transformers.Qwen3VLForConditionalGeneration._from_config(config, dtype=dtype)
+    model.eval()
+    use_linear_patch_embedding(model)
+    use_packed_vision_attention(model)
+    image_processor = FastQwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
+                                                   image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    processor = image_only_processor(family, tokenizer, image_processor)
+    return Embedder(model, processor, family, EmbedderConfig.official())
+
+
+def matmul_flops(model, batch) -> float:
+    """Matrix FLOPs of one Embedder forward: 2 x weights x tokens for every linear layer that runs, plus the
+    attention score and value products (4 x length^2 x width per layer and sequence, padding included)."""
+    import torch
+
+    text_tokens = batch["input_ids"].numel()
+    patches = batch["pixel_values"].shape[0] if "pixel_values" in batch else 0
+    total = 0.0
+    lm = model.model.language_model
+    for module in lm.modules():
+        if isinstance(module, torch.nn.Linear):
+            total += 2.0 * module.weight.numel() * text_tokens
+    text_config = model.config.text_config
+    length = batch["input_ids"].shape[1]
+    width = text_config.num_attention_heads * text_config.head_dim
+    total += 4.0 * batch["input_ids"].shape[0] * length * length * width * text_config.num_hidden_layers
+    if patches:
+        visual = model.model.visual
+        merge = visual.config.spatial_merge_size ** 2
+        for name, module in visual.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                tokens = patches // merge if "merger" in name else patches
+                total += 2.0 * module.weight.numel() * tokens
+            elif name.endswith("patch_embed"):
+                total += 2.0 * module.proj.weight.numel() * patches
+        sizes = batch["image_grid_thw"].prod(dim=1).tolist()
+        total += 4.0 * sum(n * n for n in sizes) * visual.config.hidden_size * visual.config.depth
+    return total
+
+
+def shaped_items(root: Path, n_text: int, n_image: int, side: int) -> tuple[list, list]:
+    from embedrl.data.items import Item
+    from embedrl.data.synthetic import caption, draw_scene, random_scene
+
+    rng = random.Random(0)
+    words = ("red", "green", "blue", "circle", "square", "left", "right", "above", "below", "small", "large",
+             "photo", "scene", "object", "near", "far", "bright", "dark", "striped", "dotted")
+    texts = [Item(id=f"t{i}", instruction="Represent the given sentence for retrieval.",
+                  text=" ".join(rng.choice(words) for _ in range(rng.randint(20, 60)))) for i in range(n_text)]
+    images = []
+    for i in range(n_image):
+        shapes = random_scene(rng, side)
+        path = root / f"big{i}.png"
+        draw_scene(shapes, side).save(path)
+        images.append(Item(id=f"i{i}", images=[str(path)], text=caption(shapes)))
+    return texts, images
+
+
+def shaped_main(args: argparse.Namespace) -> None:
+    import torch
+
+    from embedrl.pipeline import encode
+
+    device = args.device
+    start = time.perf_counter()
+    embedder = build_shaped_embedder(args.shape, device, args.dtype)
+    build_s = time.perf_counter() - start
+    params = sum(p.numel() for p in embedder.model.parameters())
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    peak = args.peak_tflops or next((tf for key, tf in BF16_PEAK_TFLOPS if key in name), None)
+
+    flops = [0.0]
+    tokens = [0]
+    forward = embedder.embed_collated
+
+    def counting(batch):
+        flops[0] += matmul_flops(embedder.model, batch)
+        tokens[0] += int(batch["attention_mask"].sum())
+        return forward(batch)
+
+    embedder.embed_collated = counting
+    with tempfile.TemporaryDirectory() as tmp:
+        texts, images = shaped_items(Path(tmp), args.text_items, args.image_items, args.image_side)
+        print(f"device: {name}; shape {args.shape} ({params / 1e9:.2f} B parameters, {args.dtype}), built in "
+              f"{build_s:.1f} s; peak used: {peak or 'unknown'} TFLOP/s")
+        print("| items | count | batch | seconds | items/s | tokens/s | achieved TFLOP/s | fraction of peak |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for label, items, batch in (("text", texts, args.text_batch), ("one image", images, args.image_batch)):
+            encode(items[:batch], embedder, reasoning="off", batch_size=batch, progress=False)  # warm-up
+            flops[0], tokens[0] = 0.0, 0
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            begin = time.perf_counter()
+            encode(items, embedder, reasoning="off", batch_size=batch, progress=False)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - begin
+            achieved = flops[0] / seconds / 1e12
+            fraction = f"{achieved / peak:.1%}" if peak else "-"
+            print(f"| {label} | {len(items)} | {batch} | {seconds:.2f} | {len(items) / seconds:.1f} | "
+                  f"{tokens[0] / seconds:.0f} | {achieved:.1f} | {fraction} |")
+        if device.startswith("cuda"):
+            print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -94,7 +255,20 @@ def main() -> None:
                         help="fresh worker pairs per method, alternating which runs first")
     parser.add_argument("--repeats", type=int, default=5,
                         help="warm passes per method after the cold one; their median is reported")
+    shaped = parser.add_argument_group("model-shaped run (GPU)")
+    shaped.add_argument("--shape", choices=sorted(SHAPES), help="time a randomly initialised model of this shape")
+    shaped.add_argument("--device", default="cuda")
+    shaped.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    shaped.add_argument("--text-items", type=int, default=512)
+    shaped.add_argument("--image-items", type=int, default=256)
+    shaped.add_argument("--image-side", type=int, default=448)
+    shaped.add_argument("--text-batch", type=int, default=64)
+    shaped.add_argument("--image-batch", type=int, default=32)
+    shaped.add_argument("--peak-tflops", type=float, help="the card's dense bf16 peak, if not in the table")
     args = parser.parse_args()
+    if args.shape:
+        shaped_main(args)
+        return
     if args.worker:
         worker(args)
         return

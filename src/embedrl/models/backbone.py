@@ -158,9 +158,14 @@ def load_processor(path: str | Path, family: Family | None = None, options: Load
     chat_template = tokenizer.chat_template or _read_chat_template(Path(path))
     if chat_template is None:
         raise ModelError(f"{path}: no chat template (chat_template.jinja / chat_template.json) found")
+    return image_only_processor(family, tokenizer, image_processor, chat_template)
+
+
+def image_only_processor(family: Family, tokenizer: Any, image_processor: Any, chat_template: str | None = None):
+    """The family's processor class assembled from a tokenizer and an image processor, without video processor."""
     cls = _image_only_processor_class(family)
     return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-               chat_template=chat_template)
+               chat_template=chat_template or tokenizer.chat_template)
 
 
 def _read_chat_template(path: Path) -> str | None:

@@ -1,4 +1,4 @@
-"""Qwen-VL image preprocessing without per-pixel float work in Python-driven numpy passes.
+"""Qwen-VL image preprocessing in one lookup and one copy per image, identical to the transformers processor.
 
 The PIL image processor of transformers (`Qwen2VLImageProcessorPil`, used by all three families when
 torchvision is absent) handles each image with several full-image numpy passes: PIL -> array -> PIL for the
@@ -8,12 +8,13 @@ as a tiny model's forward pass.
 `FastQwen2VLImageProcessorPil` produces the same `pixel_values` and `image_grid_thw`, bit for bit, for the
 common input (RGB `PIL.Image`s): the resize is the same PIL call on the original image, and rescale + normalise
 of a uint8 value depend only on (channel, value), so they become a 3 x 256 lookup table computed with exactly
-the processor's float operations. Patchify is one strided copy per image. Anything else (arrays, tensors,
-other modes, disabled steps) goes through the unchanged transformers path.
+the processor's float operations, applied after the uint8 pixels are moved into patch order. Anything else
+(arrays, tensors, other modes, disabled steps) goes through the unchanged transformers path.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -51,13 +52,13 @@ def patchify_into(out: torch.Tensor, pixels: np.ndarray, table: torch.Tensor, pa
     """
     height, width, channels = pixels.shape
     gh, gw = height // patch, width // patch
-    # Normalise the small uint8 image first (one lookup per pixel), then a single strided copy does the
-    # patch transpose and the temporal repeat straight into the output rows.
-    index = torch.from_numpy(pixels.astype(np.int32))
-    index += torch.arange(0, 256 * channels, 256, dtype=torch.int32)
-    values = table[index].view(gh // merge, merge, patch, gw // merge, merge, patch, channels)
-    source = values.permute(0, 3, 1, 4, 6, 2, 5).unsqueeze(5)
-    out.view(gh // merge, gw // merge, merge, merge, channels, temporal, patch, patch).copy_(source)
+    rows = gh * gw
+    # Move the uint8 pixels into patch order first (one byte per value), normalise them with one table lookup
+    # in that order, then the temporal repeat is a plain broadcast copy into the output rows.
+    grid = torch.from_numpy(pixels).view(gh // merge, merge, patch, gw // merge, merge, patch, channels)
+    ordered = grid.permute(0, 3, 1, 4, 6, 2, 5).reshape(rows, channels, patch * patch).to(torch.int32)
+    ordered += torch.arange(0, 256 * channels, 256, dtype=torch.int32).view(1, channels, 1)
+    out.view(rows, channels, temporal, patch * patch).copy_(table[ordered].unsqueeze(2))
 
 
 class FastQwen2VLImageProcessorPil(Qwen2VLImageProcessorPil):
@@ -97,11 +98,14 @@ class FastQwen2VLImageProcessorPil(Qwen2VLImageProcessorPil):
         rows = [(h // patch) * (w // patch) for h, w in sizes]
         pixel_values = torch.empty(sum(rows), 3 * temporal * patch * patch, dtype=torch.float32)
         start = 0
-        for img, (height, width), count in zip(flat, sizes, rows):
-            if (width, height) != img.size:
-                img = img.resize((width, height), resample=kwargs["resample"])
-            patchify_into(pixel_values[start:start + count], np.asarray(img), table, patch, merge, temporal)
-            start += count
+        with warnings.catch_warnings():
+            # np.asarray(PIL image) is read-only; patchify_into only reads it (its first copy is the permute).
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            for img, (height, width), count in zip(flat, sizes, rows):
+                if (width, height) != img.size:
+                    img = img.resize((width, height), resample=kwargs["resample"])
+                patchify_into(pixel_values[start:start + count], np.asarray(img), table, patch, merge, temporal)
+                start += count
         grid_thw = torch.tensor([[1, h // patch, w // patch] for h, w in sizes], dtype=torch.long)
         if kwargs.get("return_tensors") != "pt":
             pixel_values, grid_thw = pixel_values.numpy(), grid_thw.numpy()

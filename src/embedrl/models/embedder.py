@@ -334,10 +334,8 @@ class Embedder:
 
     def collate(self, inputs: Sequence[EmbedderInput], padding_side: str | None = None) -> dict[str, torch.Tensor]:
         """Tokenise and pad a batch; images are flattened in placeholder order."""
-        texts = [
-            self.processor.apply_chat_template(inp.messages, tokenize=False, add_generation_prompt=False)
-            for inp in inputs
-        ]
+        texts = self.processor.apply_chat_template([inp.messages for inp in inputs], tokenize=False,
+                                                   add_generation_prompt=False)
         images = [img for inp in inputs for img in inp.images]
         videos = [v for inp in inputs for v in inp.videos]
         side = padding_side or self.config.padding_side
@@ -373,7 +371,8 @@ class Embedder:
     @torch.inference_mode()
     def embed_collated(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
         """Vectors of an already collated batch (lets callers tokenise the next batch meanwhile)."""
-        self.model.eval()
+        if self.model.training:  # eval() walks every module: not on each call of a per-item loop
+            self.model.eval()
         return self.forward_batch(batch).cpu().numpy()
 
     def embed(self, items: Sequence[Item], tcots: Sequence[Any] | None = None, batch_size: int = 8,

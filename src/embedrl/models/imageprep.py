@@ -58,7 +58,8 @@ def patchify_into(out: torch.Tensor, pixels: np.ndarray, table: torch.Tensor, pa
     grid = torch.from_numpy(pixels).view(gh // merge, merge, patch, gw // merge, merge, patch, channels)
     ordered = grid.permute(0, 3, 1, 4, 6, 2, 5).reshape(rows, channels, patch * patch).to(torch.int32)
     ordered += torch.arange(0, 256 * channels, 256, dtype=torch.int32).view(1, channels, 1)
-    out.view(rows, channels, temporal, patch * patch).copy_(table[ordered].unsqueeze(2))
+    values = torch.index_select(table, 0, ordered.view(-1)).view(rows, channels, 1, patch * patch)
+    out.view(rows, channels, temporal, patch * patch).copy_(values)
 
 
 class FastQwen2VLImageProcessorPil(Qwen2VLImageProcessorPil):

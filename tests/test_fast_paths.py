@@ -137,7 +137,21 @@ def test_packed_vision_attention_gives_the_same_embeddings(tiny_factory, family:
              Item(id="b", images=[str(paths[2])], text="one"), Item(id="c", images=[str(paths[3])]),
              Item(id="d", text="text only")]
     batch = embedder.collate([embedder.build_input(item) for item in items])
-    packed = embedder.embed_collated(batch)
+    from transformers import AttentionInterface
+
+    calls: list[bool] = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("cu_seq_lens_q") is not None)
+        return packed_sdpa_attention(*args, **kwargs)
+
+    AttentionInterface.register(PACKED_VISION_ATTENTION, spy)
+    try:
+        packed = embedder.embed_collated(batch)
+    finally:
+        AttentionInterface.register(PACKED_VISION_ATTENTION, packed_sdpa_attention)
+    # one packed call per vision layer (not one per image), so the speed-up is really in use
+    assert calls == [True] * vision_config.depth
     vision_config._attn_implementation = "sdpa"
     try:
         per_image = embedder.embed_collated(batch)

@@ -74,6 +74,30 @@ def test_fast_image_processor_falls_back_for_other_inputs(tiny_qwen3_embedder) -
         assert torch.equal(got["image_grid_thw"], expected["image_grid_thw"])
 
 
+def test_fast_image_processor_composites_a_transparency_key_like_stock(tiny_qwen3_embedder) -> None:
+    fast = load_processor(tiny_qwen3_embedder).image_processor
+    stock = _stock_twin(fast)
+    keyed = _random_image(np.random.default_rng(2), 40, 56)
+    keyed.putpixel((0, 0), (10, 20, 30))
+    keyed.info["transparency"] = (10, 20, 30)
+    expected = stock([keyed], return_tensors="pt")["pixel_values"]
+    assert torch.equal(fast([keyed], return_tensors="pt")["pixel_values"], expected)
+    keyed.info.pop("transparency")
+    assert not torch.equal(fast([keyed], return_tensors="pt")["pixel_values"], expected)
+
+
+def test_fast_image_processor_rejects_a_bad_mean_like_stock(tiny_qwen3_embedder) -> None:
+    fast = load_processor(tiny_qwen3_embedder).image_processor
+    stock = _stock_twin(fast)
+    img = _random_image(np.random.default_rng(3), 32, 32)
+    bad = {"image_mean": [0.5, 0.5], "image_std": [0.5, 0.5]}
+    with pytest.raises(ValueError) as stock_error:
+        stock([img], return_tensors="pt", **bad)
+    with pytest.raises(ValueError) as fast_error:
+        fast([img], return_tensors="pt", **bad)
+    assert type(fast_error.value) is type(stock_error.value)
+
+
 def test_normalisation_table_matches_the_processor_arithmetic() -> None:
     mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
     table = normalisation_table(1 / 255, mean, std)

@@ -81,6 +81,17 @@ def test_la_and_palette_with_transparency(tmp_path: Path) -> None:
     assert out[0, 0].tolist() == [0, 255, 0] and out[0, 1].tolist() == [255, 255, 255]
 
 
+def test_rgb_and_gray_with_a_transparency_key(tmp_path: Path) -> None:
+    rgb = Image.fromarray(np.array([[[10, 20, 30], [200, 100, 0]]], dtype=np.uint8))
+    img = load_image(_save(rgb, tmp_path / "k.png", transparency=(10, 20, 30)))
+    assert img.info.get("transparency") is None  # the key is applied, not carried along
+    assert np.asarray(img)[0].tolist() == [[255, 255, 255], [200, 100, 0]]
+
+    gray = Image.fromarray(np.array([[7, 90]], dtype=np.uint8), "L")
+    out = np.asarray(load_image(_save(gray, tmp_path / "kg.png", transparency=7)))
+    assert out[0].tolist() == [[255, 255, 255], [90, 90, 90]]
+
+
 def test_grayscale_and_16_bit(tmp_path: Path) -> None:
     gray = Image.fromarray(np.array([[0, 100, 255]], dtype=np.uint8), "L")
     out = np.asarray(load_image(_save(gray, tmp_path / "g.png")))

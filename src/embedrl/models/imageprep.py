@@ -68,7 +68,12 @@ class FastQwen2VLImageProcessorPil(Qwen2VLImageProcessorPil):
     def _fast_path_applies(self, images: list, args: tuple, kwargs: dict) -> bool:
         if args or not images:
             return False
-        if not all(isinstance(img, Image.Image) and img.mode == "RGB" for img in images):
+        # A transparency key on an RGB image means compositing on white (stock behaviour), not a plain read.
+        if not all(isinstance(img, Image.Image) and img.mode == "RGB" and img.info.get("transparency") is None
+                   for img in images):
+            return False
+        mean, std = kwargs.get("image_mean"), kwargs.get("image_std")
+        if not (isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple)) and len(mean) == len(std) == 3):
             return False
         if not (kwargs.get("do_resize") and kwargs.get("do_rescale") and kwargs.get("do_normalize")):
             return False

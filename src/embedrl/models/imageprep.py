@@ -1,4 +1,5 @@
-"""Qwen-VL image preprocessing in one lookup and one copy per image, identical to the transformers processor.
+"""Qwen-VL image preprocessing as one patch-order copy per image and one table lookup per batch, identical to
+the transformers processor.
 
 The PIL image processor of transformers (`Qwen2VLImageProcessorPil`, used by all three families when
 torchvision is absent) handles each image with several full-image numpy passes: PIL -> array -> PIL for the
@@ -42,24 +43,31 @@ def normalisation_table(rescale_factor: float, mean, std) -> np.ndarray:
     return (values[None, :] - mean32) / std32
 
 
-def patchify_into(out: torch.Tensor, pixels: np.ndarray, table: torch.Tensor, patch: int, merge: int,
-                  temporal: int) -> None:
-    """Write one (H, W, 3) uint8 image into `out` ((grid_h * grid_w) x (3 * temporal * patch * patch) float32)
-    in the processor's layout.
+def patch_codes_into(codes: torch.Tensor, pixels: np.ndarray, patch: int, merge: int) -> None:
+    """Write one (H, W, C) uint8 image into `codes` ((grid_h * grid_w) x C x patch^2, int32) in patch order.
 
-    Rows run over merge blocks, then positions inside a block; columns over channel, time, patch row, column.
-    A still image fills every temporal slot with the same frame. `table` is `normalisation_table` flattened.
+    Rows run over merge blocks, then positions inside a block; each row holds channel, patch row, column: the
+    processor's layout with the temporal axis left out (a still image repeats the same frame there).
     """
     height, width, channels = pixels.shape
     gh, gw = height // patch, width // patch
-    rows = gh * gw
-    # Move the uint8 pixels into patch order first (one byte per value), normalise them with one table lookup
-    # in that order, then the temporal repeat is a plain broadcast copy into the output rows.
     grid = torch.from_numpy(pixels).view(gh // merge, merge, patch, gw // merge, merge, patch, channels)
-    ordered = grid.permute(0, 3, 1, 4, 6, 2, 5).reshape(rows, channels, patch * patch).to(torch.int32)
-    ordered += torch.arange(0, 256 * channels, 256, dtype=torch.int32).view(1, channels, 1)
-    values = torch.index_select(table, 0, ordered.view(-1)).view(rows, channels, 1, patch * patch)
-    out.view(rows, channels, temporal, patch * patch).copy_(values)
+    # One strided copy moves the bytes into patch order and widens them to lookup indices.
+    codes.view(gh // merge, gw // merge, merge, merge, channels, patch, patch).copy_(grid.permute(0, 3, 1, 4, 6, 2, 5))
+
+
+def normalise_codes(codes: torch.Tensor, table: torch.Tensor, temporal: int) -> torch.Tensor:
+    """(rows, C * temporal * patch^2) float32 pixel values of patch-ordered uint8 `codes` (rows, C, patch^2).
+
+    `table` is `normalisation_table` flattened; each channel's values are looked up in its own 256-entry row.
+    Done once for a whole batch: large tensor operations use every core, per-image ones pay per-call overhead.
+    """
+    rows, channels, area = codes.shape
+    codes += torch.arange(0, 256 * channels, 256, dtype=codes.dtype).view(1, channels, 1)
+    values = torch.index_select(table, 0, codes.view(-1)).view(rows, channels, 1, area)
+    out = torch.empty(rows, channels, temporal, area, dtype=table.dtype)
+    out.copy_(values.expand(rows, channels, temporal, area))
+    return out.view(rows, channels * temporal * area)
 
 
 class FastQwen2VLImageProcessorPil(Qwen2VLImageProcessorPil):
@@ -102,16 +110,17 @@ class FastQwen2VLImageProcessorPil(Qwen2VLImageProcessorPil):
         sizes = [smart_resize(img.height, img.width, factor=patch * merge, min_pixels=size.shortest_edge,
                               max_pixels=size.longest_edge) for img in flat]
         rows = [(h // patch) * (w // patch) for h, w in sizes]
-        pixel_values = torch.empty(sum(rows), 3 * temporal * patch * patch, dtype=torch.float32)
+        codes = torch.empty(sum(rows), 3, patch * patch, dtype=torch.int32)
         start = 0
         with warnings.catch_warnings():
-            # np.asarray(PIL image) is read-only; patchify_into only reads it (its first copy is the permute).
+            # np.asarray(PIL image) is read-only; patch_codes_into only reads it.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             for img, (height, width), count in zip(flat, sizes, rows):
                 if (width, height) != img.size:
                     img = img.resize((width, height), resample=kwargs["resample"])
-                patchify_into(pixel_values[start:start + count], np.asarray(img), table, patch, merge, temporal)
+                patch_codes_into(codes[start:start + count], np.asarray(img), patch, merge)
                 start += count
+        pixel_values = normalise_codes(codes, table, temporal)
         grid_thw = torch.tensor([[1, h // patch, w // patch] for h, w in sizes], dtype=torch.long)
         if kwargs.get("return_tensors") != "pt":
             pixel_values, grid_thw = pixel_values.numpy(), grid_thw.numpy()

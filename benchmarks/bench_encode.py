@@ -88,6 +88,7 @@ def build_shaped_embedder(shape: str, device: str, dtype_name: str):
 
     from embedrl.models.backbone import (
         image_only_processor,
+        use_cached_vision_positions,
         use_linear_patch_embedding,
         use_packed_vision_attention,
     )
@@ -112,6 +113,7 @@ def build_shaped_embedder(shape: str, device: str, dtype_name: str):
     model.eval()
     use_linear_patch_embedding(model)
     use_packed_vision_attention(model)
+    use_cached_vision_positions(model)
     image_processor = FastQwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
                                                    image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     processor = image_only_processor(family, tokenizer, image_processor)

@@ -2,7 +2,8 @@
 
 - `FastQwen2VLImageProcessorPil` against `Qwen2VLImageProcessorPil` (bit-identical pixel values);
 - `packed_sdpa_attention` against one SDPA call per segment, and whole models with and without it;
-- `image_rope_positions` against each family's own `get_rope_index`;
+- `image_rope_positions` against each family's own `get_rope_index`, `vision_rotary_positions` against
+  `get_vision_position_ids`, the batched `create_mm_token_type_ids` against the processor's per-row one;
 - `pipeline._prepared_batches` with and without the prefetch thread.
 """
 
@@ -21,6 +22,7 @@ from embedrl.models.backbone import (
     image_rope_positions,
     load_processor,
     packed_sdpa_attention,
+    vision_rotary_positions,
 )
 from embedrl.models.imageprep import FastQwen2VLImageProcessorPil, normalisation_table
 
@@ -189,6 +191,68 @@ def test_eager_vision_attention_is_left_alone(tiny_qwen3_embedder) -> None:
 
     model = load_model(tiny_qwen3_embedder, options=LoadOptions(attn_implementation="eager"))
     assert model.config.vision_config._attn_implementation == "eager"
+
+
+# -------------------------------------------------------------------------------- vision positions, token types
+
+
+def test_vision_rotary_positions_equal_transformers() -> None:
+    from transformers.vision_utils import get_vision_position_ids
+
+    rng = np.random.default_rng(4)
+    for merge in (1, 2):
+        grids = [[int(rng.integers(1, 4)), merge * int(rng.integers(1, 9)), merge * int(rng.integers(1, 9))]
+                 for _ in range(40)] + [[1, 2 * merge, 2 * merge]] * 3  # repeated sizes hit the cache
+        grid_thw = torch.tensor(grids)
+        expected = get_vision_position_ids(grid_thw, merge)
+        got = vision_rotary_positions(grid_thw, merge)
+        assert got.dtype == expected.dtype and torch.equal(got, expected)
+    again = vision_rotary_positions(torch.tensor([[1, 4, 4]]), 2)
+    again += 100  # a caller writing into the result must not corrupt the cache
+    assert torch.equal(vision_rotary_positions(torch.tensor([[1, 4, 4]]), 2), get_vision_position_ids(
+        torch.tensor([[1, 4, 4]]), 2))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vision_tower_uses_the_cached_positions(tiny_factory, family: str, monkeypatch) -> None:
+    from transformers.vision_utils import get_vision_position_ids
+
+    from embedrl.models import backbone
+    from embedrl.models.backbone import LoadOptions, load_model
+
+    model = load_model(tiny_factory(family), options=LoadOptions(dtype="float32", device="cpu"))
+    visual = model.model.visual
+    calls: list[int] = []
+
+    def spy(grid_thw, merge):
+        calls.append(len(grid_thw))
+        return vision_rotary_positions(grid_thw, merge)
+
+    monkeypatch.setattr(backbone, "vision_rotary_positions", spy)
+    grid = torch.tensor([[1, 4, 4], [1, 4, 6], [2, 4, 4]])
+    patches = int(grid.prod(dim=1).sum())
+    width = visual.config.in_channels * visual.config.temporal_patch_size * visual.config.patch_size ** 2
+    pixels = torch.randn(patches, width)
+    with torch.no_grad():
+        hooked = visual(pixels, grid_thw=grid).pooler_output
+        explicit = visual(pixels, grid_thw=grid,
+                          position_ids=get_vision_position_ids(grid, visual.spatial_merge_size)).pooler_output
+    assert calls == [3]  # the hook ran for the first call and left the explicit positions alone
+    assert torch.equal(hooked, explicit)
+
+
+def test_batched_token_types_equal_the_processor_per_row(tiny_qwen3_embedder) -> None:
+    processor = load_processor(tiny_qwen3_embedder)
+    # ProcessorMixin's own per-row implementation, which the mixin overrides
+    stock = next(cls for cls in type(processor).__mro__ if cls.__module__.startswith("transformers.processing"))
+    image, video = processor.image_token_id, processor.video_token_id
+    ragged = [[1, image, image, 2], [], [video, 5, image], [7]]
+    padded = torch.tensor([[0, 0, image, 3], [video, image, 4, 4]])
+    for input_ids in (ragged, padded, [torch.tensor(row) for row in ragged if row]):
+        expected = stock.create_mm_token_type_ids(processor, input_ids)
+        got = processor.create_mm_token_type_ids(input_ids)
+        assert got == expected
+    assert processor.create_mm_token_type_ids([]) == []
 
 
 # ------------------------------------------------------------------------------------------ rope positions

@@ -255,6 +255,18 @@ def test_batched_token_types_equal_the_processor_per_row(tiny_qwen3_embedder) ->
     assert processor.create_mm_token_type_ids([]) == []
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_image_placeholders_equal_the_family_processor(tiny_factory, family: str) -> None:
+    processor = load_processor(tiny_factory(family))
+    family_cls = next(cls for cls in type(processor).__mro__ if cls.__module__.startswith("transformers.models"))
+    grids = {"image_grid_thw": torch.tensor([[1, 4, 4], [1, 6, 2], [2, 4, 8]])}
+    for index in range(3):
+        expected = family_cls.replace_image_token(processor, grids, image_idx=index)
+        assert processor.replace_image_token(grids, image_idx=index) == expected
+    numpy_grids = {"image_grid_thw": grids["image_grid_thw"].numpy()}
+    assert processor.replace_image_token(numpy_grids, image_idx=2) == processor.image_token * 16
+
+
 # ------------------------------------------------------------------------------------------ rope positions
 
 

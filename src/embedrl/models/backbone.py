@@ -103,8 +103,8 @@ def flatten_images(images: Any) -> Any:
 
 
 class MixedBatchImagesMixin:
-    """Accept per-prompt image lists with empty entries (TRL passes None for a text-only prompt), and compute
-    the modality token types of a whole batch at once."""
+    """Accept per-prompt image lists with empty entries (TRL passes None for a text-only prompt); compute the
+    modality token types of a whole batch at once and image placeholders without per-image tensor work."""
 
     def __call__(self, images=None, text=None, videos=None, **kwargs):
         return super().__call__(images=flatten_images(images), text=text, videos=videos, **kwargs)
@@ -121,6 +121,12 @@ class MixedBatchImagesMixin:
             types[np.isin(flat, list(getattr(self, ids, None) or []))] = type_id
         bounds = np.cumsum([len(row) for row in rows])[:-1]
         return [part.tolist() for part in np.split(types, bounds)] if rows else []
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        """The Qwen-VL placeholder run of one image (one token per merged patch), read from the grid as Python
+        ints: the families' version does three tensor operations per image."""
+        t, h, w = image_inputs["image_grid_thw"][image_idx].tolist()
+        return self.image_token * (t * h * w // self.image_processor.merge_size ** 2)
 
 
 def _with_mixed_batches(processor: Any) -> Any:

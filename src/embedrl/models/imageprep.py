@@ -57,7 +57,8 @@ def patch_codes_into(codes: torch.Tensor, pixels: np.ndarray, patch: int, merge:
 
 
 def normalise_codes(codes: torch.Tensor, table: torch.Tensor, temporal: int) -> torch.Tensor:
-    """(rows, C * temporal * patch^2) float32 pixel values of patch-ordered uint8 `codes` (rows, C, patch^2).
+    """(rows, C * temporal * patch^2) float32 pixel values of patch-ordered `codes` (rows, C, patch^2; int32
+    byte values, changed in place into table indices).
 
     `table` is `normalisation_table` flattened; each channel's values are looked up in its own 256-entry row.
     Done once for a whole batch: large tensor operations use every core, per-image ones pay per-call overhead.

@@ -210,7 +210,7 @@ def shaped_main(args: argparse.Namespace) -> None:
             achieved = flops[0] / seconds / 1e12
             fraction = f"{achieved / peak:.1%}" if peak else "-"
             print(f"| {label} | {len(items)} | {batch} | {seconds:.2f} | {len(items) / seconds:.1f} | "
-                  f"{tokens[0] / seconds:.0f} | {achieved:.1f} | {fraction} |")
+                  f"{tokens[0] / seconds:.0f} | {achieved:.3g} | {fraction} |")
         if device.startswith("cuda"):
             print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 

@@ -207,6 +207,10 @@ def test_vision_rotary_positions_equal_transformers() -> None:
         expected = get_vision_position_ids(grid_thw, merge)
         got = vision_rotary_positions(grid_thw, merge)
         assert got.dtype == expected.dtype and torch.equal(got, expected)
+    with torch.device("meta"):  # a dry run first must not leave meta tensors in the cache
+        vision_rotary_positions(torch.tensor([[1, 10, 6]], device="cpu"), 2)
+    assert torch.equal(vision_rotary_positions(torch.tensor([[1, 10, 6]]), 2),
+                       get_vision_position_ids(torch.tensor([[1, 10, 6]]), 2))
     again = vision_rotary_positions(torch.tensor([[1, 4, 4]]), 2)
     again += 100  # a caller writing into the result must not corrupt the cache
     assert torch.equal(vision_rotary_positions(torch.tensor([[1, 4, 4]]), 2), get_vision_position_ids(

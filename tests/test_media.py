@@ -91,6 +91,12 @@ def test_rgb_and_gray_with_a_transparency_key(tmp_path: Path) -> None:
     out = np.asarray(load_image(_save(gray, tmp_path / "kg.png", transparency=7)))
     assert out[0].tolist() == [[255, 255, 255], [90, 90, 90]]
 
+    bilevel = Image.fromarray(np.array([[0, 255]], dtype=np.uint8), "L").convert("1")
+    out = np.asarray(load_image(_save(bilevel, tmp_path / "k1.png", transparency=0)))
+    assert out[0].tolist() == [[255, 255, 255], [255, 255, 255]]  # black is the key: composited on white
+    out = np.asarray(load_image(_save(bilevel, tmp_path / "n1.png")))
+    assert out[0].tolist() == [[0, 0, 0], [255, 255, 255]]
+
 
 def test_grayscale_and_16_bit(tmp_path: Path) -> None:
     gray = Image.fromarray(np.array([[0, 100, 255]], dtype=np.uint8), "L")

@@ -65,13 +65,13 @@ def load_image(source: str | Path | Image.Image, max_pixels: int = DEFAULT_MAX_I
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to RGB. Transparent pixels are composited on white."""
     mode = img.mode
-    # A transparency key (P, L or RGB with info["transparency"]) marks see-through pixels like an alpha band.
+    # A transparency key (P, 1, L or RGB with info["transparency"]) marks see-through pixels like an alpha band.
     keyed = img.info.get("transparency") is not None
     if mode == "RGB" and not keyed:
         return img.copy()
     if mode == "P" and not keyed:
         return img.convert("RGB")
-    if keyed and mode in ("P", "L", "RGB"):
+    if keyed and mode in ("P", "1", "L", "RGB"):
         img, mode = img.convert("RGBA"), "RGBA"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")

@@ -327,8 +327,9 @@ def use_packed_vision_attention(model: torch.nn.Module) -> bool:
 def _block_major_positions(height: int, width: int, merge: int) -> torch.Tensor:
     """(height * width, 2) (row, column) of each patch, merge blocks first: the vision rotary positions of one
     frame. Cached: read-only, shared by every image of that grid size."""
-    rows = torch.arange(height).view(height // merge, merge, 1, 1).expand(-1, -1, width // merge, merge)
-    cols = torch.arange(width).view(1, 1, width // merge, merge).expand(height // merge, merge, -1, -1)
+    # An explicit device: under a `torch.device("meta")` context (a dry run) the cache must not keep meta tensors.
+    rows = torch.arange(height, device="cpu").view(height // merge, merge, 1, 1).expand(-1, -1, width // merge, merge)
+    cols = torch.arange(width, device="cpu").view(1, 1, width // merge, merge).expand(height // merge, merge, -1, -1)
     return torch.stack([rows.transpose(1, 2).reshape(-1), cols.transpose(1, 2).reshape(-1)], dim=-1)
 
 

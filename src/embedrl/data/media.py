@@ -58,7 +58,7 @@ def load_image(source: str | Path | Image.Image, max_pixels: int = DEFAULT_MAX_I
         raise MediaError(path, "not a readable image (unknown format or corrupt header)") from None
     except Image.DecompressionBombError as exc:
         raise MediaError(path, f"refused as a decompression bomb: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, TypeError) as exc:  # TypeError: e.g. a malformed transparency key
         raise MediaError(path, f"corrupt or truncated image: {exc}") from None
 
 

@@ -2,13 +2,16 @@
 
 The naive loop builds and embeds each item alone (batch 1, no dedup, input order). encode() deduplicates by
 content, sorts by length and batches. Each method runs in a fresh subprocess so peak RSS is its own.
-Each method runs in `--rounds` fresh workers (the order alternates between rounds). Each worker times one cold pass (the first in a fresh process: allocator growth, template compilation, first-shape
-costs) and then `--repeats` warm passes; the table gives the cold pass and the median warm pass, and the
-speed-up for both. A long encode or evaluation run is in the warm regime after its first few hundred items.
+Each method runs in `--rounds` fresh workers (the order alternates between rounds). Each worker times one cold
+pass (the first in a fresh process: allocator growth, template compilation, first-shape costs) and then
+`--repeats` warm passes; the table gives the cold pass and the median warm pass, and the speed-up for both. A
+long encode or evaluation run is in the warm regime after its first few hundred items. Both workers keep
+freed memory for reuse as `embedrl` commands do (`--malloc keep`, embedrl.runtime); `--malloc default` leaves
+glibc's settings alone.
 Items: 200 texts (label-like: 60 distinct strings, repeated as in classification tasks), 250 one-image items
 (128 px drawn scenes), 50 videos of 8 frames. Reasoning is off (the Embedder path is what is compared).
 
-    python benchmarks/bench_encode.py [--n 500] [--batch-size 32] [--rounds 2] [--repeats 5]
+    python benchmarks/bench_encode.py [--n 500] [--batch-size 32] [--rounds 2] [--repeats 5] [--malloc keep]
 
 Model-shaped throughput (a GPU run): `--shape 2b` builds a randomly initialised Qwen3-VL model with
 Qwen3-VL-2B's shape (text 2048 x 28 layers, 16 / 8 heads, head_dim 128, MLP 6144, vocabulary 151,936; vision
@@ -223,6 +226,11 @@ def worker(args: argparse.Namespace) -> None:
     from embedrl.pipeline import encode
 
     torch.set_num_threads(2)
+    if args.malloc == "keep":
+        from embedrl.runtime import keep_freed_memory
+
+        if not keep_freed_memory():
+            raise SystemExit("--malloc keep: mallopt is not available here (needs glibc on Linux)")
     raw = json.loads(Path(args.items).read_text())
     items = [Item(id=r["id"], text=r.get("text"), instruction=r.get("instruction"), images=r.get("images", []),
                   video=VideoRef(frames=r["video"]["frames"]) if r.get("video") else None) for r in raw]
@@ -257,6 +265,9 @@ def main() -> None:
                         help="fresh worker pairs per method, alternating which runs first")
     parser.add_argument("--repeats", type=int, default=5,
                         help="warm passes per method after the cold one; their median is reported")
+    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                        help="keep: both workers keep freed memory for reuse, as `embedrl` commands do "
+                             "(embedrl.runtime.keep_freed_memory); default: glibc's own settings")
     shaped = parser.add_argument_group("model-shaped run (GPU)")
     shaped.add_argument("--shape", choices=sorted(SHAPES), help="time a randomly initialised model of this shape")
     shaped.add_argument("--device", default="cuda")
@@ -290,7 +301,8 @@ def main() -> None:
             order = ("naive", "encode") if round_index % 2 == 0 else ("encode", "naive")
             for method in order:
                 cmd = [sys.executable, __file__, "--worker", "--method", method, "--model", str(model), "--items",
-                       str(items_file), "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
+                       str(items_file), "--batch-size", str(args.batch_size), "--repeats", str(args.repeats),
+                       "--malloc", args.malloc]
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 if out.returncode:
                     raise SystemExit(out.stderr[-3000:])
@@ -301,6 +313,7 @@ def main() -> None:
                 for method, results in runs.items()}
         for row in rows.values():
             row["warm"] = statistics.median(row["warm_passes"])
+        print(f"allocator: {args.malloc}")
         print("| method | items | cold pass (s, median) | warm passes (s) | warm median (s) | items/s (warm) | "
               "peak RSS (MB) | speed-up cold | speed-up warm |")
         print("|---|---:|---:|---|---:|---:|---:|---:|---:|")

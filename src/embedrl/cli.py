@@ -10,6 +10,7 @@ import warnings
 
 from . import __version__
 from .errors import DataError, EmbedRLError
+from .runtime import keep_freed_memory
 
 # Order is the order of `embedrl --help`. Each module defines `register(subparsers)`.
 COMMAND_MODULES = (
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    keep_freed_memory()  # batch after batch reuses the same buffers: see embedrl.runtime
     try:
         return int(args.func(args) or 0)
     except DataError as exc:

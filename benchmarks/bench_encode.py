@@ -89,12 +89,7 @@ def build_shaped_embedder(shape: str, device: str, dtype_name: str):
     import torch
     import transformers
 
-    from embedrl.models.backbone import (
-        image_only_processor,
-        use_cached_vision_positions,
-        use_linear_patch_embedding,
-        use_packed_vision_attention,
-    )
+    from embedrl.models.backbone import image_only_processor, use_fast_paths
     from embedrl.models.embedder import Embedder, EmbedderConfig
     from embedrl.models.families import family_by_name
     from embedrl.models.imageprep import FastQwen2VLImageProcessorPil
@@ -114,9 +109,7 @@ def build_shaped_embedder(shape: str, device: str, dtype_name: str):
     with torch.device(device):  # initialised where it runs: no 4 GB host copy, rotary buffers computed there
         model = transformers.Qwen3VLForConditionalGeneration._from_config(config, dtype=dtype)
     model.eval()
-    use_linear_patch_embedding(model)
-    use_packed_vision_attention(model)
-    use_cached_vision_positions(model)
+    use_fast_paths(model)  # as load_model does
     image_processor = FastQwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
                                                    image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     processor = image_only_processor(family, tokenizer, image_processor)

@@ -71,9 +71,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img.copy()
     if mode == "P" and not keyed:
         return img.convert("RGB")
-    if keyed and mode in ("P", "1", "L", "RGB"):
-        img, mode = img.convert("RGBA"), "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (keyed and mode in ("P", "1", "L", "RGB")):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

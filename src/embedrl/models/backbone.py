@@ -225,9 +225,7 @@ def load_model(path: str | Path, family: Family | None = None, options: LoadOpti
         model = cls.from_pretrained(str(path), **kwargs)
     except Exception as exc:
         raise ModelError(f"{path}: cannot load {family.model_class}: {exc}") from None
-    use_linear_patch_embedding(model)
-    use_packed_vision_attention(model)
-    use_cached_vision_positions(model)
+    use_fast_paths(model)
     return model.to(options.torch_device()).eval()
 
 
@@ -258,6 +256,13 @@ def use_linear_patch_embedding(model: torch.nn.Module) -> int:
             module.__class__ = type(type(module).__name__, (_LinearPatchEmbedding, type(module)), {})
             switched += 1
     return switched
+
+
+def use_fast_paths(model: torch.nn.Module) -> None:
+    """Every speed-up of this module that computes what the stock model computes (each checks it applies)."""
+    use_linear_patch_embedding(model)
+    use_packed_vision_attention(model)
+    use_cached_vision_positions(model)
 
 
 # transformers hands the vision tower's packed sequence (all images of a batch, with cu_seqlens) to an attention

@@ -104,10 +104,7 @@ class FastQwen2VLImageProcessorPil(Qwen2VLImageProcessorPil):
         size = kwargs["size"]
         patch, merge, temporal = kwargs["patch_size"], kwargs["merge_size"], kwargs["temporal_patch_size"]
         table = torch.from_numpy(normalisation_table(kwargs["rescale_factor"], kwargs["image_mean"],
-                                                     kwargs["image_std"]))
-        if table.shape[0] != 3:
-            return super()._preprocess_image_like_inputs(images, *args, **kwargs)
-        table = table.reshape(-1)
+                                                     kwargs["image_std"])).reshape(-1)
         sizes = [smart_resize(img.height, img.width, factor=patch * merge, min_pixels=size.shortest_edge,
                               max_pixels=size.longest_edge) for img in flat]
         rows = [(h // patch) * (w // patch) for h, w in sizes]

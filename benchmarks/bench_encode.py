@@ -1,13 +1,14 @@
 """encode() against a naive one-item-at-a-time loop, same tiny Qwen3-VL Embedder, 500 mixed items (CPU).
 
 The naive loop builds and embeds each item alone (batch 1, no dedup, input order). encode() deduplicates by
-content, sorts by length and batches. Each method runs in a fresh subprocess so peak RSS is its own.
-Each method runs in `--rounds` fresh workers (the order alternates between rounds). Each worker times one cold
-pass (the first in a fresh process: allocator growth, template compilation, first-shape costs) and then
-`--repeats` warm passes; the table gives the cold pass and the median warm pass, and the speed-up for both. A
-long encode or evaluation run is in the warm regime after its first few hundred items. Both workers keep
-freed memory for reuse as `embedrl` commands do (`--malloc keep`, embedrl.runtime); `--malloc default` leaves
-glibc's settings alone.
+content, sorts by length and batches. Each method runs in its own fresh subprocess, so peak RSS is its own.
+The two workers run in lockstep, `--rounds` times: pass i of one method is timed right next to pass i of the
+other (alternating which goes first), and each speed-up is the median of these paired ratios. (This machine's
+speed drifts by up to 25 % within minutes; ratios of medians taken minutes apart inherited that drift.) Each
+worker's first pass is its cold pass (allocator growth, template compilation, first-shape costs), the
+`--repeats` after it are warm; a long encode or evaluation run is in the warm regime after its first few
+hundred items. Both workers keep freed memory for reuse as `embedrl` commands do (`--malloc keep`,
+embedrl.runtime); `--malloc default` leaves glibc's settings alone.
 Items: 200 texts (label-like: 60 distinct strings, repeated as in classification tasks), 250 one-image items
 (128 px drawn scenes), 50 videos of 8 frames. Reasoning is off (the Embedder path is what is compared).
 
@@ -212,6 +213,8 @@ def shaped_main(args: argparse.Namespace) -> None:
 
 
 def worker(args: argparse.Namespace) -> None:
+    """One method in its own process (so its peak RSS is its own), driven pass by pass by the parent: it
+    answers `ready` once the model is loaded, one timing per `pass` line, and its peak RSS on `stop`."""
     import torch
 
     from embedrl.data.items import Item, VideoRef
@@ -236,14 +239,84 @@ def worker(args: argparse.Namespace) -> None:
         else:
             encode(items, emb, reasoning="off", batch_size=args.batch_size, progress=False)
 
-    times = []
-    for _ in range(1 + args.repeats):
-        start = time.perf_counter()
-        run_once()
-        times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"cold": times[0], "warm": statistics.median(times[1:]), "warm_passes": times[1:],
-                      "peak_rss_mb": peak}))
+    def reply(message: dict) -> None:
+        print(json.dumps(message), flush=True)
+
+    reply({"ready": True})
+    for line in sys.stdin:
+        if line.strip() == "pass":
+            start = time.perf_counter()
+            run_once()
+            reply({"seconds": time.perf_counter() - start})
+        else:
+            break
+    reply({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+class _Worker:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, method: str, args: argparse.Namespace, model: Path, items_file: Path, log: Path) -> None:
+        cmd = [sys.executable, __file__, "--worker", "--method", method, "--model", str(model), "--items",
+               str(items_file), "--batch-size", str(args.batch_size), "--malloc", args.malloc]
+        self.method, self.log = method, log
+        self._log_file = log.open("w")  # stderr to a file: a full pipe would block the worker
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log_file,
+                                     text=True)
+
+    def receive(self) -> dict:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                self.proc.wait()
+                self._log_file.close()
+                raise SystemExit(f"{self.method} worker exited with {self.proc.returncode}:\n"
+                                 f"{self.log.read_text()[-3000:]}")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def send(self, command: str) -> dict:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.receive()
+
+    def close(self) -> float:
+        peak = self.send("stop")["peak_rss_mb"]
+        self.proc.wait()
+        self._log_file.close()
+        return peak
+
+
+def paired_runs(args: argparse.Namespace, model: Path, items_file: Path, root: Path) -> dict[str, dict]:
+    """Per round, one fresh worker per method, run in lockstep: pass i of one method is timed right next to
+    pass i of the other (alternating which goes first), so each ratio compares the two under the same machine
+    conditions. This machine's speed drifts by up to 25 % within minutes, and ratios of unpaired medians
+    inherited that drift."""
+    seconds: dict[str, list[list[float]]] = {"naive": [], "encode": []}
+    peak: dict[str, float] = {"naive": 0.0, "encode": 0.0}
+    for round_index in range(args.rounds):
+        workers = {m: _Worker(m, args, model, items_file, root / f"{m}{round_index}.log") for m in seconds}
+        try:
+            for w in workers.values():
+                w.receive()  # both models loaded before any pass is timed
+            passes: dict[str, list[float]] = {"naive": [], "encode": []}
+            for pass_index in range(1 + args.repeats):
+                first_naive = (round_index + pass_index) % 2 == 0
+                for method in (("naive", "encode") if first_naive else ("encode", "naive")):
+                    passes[method].append(workers[method].send("pass")["seconds"])
+            for method, w in workers.items():
+                seconds[method].append(passes[method])
+                peak[method] = max(peak[method], w.close())
+        finally:
+            for w in workers.values():
+                if w.proc.poll() is None:
+                    w.proc.kill()
+    rows = {}
+    for method in seconds:
+        cold = [r[0] for r in seconds[method]]
+        warm = [t for r in seconds[method] for t in r[1:]]
+        rows[method] = {"cold": cold, "warm": warm, "peak_rss_mb": peak[method]}
+    return rows
 
 
 def main() -> None:
@@ -255,9 +328,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2,
-                        help="fresh worker pairs per method, alternating which runs first")
+                        help="fresh worker pairs, each run in lockstep for 1 cold + --repeats warm passes")
     parser.add_argument("--repeats", type=int, default=5,
-                        help="warm passes per method after the cold one; their median is reported")
+                        help="warm passes per worker after the cold one")
     parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
                         help="keep: both workers keep freed memory for reuse, as `embedrl` commands do "
                              "(embedrl.runtime.keep_freed_memory); default: glibc's own settings")
@@ -287,36 +360,28 @@ def main() -> None:
         Embedder.from_pretrained(model).save_pretrained(model)
         items_file = root / "items.json"
         items_file.write_text(json.dumps(make_items(root, args.n)))
-        runs: dict[str, list[dict]] = {"naive": [], "encode": []}
-        # Rounds alternate the order (naive first, then encode first): on a shared or thermally limited machine
-        # whichever method runs second is measurably slower, so a fixed order would bias the ratio.
-        for round_index in range(args.rounds):
-            order = ("naive", "encode") if round_index % 2 == 0 else ("encode", "naive")
-            for method in order:
-                cmd = [sys.executable, __file__, "--worker", "--method", method, "--model", str(model), "--items",
-                       str(items_file), "--batch-size", str(args.batch_size), "--repeats", str(args.repeats),
-                       "--malloc", args.malloc]
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode:
-                    raise SystemExit(out.stderr[-3000:])
-                runs[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
-        rows = {method: {"cold": statistics.median(r["cold"] for r in results),
-                         "warm_passes": [t for r in results for t in r["warm_passes"]],
-                         "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
-                for method, results in runs.items()}
-        for row in rows.values():
-            row["warm"] = statistics.median(row["warm_passes"])
+        rows = paired_runs(args, model, items_file, root)
+        naive = rows["naive"]
+
+        def paired(method: str, regime: str) -> list[float]:
+            return [n / t for n, t in zip(naive[regime], rows[method][regime])]
+
         print(f"allocator: {args.malloc}")
         print("| method | items | cold pass (s, median) | warm passes (s) | warm median (s) | items/s (warm) | "
               "peak RSS (MB) | speed-up cold | speed-up warm |")
         print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
-        naive = rows["naive"]
         for method, label in (("naive", "naive loop (batch 1)"), ("encode", f"encode() (batch {args.batch_size})")):
             r = rows[method]
-            passes = " / ".join(f"{t:.2f}" for t in r["warm_passes"])
-            print(f"| {label} | {args.n} | {r['cold']:.2f} | {passes} | {r['warm']:.2f} | {args.n / r['warm']:.0f} | "
-                  f"{r['peak_rss_mb']:.0f} | {naive['cold'] / r['cold']:.2f}x | {naive['warm'] / r['warm']:.2f}x |")
-
+            passes = " / ".join(f"{t:.2f}" for t in r["warm"])
+            warm = statistics.median(r["warm"])
+            print(f"| {label} | {args.n} | {statistics.median(r['cold']):.2f} | {passes} | {warm:.2f} | "
+                  f"{args.n / warm:.0f} | {r['peak_rss_mb']:.0f} | {statistics.median(paired(method, 'cold')):.2f}x | "
+                  f"{statistics.median(paired(method, 'warm')):.2f}x |")
+        for regime in ("cold", "warm"):
+            ratios = paired("encode", regime)
+            print(f"paired {regime} speed-ups (naive pass / encode() pass timed next to it): "
+                  + ", ".join(f"{x:.2f}" for x in ratios)
+                  + f"; median {statistics.median(ratios):.2f}x, range {min(ratios):.2f}-{max(ratios):.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -186,6 +186,25 @@ def test_packed_vision_attention_gives_the_same_embeddings(tiny_factory, family:
     assert np.abs(packed - per_image).max() < 1e-5
 
 
+def test_model_with_every_fast_path_pickles(tiny_qwen3_embedder, tmp_path) -> None:
+    """torch.save(model) and process pools pickle whole models: the switched modules and hooks must survive."""
+    import pickle
+
+    from embedrl.models.embedder import Embedder
+
+    embedder = Embedder.from_pretrained(tiny_qwen3_embedder)
+    path = tmp_path / "0.png"
+    _random_image(np.random.default_rng(5), 64, 48).save(path)
+    batch = embedder.collate([embedder.build_input(Item(id="a", images=[str(path)], text="a picture"))])
+    before = embedder.embed_collated(batch)
+    embedder.model = pickle.loads(pickle.dumps(embedder.model))
+    visual = embedder.model.model.visual
+    assert type(visual.patch_embed.proj).__name__ == "PatchConv3dAsLinear"
+    assert len(visual._forward_pre_hooks) == 1  # the cached-positions hook came along
+    assert visual.config._attn_implementation == PACKED_VISION_ATTENTION
+    assert np.array_equal(embedder.embed_collated(batch), before)
+
+
 def test_eager_vision_attention_is_left_alone(tiny_qwen3_embedder) -> None:
     from embedrl.models.backbone import LoadOptions, load_model
 

@@ -188,6 +188,7 @@ def test_make_tiny_is_deterministic(tmp_path: Path) -> None:
 @pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"])
 def test_linear_patch_embedding_equals_the_convolution(tiny_factory, family: str) -> None:
     import copy
+    import pickle
 
     import transformers
 
@@ -198,10 +199,15 @@ def test_linear_patch_embedding_equals_the_convolution(tiny_factory, family: str
     model = getattr(transformers, FAMILIES[family].model_class).from_pretrained(path).eval()
     patch_embed = model.model.visual.patch_embed
     pixels = torch.randn(40, patch_embed.proj.weight[0].numel())
+    stock_keys = list(model.state_dict())
     with torch.no_grad():
         reference = patch_embed(pixels)
         assert use_linear_patch_embedding(model) == 1
         fast = patch_embed(pixels)
         copied = copy.deepcopy(model).model.visual.patch_embed(pixels)  # survives the copy save_pretrained makes
+        unpickled = pickle.loads(pickle.dumps(model)).model.visual.patch_embed(pixels)  # torch.save(model) works
+        assert use_linear_patch_embedding(model) == 0  # already switched
     assert torch.allclose(fast, reference, atol=1e-5)
     assert torch.allclose(copied, reference, atol=1e-5)
+    assert torch.equal(unpickled, fast)
+    assert set(model.state_dict()) == set(stock_keys)  # same parameter names: checkpoints and LoRA targets unchanged

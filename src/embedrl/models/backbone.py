@@ -229,32 +229,34 @@ def load_model(path: str | Path, family: Family | None = None, options: LoadOpti
     return model.to(options.torch_device()).eval()
 
 
-class _LinearPatchEmbedding:
-    """Qwen-VL patch embedding computed as one matrix product.
+class PatchConv3dAsLinear(torch.nn.Conv3d):
+    """A Qwen-VL patch-embedding convolution computed as one matrix product.
 
-    The families embed each flattened (temporal × patch × patch × channel) patch with a Conv3d whose kernel equals
+    The families embed each flattened (channel x temporal x patch x patch) patch with a Conv3d whose kernel equals
     its stride and the whole input: the same linear map, but the convolution kernels are several times slower
-    than a matmul on CPU. Same weights (still the Conv3d's), same result up to float rounding.
+    than a matmul on CPU. Same parameters under the same names, same result up to float rounding. A module-level
+    subclass (not a class made at run time), so a switched model still pickles.
     """
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        weight = self.proj.weight
-        flat = hidden_states.reshape(-1, weight[0].numel()).to(weight.dtype)
-        return torch.nn.functional.linear(flat, weight.reshape(weight.shape[0], -1), self.proj.bias)
+        if tuple(hidden_states.shape[2:]) != tuple(self.kernel_size):
+            return super().forward(hidden_states)
+        flat = hidden_states.reshape(hidden_states.shape[0], -1)
+        out = torch.nn.functional.linear(flat, self.weight.reshape(self.out_channels, -1), self.bias)
+        return out.view(out.shape[0], self.out_channels, 1, 1, 1)
 
 
 def use_linear_patch_embedding(model: torch.nn.Module) -> int:
-    """Switch every Qwen-VL patch embedding in `model` to `_LinearPatchEmbedding`; returns how many."""
+    """Switch every Qwen-VL patch-embedding convolution in `model` to `PatchConv3dAsLinear`; returns how many."""
     switched = 0
     for name, module in model.named_modules():
         proj = getattr(module, "proj", None)
-        if not (name.endswith("patch_embed") and isinstance(proj, torch.nn.Conv3d)):
+        if not (name.endswith("patch_embed") and type(proj) is torch.nn.Conv3d):
             continue
         if proj.kernel_size != proj.stride or proj.padding != (0, 0, 0) or proj.groups != 1:
             continue
-        if not isinstance(module, _LinearPatchEmbedding):
-            module.__class__ = type(type(module).__name__, (_LinearPatchEmbedding, type(module)), {})
-            switched += 1
+        proj.__class__ = PatchConv3dAsLinear
+        switched += 1
     return switched
 
 

@@ -241,8 +241,8 @@ class PatchConv3dAsLinear(torch.nn.Conv3d):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if tuple(hidden_states.shape[2:]) != tuple(self.kernel_size):
             return super().forward(hidden_states)
-        flat = hidden_states.reshape(hidden_states.shape[0], -1)
-        out = torch.nn.functional.linear(flat, self.weight.reshape(self.out_channels, -1), self.bias)
+        weight = self.weight.reshape(self.out_channels, -1)
+        out = torch.nn.functional.linear(hidden_states.reshape(-1, weight.shape[1]), weight, self.bias)
         return out.view(out.shape[0], self.out_channels, 1, 1, 1)
 
 
@@ -253,7 +253,8 @@ def use_linear_patch_embedding(model: torch.nn.Module) -> int:
         proj = getattr(module, "proj", None)
         if not (name.endswith("patch_embed") and type(proj) is torch.nn.Conv3d):
             continue
-        if proj.kernel_size != proj.stride or proj.padding != (0, 0, 0) or proj.groups != 1:
+        if (proj.kernel_size != proj.stride or proj.padding != (0, 0, 0) or proj.dilation != (1, 1, 1)
+                or proj.groups != 1):
             continue
         proj.__class__ = PatchConv3dAsLinear
         switched += 1

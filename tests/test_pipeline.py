@@ -185,3 +185,90 @@ def test_cli_encode_rejects_malformed_items(tiny_qwen3_embedder, tmp_path: Path,
     assert f"{items_file}:2: record 'a': field 'id': duplicate id" in err
     assert f"{items_file}:3: field 'id': missing required field" in err
     assert not (tmp_path / "v.npy").exists()
+
+
+def test_directory_media_fail_per_item_and_frame_folders_embed(embedder, tmp_path: Path) -> None:
+    from embedrl.data.items import content_key
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for t in range(3):
+        Image.new("RGB", (64, 64), (0, 60 * t, 0)).save(frames / f"f{t}.png")
+    (tmp_path / "adir").mkdir()
+    items = [Item(id="txt", text="a green square"),
+             Item(id="folder", video=VideoRef(path=str(frames))),   # a video given as a folder of frames
+             Item(id="dir-as-image", images=[str(tmp_path / "adir")])]
+    result = encode_detailed(items, embedder, reasoning="off", progress=False, cache_dir=tmp_path / "c")
+    assert [(f.id, f.stage) for f in result.failures] == [("dir-as-image", "media")]
+    assert "is a directory" in result.failures[0].message
+    assert np.isfinite(result.vectors[:2]).all() and np.isnan(result.vectors[2]).all()
+    # the folder's key follows its frames' content, so an edited frame is not served from the cache
+    before = content_key(items[1])
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(frames / "f1.png")
+    assert content_key(items[1]) != before
+    again = encode_detailed(items[:2], embedder, reasoning="off", progress=False, cache_dir=tmp_path / "c")
+    assert again.computed == 1 and np.array_equal(again.vectors[0], result.vectors[0])
+
+
+def test_cli_encode_rejects_an_empty_video_path(tiny_qwen3_embedder, tmp_path: Path, capsys) -> None:
+    items_file = tmp_path / "items.jsonl"
+    items_file.write_text('{"id": "a", "text": "ok"}\n{"id": "b", "video": ""}\n')
+    code = main(["encode", "--embedder", str(tiny_qwen3_embedder), "--input", str(items_file),
+                 "--out", str(tmp_path / "v.npy")])
+    assert code == 2
+    assert f"{items_file}:2: record 'b': field 'video': an empty video path" in capsys.readouterr().err
+
+
+def test_cli_encode_input_checks_before_any_work(tiny_qwen3_embedder, tmp_path: Path, capsys) -> None:
+    items_file = tmp_path / "items.jsonl"
+    items_file.write_text('{"id": "a", "text": "one"}\n\n{"id": "b", "text": "two"}\n\n')
+    base = ["encode", "--embedder", str(tiny_qwen3_embedder), "--input", str(items_file), "--no-progress"]
+    # a blank line inside the file would shift every later row; blank lines at the end are fine
+    assert main(base + ["--out", str(tmp_path / "v.npy")]) == 2
+    assert f"{items_file}:2: blank line" in capsys.readouterr().err
+    items_file.write_text('\ufeff{"id": "a", "text": "one"}\r\n{"id": "b", "text": "two"}\r\n\r\n')  # BOM, CRLF
+    (tmp_path / "outdir").mkdir()
+    assert main(base + ["--out", str(tmp_path / "outdir")]) == 2
+    assert "--out is a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(base + ["--out", str(tmp_path / "v.npy"), "--batch-size", "0"])
+    assert "expected a positive integer" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "v.npy")]) == 0
+    assert np.load(tmp_path / "v.npy").shape[0] == 2
+
+
+def test_encode_rejects_bad_settings_before_work(embedder) -> None:
+    from embedrl.errors import EmbedRLError
+
+    items = [Item(id="a", text="x")]
+    for kwargs, message in (({"batch_size": 0}, "batch_size must be a positive integer"),
+                            ({"batch_size": -1}, "batch_size must be a positive integer"),
+                            ({"reasoner_batch_size": 0}, "reasoner_batch_size"),
+                            ({"on_error": "skip"}, "on_error must be"),
+                            ({"return_tensors": "jax"}, "return_tensors must be")):
+        with pytest.raises(EmbedRLError, match=message):
+            encode(items, embedder, progress=False, **kwargs)
+    with pytest.raises(EmbedRLError, match="batch_size"):
+        embed_items(embedder, items, batch_size=-2)
+
+
+def test_evidence_notes_reach_every_duplicate_id(embedder, tmp_path: Path) -> None:
+    items = _scene_items(tmp_path)[:1]
+    twin = Item(id="twin", images=items[0].images, meta=items[0].meta)
+    bad_box = '<thinking>{"bbox_2d": [[900, 900, 901, 901]]}</thinking><rethink>r</rethink><answer>a</answer>'
+    result = encode_detailed([items[0], twin], embedder, tcots=[bad_box, bad_box], progress=False)
+    assert result.computed == 1
+    assert result.notes.get("twin") and result.notes["twin"] == result.notes[items[0].id]
+
+
+def test_tcot_cache_survives_a_torn_last_line(tmp_path: Path) -> None:
+    from embedrl.pipeline import TCoTCache
+
+    path = tmp_path / "tcots.jsonl"
+    TCoTCache(path).add_many([("k1", "first")])
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write('{"key": "k2", "te')  # a crash in the middle of a write
+    resumed = TCoTCache(path)
+    assert resumed.entries == {"k1": "first"}
+    resumed.add_many([("k3", "third")])
+    assert TCoTCache(path).entries == {"k1": "first", "k3": "third"}  # not glued to the fragment

@@ -84,7 +84,7 @@ def iter_jsonl(path: str | Path, problems: list[Problem]) -> Iterator[tuple[int,
     """
     path = Path(path)
     try:
-        handle = path.open("r", encoding="utf-8")
+        handle = path.open("r", encoding="utf-8-sig")  # -sig: a byte-order mark (Windows editors) is skipped
     except FileNotFoundError:
         problems.append(Problem(str(path), "file not found"))
         return

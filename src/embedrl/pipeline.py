@@ -74,6 +74,8 @@ class TCoTCache:
     def __init__(self, path: Path):
         self.path = path
         self.entries: dict[str, str] = {}
+        # A crash mid-write leaves a last line without its newline; the next record must not be glued to it.
+        self._starts_mid_line = path.is_file() and _ends_mid_line(path)
         if path.is_file():
             with path.open("r", encoding="utf-8") as handle:
                 for lineno, line in enumerate(handle, 1):
@@ -91,11 +93,23 @@ class TCoTCache:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as handle:
+            if self._starts_mid_line:
+                handle.write("\n")
+                self._starts_mid_line = False
             for key, text in records:
                 handle.write(json.dumps({"key": key, "text": text}, ensure_ascii=False) + "\n")
                 self.entries[key] = text
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def _ends_mid_line(path: Path) -> bool:
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() == 0:
+            return False
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) != b"\n"
 
 
 class VectorCache:
@@ -147,6 +161,11 @@ def embedder_fingerprint(embedder: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------- embedding
+
+
+def _check_batch_size(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise EmbedRLError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _estimated_cost(item: Item, tcot: str | None) -> int:
@@ -202,6 +221,7 @@ def embed_items(
     """
     from .models.embedder import load_item_media
 
+    _check_batch_size("batch_size", batch_size)
     n = len(items)
     tcots = list(tcots) if tcots is not None else [None] * n
     if len(tcots) != n:
@@ -247,7 +267,8 @@ def embed_items(
                 batch_failures.extend(EncodeFailure(row, items[row].id, "media", str(exc)) for row in by_key[key])
                 continue
             if built.notes:
-                batch_notes.setdefault(item.id, []).extend(built.notes)
+                for row in by_key[key]:  # every id that shares this computation gets the notes
+                    batch_notes.setdefault(items[row].id, []).extend(built.notes)
             ready_keys.append(key)
             inputs.append(built)
         return ready_keys, embedder.collate(inputs) if inputs else None, batch_failures, batch_notes
@@ -304,6 +325,10 @@ def encode(
     `tcots` gives the T-CoT text per item directly and skips reasoning.
     on_error: 'raise' (EncodeError after computing and caching everything else) or 'nan' (NaN rows).
     """
+    if on_error not in ("raise", "nan"):
+        raise EmbedRLError(f"on_error must be 'raise' or 'nan', got {on_error!r}")
+    if return_tensors not in ("numpy", "torch"):
+        raise EmbedRLError(f"return_tensors must be 'numpy' or 'torch', got {return_tensors!r}")
     result = encode_detailed(
         items, embedder, reasoner, reasoning=reasoning, side=side, target_modality=target_modality,
         tcots=tcots, cache_dir=cache_dir, batch_size=batch_size, reasoner_batch_size=reasoner_batch_size,
@@ -315,8 +340,6 @@ def encode(
         import torch
 
         return torch.from_numpy(result.vectors)
-    if return_tensors != "numpy":
-        raise EmbedRLError(f"return_tensors must be 'numpy' or 'torch', got {return_tensors!r}")
     return result.vectors
 
 
@@ -343,6 +366,9 @@ def encode_detailed(
         raise EmbedRLError("reasoning='generate' needs a reasoner")
     if side not in ("query", "candidate"):
         raise EmbedRLError(f"side must be 'query' or 'candidate', got {side!r}")
+    _check_batch_size("batch_size", batch_size)
+    if reasoner_batch_size is not None:
+        _check_batch_size("reasoner_batch_size", reasoner_batch_size)
     cache_root = Path(cache_dir) if cache_dir is not None else None
     failures: list[EncodeFailure] = []
     notes: dict[str, list[str]] = {}

@@ -35,9 +35,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reasoning", choices=["generate", "cached", "off"],
                    help="default: generate with a reasoner, else off")
     p.add_argument("--cache-dir", help="T-CoT and vector cache (default: OUT.cache)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8, help="items per Embedder (and Reasoner) batch")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_encode)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def read_items(path: Path):
@@ -48,7 +58,9 @@ def read_items(path: Path):
     problems: list[Problem] = []
     items: list[Item] = []
     seen: dict[str, int] = {}
+    record_lines: set[int] = set()
     for line, obj in iter_jsonl(path, problems):
+        record_lines.add(line)
         item = parse_item(obj, file=str(path), line=line, id_key="id", problems=problems,
                           allow_video_string=True)
         if item is None:
@@ -61,8 +73,14 @@ def read_items(path: Path):
         # Existence is checked when the item is loaded: a missing file fails that item only.
         items.append(resolve_item_media(item, path.parent, confine=False, file=str(path), line=line,
                                         problems=problems, must_exist=False))
+    reported = {problem.line for problem in problems}
+    last = max(record_lines, default=0)
+    for line in range(1, last):
+        if line not in record_lines and line not in reported:
+            problems.append(Problem(str(path), "blank line: row i of --out is line i of the input, so blank "
+                                    "lines are only allowed at the end of the file", line=line))
     if problems:
-        raise DataError(problems)
+        raise DataError(sorted(problems, key=lambda problem: problem.line or 0))
     if not items:
         raise DataError(Problem(str(path), "no items"))
     return items
@@ -71,9 +89,11 @@ def read_items(path: Path):
 def _encode(args: argparse.Namespace) -> int:
     from ..pipeline import encode_detailed
 
+    out = Path(args.out)
+    if out.is_dir():  # found now, not after every vector is computed
+        raise DataError(Problem(str(out), "--out is a directory; give a file path such as vectors.npy"))
     items = read_items(Path(args.input))
     embedder, reasoner = load_models(args)
-    out = Path(args.out)
     cache_dir = Path(args.cache_dir) if args.cache_dir else out.with_name(out.name + ".cache")
     result = encode_detailed(items, embedder, reasoner, reasoning=args.reasoning, side=args.side,
                              target_modality=args.target_modality, cache_dir=cache_dir,

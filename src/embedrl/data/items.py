@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,10 @@ def parse_item(
     video = None
     raw_video = obj.get("video")
     if isinstance(raw_video, str) and allow_video_string:
-        video = VideoRef(path=raw_video)
+        if raw_video.strip():
+            video = VideoRef(path=raw_video)
+        else:  # "" would resolve to the items file's own folder
+            problems.append(Problem(message="an empty video path", field="video", **where_rec))
     elif raw_video is not None:
         if not isinstance(raw_video, dict):
             problems.append(
@@ -163,6 +167,8 @@ def parse_item(
         else:
             frames = _string_list(raw_video, "frames", problems, dict(where_rec))
             path = _expect(raw_video, "path", (str,), problems, where_rec)
+            if path is not None and not path.strip():
+                problems.append(Problem(message="'path' is empty", field="video", **where_rec))
             vid = raw_video.get("id")
             if frames is None and path is None and len(problems) == before:
                 problems.append(
@@ -304,6 +310,8 @@ _FILE_HASHES: dict[tuple[str, int, int], bytes] = {}
 
 
 def _hash_media(h: Any, media: Any) -> None:
+    """Feed one media reference's content into `h`. Never raises: a path that cannot be read is hashed by name,
+    and the loader then reports that item as failed (stage "media") instead of the whole run stopping here."""
     if isinstance(media, Image.Image):
         h.update(f"{media.mode}{media.size}".encode())
         h.update(hashlib.sha256(media.tobytes()).digest())
@@ -314,13 +322,36 @@ def _hash_media(h: Any, media: Any) -> None:
     except OSError:
         h.update(("missing:" + path).encode())
         return
+    if stat.S_ISDIR(st.st_mode):
+        _hash_frame_folder(h, path)
+        return
     key = (path, st.st_size, st.st_mtime_ns)
     digest = _FILE_HASHES.get(key)
     if digest is None:
         file_hash = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                file_hash.update(chunk)
+        try:
+            with open(path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    file_hash.update(chunk)
+        except OSError as exc:  # unreadable (permissions, a device, ...)
+            h.update(f"unreadable:{path}:{type(exc).__name__}".encode())
+            return
         digest = file_hash.digest()
         _FILE_HASHES[key] = digest
     h.update(digest)
+
+
+def _hash_frame_folder(h: Any, path: str) -> None:
+    """A folder of frames (a video given as a folder): the frames the loader would list, in its order."""
+    from ..errors import MediaError
+    from .media import list_frames
+
+    h.update(("folder:" + path).encode())
+    try:
+        frames = list_frames(path)
+    except (MediaError, OSError):
+        h.update(b"unreadable")
+        return
+    for frame in frames:
+        h.update(b"\x00" + frame.name.encode())
+        _hash_media(h, frame)

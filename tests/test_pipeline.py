@@ -265,10 +265,60 @@ def test_tcot_cache_survives_a_torn_last_line(tmp_path: Path) -> None:
     from embedrl.pipeline import TCoTCache
 
     path = tmp_path / "tcots.jsonl"
-    TCoTCache(path).add_many([("k1", "first")])
+    TCoTCache(path).add_many([("k1", "c1", "first")])
     with path.open("a", encoding="utf-8") as handle:
         handle.write('{"key": "k2", "te')  # a crash in the middle of a write
     resumed = TCoTCache(path)
     assert resumed.entries == {"k1": "first"}
-    resumed.add_many([("k3", "third")])
+    resumed.add_many([("k3", "c3", "third")])
     assert TCoTCache(path).entries == {"k1": "first", "k3": "third"}  # not glued to the fragment
+
+
+def test_tcot_cache_follows_generation_settings_and_serves_cached_mode(embedder, tiny_qwen3_reasoner,
+                                                                     tmp_path: Path) -> None:
+    items = [Item(id="t", text="a small red circle"), Item(id="u", text="two blue squares")]
+    cache = tmp_path / "cache"
+    short = Reasoner(TransformersBackend.from_pretrained(tiny_qwen3_reasoner), GenerationSettings(max_new_tokens=3))
+    first = encode_detailed(items, embedder, short, cache_dir=cache, progress=False)
+    again = encode_detailed(items, embedder, short, cache_dir=cache, progress=False)
+    assert again.tcots == first.tcots and again.computed == 0  # same Reasoner and settings: all cached
+    longer = Reasoner(short.backend, GenerationSettings(max_new_tokens=12))
+    other = encode_detailed(items, embedder, longer, cache_dir=cache, progress=False)
+    assert other.tcots == longer.reason(items, side="query")  # not the 3-token T-CoTs of the first run
+    assert other.tcots != first.tcots and other.computed == 2
+    # reasoning='cached' without a Reasoner reads what the generate runs wrote (the latest per item)
+    cached = encode_detailed(items, embedder, reasoning="cached", cache_dir=cache, progress=False)
+    assert cached.failures == [] and cached.tcots == other.tcots and cached.computed == 0
+
+
+def test_vector_cache_tells_an_adapter_and_a_dtype_apart(tiny_qwen3_embedder, tmp_path: Path) -> None:
+    import torch
+
+    from embedrl.models.backbone import LoadOptions
+    from embedrl.models.embedder import LoraSettings
+    from embedrl.pipeline import embedder_fingerprint
+
+    base = Embedder.from_pretrained(tiny_qwen3_embedder)
+    tuned = Embedder.from_pretrained(tiny_qwen3_embedder)
+    tuned.add_lora(LoraSettings.preset("tiny"))
+    assert tuned.changed_in_memory
+    with torch.no_grad():
+        for name, param in tuned.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    in_memory = embedder_fingerprint(tuned)
+    assert in_memory != embedder_fingerprint(base)
+    with torch.no_grad():
+        next(p for n, p in tuned.model.named_parameters() if "lora_B" in n).add_(1.0)
+    assert embedder_fingerprint(tuned) != in_memory  # in memory, the parameters themselves are the identity
+    adapter = tuned.save_pretrained(tmp_path / "adapter", merge=False)
+    loaded = Embedder.from_pretrained(tiny_qwen3_embedder, adapter=adapter)
+    assert not loaded.changed_in_memory
+    assert embedder_fingerprint(loaded) != embedder_fingerprint(base)
+    items = [Item(id="a", text="a red circle")]
+    cache = tmp_path / "cache"
+    from_base = encode(items, base, progress=False, cache_dir=cache)
+    with_adapter = encode_detailed(items, loaded, progress=False, cache_dir=cache)
+    assert with_adapter.computed == 1 and not np.array_equal(with_adapter.vectors, from_base)
+    half = Embedder.from_pretrained(tiny_qwen3_embedder, LoadOptions(dtype="bfloat16"))
+    assert embedder_fingerprint(half) != embedder_fingerprint(base)

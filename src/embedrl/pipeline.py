@@ -69,11 +69,17 @@ class EncodeResult:
 
 
 class TCoTCache:
-    """Append-only JSONL of raw T-CoTs keyed by item content, side and reasoner; survives a crash mid-write."""
+    """Append-only JSONL of raw T-CoTs; survives a crash mid-write.
+
+    Each record holds `key` (item content, side and the Reasoner's identity: weights, generation settings) and
+    `content` (item content and side only). A run with a Reasoner looks T-CoTs up by `key`; a
+    reasoning='cached' run without one takes the latest T-CoT written for the content by any Reasoner.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         self.entries: dict[str, str] = {}
+        self.latest_by_content: dict[str, str] = {}
         # A crash mid-write leaves a last line without its newline; the next record must not be glued to it.
         self._starts_mid_line = path.is_file() and _ends_mid_line(path)
         if path.is_file():
@@ -81,14 +87,25 @@ class TCoTCache:
                 for lineno, line in enumerate(handle, 1):
                     try:
                         rec = json.loads(line)
-                        self.entries[rec["key"]] = rec["text"]
-                    except (json.JSONDecodeError, KeyError, TypeError):
+                        self._remember(rec["key"], rec.get("content"), rec["text"])
+                    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                         log.warning("%s:%d: skipping an unreadable cache line (interrupted write?)", path, lineno)
+
+    def _remember(self, key: str, content: str | None, text: str) -> None:
+        if not isinstance(key, str) or not isinstance(text, str):
+            raise TypeError("key and text must be strings")
+        self.entries[key] = text
+        if isinstance(content, str):
+            self.latest_by_content[content] = text
 
     def get(self, key: str) -> str | None:
         return self.entries.get(key)
 
-    def add_many(self, records: Sequence[tuple[str, str]]) -> None:
+    def latest_for_content(self, content: str) -> str | None:
+        return self.latest_by_content.get(content)
+
+    def add_many(self, records: Sequence[tuple[str, str, str]]) -> None:
+        """Append (key, content, text) records and flush them to disk."""
         if not records:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,9 +113,9 @@ class TCoTCache:
             if self._starts_mid_line:
                 handle.write("\n")
                 self._starts_mid_line = False
-            for key, text in records:
-                handle.write(json.dumps({"key": key, "text": text}, ensure_ascii=False) + "\n")
-                self.entries[key] = text
+            for key, content, text in records:
+                handle.write(json.dumps({"key": key, "content": content, "text": text}, ensure_ascii=False) + "\n")
+                self._remember(key, content, text)
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -149,15 +166,20 @@ def _digest(*parts: Any) -> str:
 
 
 def embedder_fingerprint(embedder: Any) -> str:
-    """Identity of an Embedder for cache keys: where it was loaded from, its weights' file stamps and its
-    input settings. An Embedder changed in memory (training) must be saved and reloaded to be cached."""
-    stamps = []
+    """Identity of an Embedder for cache keys: its checkpoint folder and any LoRA folders loaded on top (file
+    stamps), the weights' dtype, its input settings and `<emb>` id. An Embedder without a folder, or whose
+    weights changed in memory (LoRA added, training), is identified by a hash of its parameters instead."""
+    from .models.backbone import checkpoint_stamps, parameter_digest
+
+    model = embedder.model
     path = getattr(embedder, "name_or_path", None)
-    if path and Path(path).is_dir():
-        for weights in sorted(Path(path).glob("*.safetensors")):
-            st = weights.stat()
-            stamps.append((weights.name, st.st_size, st.st_mtime_ns))
-    return _digest(path, stamps, asdict(embedder.config), int(embedder.emb_token_id))[:24]
+    if path and not getattr(embedder, "changed_in_memory", False):
+        weights: Any = [checkpoint_stamps(path)]
+        weights += [[adapter, checkpoint_stamps(adapter)] for adapter in getattr(embedder, "adapters", [])]
+    else:
+        weights = parameter_digest(model)
+    dtype = str(next(model.parameters()).dtype)
+    return _digest(path, weights, dtype, asdict(embedder.config), int(embedder.emb_token_id))[:24]
 
 
 # ------------------------------------------------------------------------------------------- embedding
@@ -399,15 +421,22 @@ def _reasoning_stage(items, reasoner, mode, side, target_modality, cache_root, b
 
     n = len(items)
     texts: list[str | None] = [None] * n
-    reasoner_name = getattr(reasoner, "name", "none")
     cache = TCoTCache(cache_root / "tcots.jsonl") if cache_root is not None else None
-    keys = [_digest(content_key(it, extra=f"{side}|{target_modality}"), reasoner_name) for it in items]
+    contents = [_digest(content_key(it, extra=f"{side}|{target_modality}")) for it in items]
+    if reasoner is not None:
+        identity = reasoner.cache_identity() if hasattr(reasoner, "cache_identity") else reasoner.name
+        keys = [_digest(content, identity) for content in contents]
+    else:
+        keys = contents  # 'cached' mode without a Reasoner: only the cache's latest T-CoT per content is used
+    content_of = dict(zip(keys, contents))
     pending: dict[str, list[int]] = {}
     for i, (item, key) in enumerate(zip(items, keys)):
         # Given T-CoTs (item.meta["tcot"], e.g. released evaluation T-CoTs) only count in 'cached' mode:
         # 'generate' evaluates the Reasoner itself.
         given = item.meta.get("tcot") if mode == "cached" and isinstance(item.meta, dict) else None
-        cached = cache.get(key) if cache is not None else None
+        cached = None
+        if cache is not None:
+            cached = cache.get(key) if reasoner is not None else cache.latest_for_content(contents[i])
         if isinstance(given, str):
             texts[i] = given
         elif cached is not None:
@@ -444,7 +473,7 @@ def _reasoning_stage(items, reasoner, mode, side, target_modality, cache_root, b
                     for row in pending[key]:
                         texts[row] = text
                 if cache is not None:
-                    cache.add_many(list(zip(ready, outputs)))
+                    cache.add_many([(key, content_of[key], text) for key, text in zip(ready, outputs)])
             bar.update(len(chunk))
     finally:
         bar.close()

@@ -10,6 +10,7 @@ configured (`torchvision_available()`).
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import json
 import logging
@@ -227,6 +228,32 @@ def load_model(path: str | Path, family: Family | None = None, options: LoadOpti
         raise ModelError(f"{path}: cannot load {family.model_class}: {exc}") from None
     use_fast_paths(model)
     return model.to(options.torch_device()).eval()
+
+
+def checkpoint_stamps(path: str | Path) -> list[tuple[str, int, int]]:
+    """(name, size, mtime) of a checkpoint or adapter folder's weight and config files: cheap, and changes
+    whenever the folder is rewritten (a retrained model saved to the same place)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return []
+    stamps = []
+    for file in sorted(folder.iterdir()):
+        if file.suffix in (".safetensors", ".bin") or file.name in ("config.json", "adapter_config.json"):
+            st = file.stat()
+            stamps.append((file.name, st.st_size, st.st_mtime_ns))
+    return stamps
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    """A hash of every parameter's name, dtype and bytes: the identity of a model that only exists in memory.
+    Reads all weights once (about a second per GB)."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            data = param.detach().reshape(-1).contiguous().cpu()
+            digest.update(f"{name}:{data.dtype}:{tuple(param.shape)}".encode())
+            digest.update(data.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class PatchConv3dAsLinear(torch.nn.Conv3d):

@@ -230,6 +230,10 @@ class Embedder:
         self.tokenizer = processor.tokenizer
         self.emb_token_id = emb_token_id if emb_token_id is not None else self._ensure_emb_token()
         self.name_or_path: str | None = None
+        # What the vector cache keys on: the folder, the LoRA folders loaded on top, and whether the weights
+        # have been changed in memory since (then the parameters themselves are hashed).
+        self.adapters: list[str] = []
+        self.changed_in_memory = False
 
     # ----------------------------------------------------------------------------------------- loading
 
@@ -289,6 +293,7 @@ class Embedder:
         lora = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                           target_modules=targets, bias="none", task_type="CAUSAL_LM")
         self.model = get_peft_model(self.model, lora)
+        self.changed_in_memory = True
 
     def load_adapter(self, path: str | Path, trainable: bool = False) -> None:
         from peft import PeftModel
@@ -297,6 +302,8 @@ class Embedder:
             self.model = PeftModel.from_pretrained(self.model, str(path), is_trainable=trainable)
         except Exception as exc:
             raise ModelError(f"{path}: cannot load LoRA adapter: {exc}") from None
+        self.adapters.append(str(path))
+        self.changed_in_memory = self.changed_in_memory or trainable
         if not trainable:
             self.model.eval()
 

@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,7 +29,14 @@ from PIL import Image
 
 from ..data.items import Item
 from ..errors import BackendError, ConfigError
-from .backbone import LoadOptions, detect_family, load_model, load_processor
+from .backbone import (
+    LoadOptions,
+    checkpoint_stamps,
+    detect_family,
+    load_model,
+    load_processor,
+    parameter_digest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +75,19 @@ def conversation_images(conversation: Conversation) -> list[Image.Image]:
 class TransformersBackend:
     """Batched HF `generate` on a local checkpoint, left-padded so every row continues from its own end."""
 
-    def __init__(self, model, processor, name: str = "transformers", batch_size: int = 8):
+    def __init__(self, model, processor, name: str = "transformers", batch_size: int = 8,
+                 path: str | Path | None = None):
         self.model = model
         self.processor = processor
         self.name = name
         self.batch_size = batch_size
+        self.path = None if path is None else str(path)  # the checkpoint folder, when loaded from one
+
+    def identity(self) -> Any:
+        """What the T-CoT cache keys on: the checkpoint folder's file stamps, or for a model that only exists
+        in memory (a policy being trained) a hash of its parameters."""
+        weights = checkpoint_stamps(self.path) if self.path else parameter_digest(self.model)
+        return [self.name, weights, str(next(self.model.parameters()).dtype)]
 
     @classmethod
     def from_pretrained(cls, path: str | Path, options: LoadOptions | None = None,
@@ -80,7 +95,7 @@ class TransformersBackend:
         family = detect_family(path)
         processor = load_processor(path, family, options)
         model = load_model(path, family, options)
-        return cls(model, processor, name=f"transformers:{path}", batch_size=batch_size)
+        return cls(model, processor, name=f"transformers:{path}", batch_size=batch_size, path=path)
 
     @torch.no_grad()
     def generate(self, conversations: Sequence[Conversation], settings: GenerationSettings) -> list[str]:
@@ -276,6 +291,13 @@ class Reasoner:
     @property
     def name(self) -> str:
         return self.backend.name
+
+    def cache_identity(self) -> Any:
+        """Everything that decides the T-CoT an item gets: the backend and its weights (or endpoint and model
+        name), the generation settings, and the frame sampling."""
+        backend_identity = getattr(self.backend, "identity", None)
+        return {"backend": backend_identity() if callable(backend_identity) else self.backend.name,
+                "settings": asdict(self.settings), "num_frames": self.num_frames, "fps": self.fps}
 
     def conversation(self, item: Item, side: str, target_modality: str | None,
                      media: tuple[list[Image.Image], list[Image.Image]], answer: str | None = None) -> Conversation:

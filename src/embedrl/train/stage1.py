@@ -175,6 +175,7 @@ class ContrastiveTrainer(Trainer):
     def __init__(self, embedder: Embedder, args: EmbedderTrainingConfig, train_dataset: PairDataset,
                  mixture: Mixture | None = None, **kwargs: Any):
         self.embedder = embedder
+        embedder.changed_in_memory = True  # training moves the weights away from any saved folder
         self.mixture = mixture
         self.loss_fn = ContrastiveLoss(args.temperature, args.learn_temperature, args.gather_with_grad)
         self._accuracies: list[float] = []

@@ -235,6 +235,9 @@ def test_cli_encode_input_checks_before_any_work(tiny_qwen3_embedder, tmp_path: 
     assert "expected a positive integer" in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path / "v.npy")]) == 0
     assert np.load(tmp_path / "v.npy").shape[0] == 2
+    items_file.write_text('{"id": "a", "text": "one", "image": "a.png"}\n')  # "image" for "images"
+    assert main(base + ["--out", str(tmp_path / "w.npy")]) == 0
+    assert f"warning: {items_file}:1: field 'image' is not an item field" in capsys.readouterr().err
 
 
 def test_encode_rejects_bad_settings_before_work(embedder) -> None:

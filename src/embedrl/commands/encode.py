@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_encode)
 
 
+ITEM_FIELDS = frozenset({"id", "instruction", "text", "images", "video", "meta"})
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -59,8 +62,11 @@ def read_items(path: Path):
     items: list[Item] = []
     seen: dict[str, int] = {}
     record_lines: set[int] = set()
+    unknown: dict[str, int] = {}  # field -> first line
     for line, obj in iter_jsonl(path, problems):
         record_lines.add(line)
+        for key in obj.keys() - ITEM_FIELDS:
+            unknown.setdefault(key, line)
         item = parse_item(obj, file=str(path), line=line, id_key="id", problems=problems,
                           allow_video_string=True)
         if item is None:
@@ -81,6 +87,10 @@ def read_items(path: Path):
                                     "lines are only allowed at the end of the file", line=line))
     if problems:
         raise DataError(sorted(problems, key=lambda problem: problem.line or 0))
+    for key, line in sorted(unknown.items(), key=lambda kv: kv[1]):
+        # a typo such as "image" for "images" would otherwise embed the item without its picture
+        print(f"warning: {path}:{line}: field {key!r} is not an item field and is ignored (item fields: "
+              f"{', '.join(sorted(ITEM_FIELDS))})", file=sys.stderr)
     if not items:
         raise DataError(Problem(str(path), "no items"))
     return items

@@ -47,11 +47,14 @@ def test_kept_memory_stops_the_page_fault_churn() -> None:
     # The first round faults every page in either way; after it, kept memory is reused at once, while glibc's
     # defaults return it and fault it in again until their dynamic thresholds have grown (a real run's buffer
     # sizes keep changing, so there they never settle: ~36,000 faults per bench_encode pass).
+    # Kept memory may still fault in a few pages in the next round or two (small allocations between rounds
+    # shift where the buffers land: 2,000-9,200 pages seen here); then it settles at zero.
     after_first_kept, after_first_default = sum(kept["faults"][1:]), sum(default["faults"][1:])
+    assert kept["faults"][-2:] == [0, 0], kept
     if after_first_default == 0:  # a glibc that already reuses the probe's buffers: kept memory must not be worse
         assert after_first_kept == 0, (kept, default)
     else:
-        assert after_first_kept * 3 < after_first_default, (kept, default)
+        assert after_first_kept < after_first_default, (kept, default)
 
 
 def test_opt_out_leaves_the_allocator_alone() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from embedrl.cli import main
@@ -20,8 +21,22 @@ def test_eval_cli_scores_resumes_and_isolates_failures(tiny_qwen3_embedder, tmp_
     assert result["num_queries"] == 6 and 0.0 <= result["main_score"] <= 1.0
     assert result["run"]["reasoning"] == "cached" and result["run"]["unparsed_tcots"] == 0
     stamp = (out / "synthetic" / "SynT2I.json").stat().st_mtime_ns
+    capsys.readouterr()
     assert main(args) == 0  # finished tasks are skipped
     assert (out / "synthetic" / "SynT2I.json").stat().st_mtime_ns == stamp
+    assert "(kept: an identical earlier run's result)" in capsys.readouterr().out
+
+    # another model (or the same task name from another folder) must not be shown the stored score
+    other = main(["eval", "--task", str(picked[0]), "--embedder", str(tiny_qwen3_embedder), "--reasoning", "off",
+                  "--out", str(out), "--no-progress"])
+    assert other == 1 and "holds the result of a different run (its reasoning differs)" in capsys.readouterr().err
+    assert (out / "synthetic" / "SynT2I.json").stat().st_mtime_ns == stamp
+    twin = tmp_path / "twin"
+    shutil.copytree(picked[0], twin)  # same benchmark and task name, other content
+    (twin / "qrels.jsonl").write_text("\n".join(sorted((picked[0] / "qrels.jsonl").read_text().splitlines(),
+                                                         reverse=True)) + "\n")
+    args_twin = [*args[:2], str(twin), *args[2 + len(picked):]]
+    assert main(args_twin) == 1 and "its task differs" in capsys.readouterr().err
 
     broken = next(t for t in tasks if t.name == "SynI2T")
     first_image = sorted((broken / "media" / "images").iterdir())[0]

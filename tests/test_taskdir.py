@@ -217,3 +217,13 @@ def test_cli_validate_prints_one_line_per_defect(tmp_path: Path, capsys) -> None
     good = tmp_path / "good"
     write_task(make_global_task(good), good)
     assert main(["task", "validate", str(good)]) == 0
+
+
+def test_names_that_would_leave_the_results_folder_are_rejected(tmp_path: Path) -> None:
+    write_task(make_global_task(tmp_path), tmp_path)
+    meta = json.loads((tmp_path / "task.json").read_text())
+    for field, value in (("task", "../../outside"), ("benchmark", "a/b"), ("task", ".hidden"), ("task", "x\\y")):
+        (tmp_path / "task.json").write_text(json.dumps({**meta, field: value}))
+        assert any(f"field '{field}': {value!r} cannot be used as a file name" in p for p in _problems(tmp_path))
+    (tmp_path / "task.json").write_text(json.dumps({**meta, "task": "Wiki-SS-NQ_v2 (test)"}))
+    assert _problems(tmp_path) == []

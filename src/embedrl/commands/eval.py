@@ -41,7 +41,8 @@ def _eval(args: argparse.Namespace) -> int:
                             overwrite=args.overwrite, label=args.label)
     results, errors = evaluate_tasks(args.task, embedder, reasoner, out_dir=Path(args.out), settings=settings)
     for r in results:
-        print(f"{r['benchmark']}/{r['task']}: {r['primary_metric']} = {100 * r['main_score']:.2f}")
+        kept = " (kept: an identical earlier run's result)" if r.get("run", {}).get("reused") else ""
+        print(f"{r['benchmark']}/{r['task']}: {r['primary_metric']} = {100 * r['main_score']:.2f}{kept}")
     for e in errors:
         print(f"failed: {e}", file=sys.stderr)
     return 1 if errors else 0

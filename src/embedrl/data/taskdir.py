@@ -117,6 +117,10 @@ def _absolute(item: Item, root: Path | None) -> Item:
 # ------------------------------------------------------------------------------------------------- read
 
 
+def _usable_as_file_name(name: str) -> bool:
+    return not (name.startswith(".") or "/" in name or "\\" in name or any(ord(ch) < 32 for ch in name))
+
+
 def _read_meta(root: Path, problems: list[Problem]) -> TaskMeta | None:
     path = root / TASK_FILE
     try:
@@ -137,6 +141,12 @@ def _read_meta(root: Path, problems: list[Problem]) -> TaskMeta | None:
     for key in raw:
         if key not in known:
             problems.append(Problem(message="unknown field (typo?)", field=key, **where))
+    for key in ("benchmark", "task"):
+        value = raw.get(key)
+        if isinstance(value, str) and value and not _usable_as_file_name(value):
+            # results are written to OUT/<benchmark>/<task>.json: a name must not lead out of OUT
+            problems.append(Problem(message=f"{value!r} cannot be used as a file name (no '/', '\\', "
+                                    "leading '.' or control characters)", field=key, **where))
     if isinstance(raw.get("eval_type"), str) and raw["eval_type"] not in EVAL_TYPES:
         problems.append(Problem(message=f"must be 'local' or 'global', got {raw['eval_type']!r}",
                                 field="eval_type", **where))

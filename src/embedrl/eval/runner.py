@@ -6,6 +6,7 @@ T-CoTs and vectors are cached per task, so a crash mid-task recomputes only what
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.taskdir import Task, read_task
+from ..data.taskdir import CANDIDATES_FILE, QRELS_FILE, QUERIES_FILE, TASK_FILE, Task, read_task
 from ..errors import EmbedRLError
 from ..fileio import read_json, write_json
 from ..pipeline import encode_detailed
@@ -54,9 +55,18 @@ def evaluate_task(task_dir: str | Path, embedder: Any, reasoner: Any = None, *, 
     task = read_task(task_dir)
     out_dir = Path(out_dir)
     target = result_path(out_dir, task)
+    identity = run_identity(task, embedder, reasoner, settings)
     if target.is_file() and not settings.overwrite:
-        log.info("%s: result exists, skipped (use overwrite to recompute)", target)
-        return read_json(target)
+        existing = read_json(target)
+        recorded = existing.get("run", {}).get("identity") if isinstance(existing, dict) else None
+        if recorded == identity:
+            log.info("%s: result of an identical earlier run kept (overwrite recomputes)", target)
+            existing["run"]["reused"] = True
+            return existing
+        differs = [k for k in identity if not isinstance(recorded, dict) or recorded.get(k) != identity[k]]
+        raise TaskFailed(f"{target} holds the result of a different run (its {', '.join(differs)} differ"
+                         f"{'s' if len(differs) == 1 else ''}); pass --overwrite to replace it, or use another "
+                         "--out")
     cache = out_dir / "cache" / task.meta.benchmark / task.meta.task
     start = time.perf_counter()
     common = dict(reasoning=settings.reasoning, cache_dir=cache, batch_size=settings.batch_size,
@@ -76,10 +86,32 @@ def evaluate_task(task_dir: str | Path, embedder: Any, reasoner: Any = None, *, 
         "reasoner": getattr(reasoner, "name", None),
         "reasoning": settings.reasoning or ("generate" if reasoner is not None else "off"),
         "seconds": round(time.perf_counter() - start, 2),
+        "identity": identity,
         "unparsed_tcots": _unparsed(queries.tcots) + _unparsed(cands.tcots),
     }
     write_json(target, result)
     return result
+
+
+def run_identity(task: Task, embedder: Any, reasoner: Any, settings: EvalSettings) -> dict[str, str | None]:
+    """What a task's result depends on: the task's files, the Embedder, the Reasoner (weights and generation
+    settings) and the reasoning mode. A stored result is reused only when all of them are the same."""
+    from ..pipeline import _digest, embedder_fingerprint
+
+    files = hashlib.sha256()
+    for name in (TASK_FILE, QUERIES_FILE, CANDIDATES_FILE, QRELS_FILE):
+        path = task.root / name if task.root is not None else None
+        if path is not None and path.is_file():
+            files.update(name.encode())
+            with path.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    files.update(chunk)
+    reasoner_id = None
+    if reasoner is not None:
+        reasoner_id = _digest(reasoner.cache_identity() if hasattr(reasoner, "cache_identity")
+                              else getattr(reasoner, "name", repr(reasoner)))[:24]
+    return {"task": files.hexdigest()[:24], "embedder": embedder_fingerprint(embedder), "reasoner": reasoner_id,
+            "reasoning": settings.reasoning or ("generate" if reasoner is not None else "off")}
 
 
 def _unparsed(tcots: Sequence[str | None]) -> int:

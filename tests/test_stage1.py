@@ -143,3 +143,43 @@ def test_hard_negatives_flow_through_training(tiny_qwen3_embedder, tmp_path: Pat
     out = tmp_path / "run"
     train_embedder(tiny_qwen3_embedder, pairs, _config(out, max_steps=2, sub_batch_size=4, plot=False))
     assert len(_losses(out)[0]) == 2
+
+
+def test_gradient_checkpointing_trains_the_same_weights(tiny_qwen3_embedder, pairs_file, tmp_path) -> None:
+    """The 2b/4b presets turn checkpointing on: it must run (transformers 5 calls it with extra arguments) and
+    change only memory, not the result."""
+    pairs = read_pairs(pairs_file)
+    finals = [train_embedder(tiny_qwen3_embedder, pairs, _config(tmp_path / f"gc{flag}", max_steps=2, plot=False,
+                                                                  gradient_checkpointing=flag))
+              for flag in (False, True)]
+    plain, checkpointed = (load_file(str(f / "model.safetensors")) for f in finals)
+    assert plain.keys() == checkpointed.keys()
+    assert max((plain[k] - checkpointed[k]).abs().max().item() for k in plain) < 1e-5
+
+
+class _TemperatureGradientAtStepStart(TrainerCallback):
+    def __init__(self) -> None:
+        self.seen: list[object] = []
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        log_scale = optimizer.param_groups[-1]["params"][0]
+        assert log_scale.numel() == 1
+        self.seen.append(None if log_scale.grad is None else float(log_scale.grad))
+
+
+def test_learned_temperature_gets_a_fresh_gradient_every_step(tiny_qwen3_embedder, pairs_file, tmp_path) -> None:
+    probe = _TemperatureGradientAtStepStart()
+    train_embedder(tiny_qwen3_embedder, read_pairs(pairs_file),
+                   _config(tmp_path / "lt", max_steps=3, plot=False, learn_temperature=True), callbacks=[probe])
+    assert probe.seen == [None, None, None]  # not a running sum of every earlier step's gradient
+
+
+def test_resume_passes_over_an_incomplete_checkpoint(tmp_path) -> None:
+    from embedrl.train.stage1 import latest_checkpoint
+
+    for name, complete in (("checkpoint-5", True), ("checkpoint-10", False), ("checkpoint-7-backup", True)):
+        (tmp_path / name).mkdir()
+        if complete:
+            (tmp_path / name / "trainer_state.json").write_text("{}")
+    assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-5")
+    assert latest_checkpoint(tmp_path / "missing") is None

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from ..errors import ConfigError
 from ..models.embedder import Embedder, LoraSettings, pooled_embeddings
@@ -164,11 +164,28 @@ class EmbeddingModule(torch.nn.Module):
     def forward(self, **batch: Any) -> torch.Tensor:
         return pooled_embeddings(self.backbone, batch, self.emb_token_id)
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
-        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        """What the Trainer calls for `gradient_checkpointing` / `activation_checkpointing`: checkpoint the
+        backbone's layers (non-reentrant unless told otherwise), with inputs that require grad so that a frozen
+        embedding layer under LoRA still lets gradients through."""
+        kwargs = activation_checkpointing_kwargs or {"use_reentrant": False}
+        self.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs,
+                                                      every_n_layers=every_n_layers, offload=offload)
         if hasattr(self.backbone, "enable_input_require_grads"):
             self.backbone.enable_input_require_grads()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None,
+                                      **kwargs: Any) -> None:
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+
+class _ClearGradientAfterStep(TrainerCallback):
+    def __init__(self, parameter: torch.nn.Parameter):
+        self.parameter = parameter
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.parameter.grad = None
 
 
 class ContrastiveTrainer(Trainer):
@@ -205,6 +222,8 @@ class ContrastiveTrainer(Trainer):
         if self.args.learn_temperature and not any(
                 self.loss_fn.log_scale is p for g in optimizer.param_groups for p in g["params"]):
             optimizer.add_param_group({"params": [self.loss_fn.log_scale], "weight_decay": 0.0})
+            # The Trainer zeroes the model's gradients after each step; the temperature lives outside the model.
+            self.add_callback(_ClearGradientAfterStep(self.loss_fn.log_scale))
         return optimizer
 
     # ------------------------------------------------------------------------------------------------ step
@@ -286,8 +305,16 @@ class ContrastiveTrainer(Trainer):
 
 
 def latest_checkpoint(output_dir: str | Path) -> str | None:
-    ckpts = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(ckpts[-1]) if ckpts else None
+    """The newest complete `checkpoint-N` folder. A save cut short by a kill has no `trainer_state.json` (the
+    Trainer writes it last) and is passed over, as are folders whose names only start like a checkpoint."""
+    complete = []
+    for folder in Path(output_dir).glob("checkpoint-*"):
+        step = folder.name.removeprefix("checkpoint-")
+        if step.isdigit() and (folder / "trainer_state.json").is_file():
+            complete.append((int(step), folder))
+        elif step.isdigit():
+            log.warning("%s: incomplete checkpoint (no trainer_state.json), not resumed from", folder)
+    return str(max(complete)[1]) if complete else None
 
 
 def train_embedder(model_path: str | Path, pairs: list[TrainingPair], config: EmbedderTrainingConfig,

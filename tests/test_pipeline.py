@@ -325,3 +325,15 @@ def test_vector_cache_tells_an_adapter_and_a_dtype_apart(tiny_qwen3_embedder, tm
     assert with_adapter.computed == 1 and not np.array_equal(with_adapter.vectors, from_base)
     half = Embedder.from_pretrained(tiny_qwen3_embedder, LoadOptions(dtype="bfloat16"))
     assert embedder_fingerprint(half) != embedder_fingerprint(base)
+
+
+def test_tcot_cache_survives_a_line_torn_inside_a_character(tmp_path: Path) -> None:
+    from embedrl.pipeline import TCoTCache
+
+    path = tmp_path / "tcots.jsonl"
+    TCoTCache(path).add_many([("k1", "c1", "un caf\u00e9 \u2615")])
+    record = json.dumps({"key": "k2", "content": "c2", "text": "\u2615\u2615"}, ensure_ascii=False).encode()
+    with path.open("ab") as handle:
+        handle.write(record[:-4])  # ends inside the three-byte encoding of the second cup
+    resumed = TCoTCache(path)
+    assert resumed.entries == {"k1": "un caf\u00e9 \u2615"}

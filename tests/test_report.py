@@ -144,6 +144,7 @@ def test_embedrl_results_in_a_folder(tmp_path):
     (tmp_path / "results" / "UVRB" / "CMRB.json").write_text(json.dumps({**base, "benchmark": "UVRB",
                                                                         "task": "CMRB", "metrics": {}}))
     (tmp_path / "results" / "cache.json").write_text(json.dumps({"key": [1, 2]}))
+    (tmp_path / "results" / "notes.json").write_text('{"half": "writt')  # one broken file must not stop a report
     report = build_report("mmeb-v2", [tmp_path / "results"])
     scores = {r["task"]: r["score"] for r in report.tasks if r["score"] is not None}
     # VisDoc reads ndcg_linear@5 whatever the result file calls its primary metric.
@@ -151,6 +152,7 @@ def test_embedrl_results_in_a_folder(tmp_path):
     notes = "\n".join(report.notes)
     assert "ViDoSeek-page-fixed" in notes            # the unfixed set is not averaged in
     assert "'UVRB' result; skipped" in notes and "not result files, skipped" in notes and "cache.json" in notes
+    assert "notes.json" in notes
     assert "the report uses 'ndcg_linear@5'" in notes
     assert report.sections["modalities"]["Video"].text() == "50.00 (partial 1/18)"
 

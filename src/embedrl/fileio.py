@@ -7,6 +7,7 @@ never half of one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -28,6 +29,7 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     binary = "b" in mode
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would honour the umask
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
             yield handle
             handle.flush()
@@ -37,6 +39,14 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@functools.cache
+def _umask() -> int:
+    # Reading the umask means setting it: done once, so that threads writing files never see the stand-in.
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -64,7 +74,7 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark (Windows editors) is skipped
     except FileNotFoundError:
         raise DataError(Problem(str(path), "file not found")) from None
     except UnicodeDecodeError as exc:

@@ -83,7 +83,9 @@ class TCoTCache:
         # A crash mid-write leaves a last line without its newline; the next record must not be glued to it.
         self._starts_mid_line = path.is_file() and _ends_mid_line(path)
         if path.is_file():
-            with path.open("r", encoding="utf-8") as handle:
+            # errors="replace": a crash can cut the last line inside a multi-byte character; that line then
+            # fails to parse and is skipped like any other torn line.
+            with path.open("r", encoding="utf-8", errors="replace") as handle:
                 for lineno, line in enumerate(handle, 1):
                     try:
                         rec = json.loads(line)

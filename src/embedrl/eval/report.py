@@ -225,7 +225,13 @@ def _classify(obj: Any) -> str | None:
 
 def _read_file(path: Path, out: _Collector, explicit: bool) -> None:
     source = str(path)
-    obj = read_json(path)
+    try:
+        obj = read_json(path)
+    except DataError:
+        if explicit:
+            raise
+        out.skipped.append(source)  # a half-written or foreign .json in a results folder is not a result
+        return
     kind = _classify(obj)
     if kind is None:
         if explicit:

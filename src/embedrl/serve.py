@@ -25,12 +25,13 @@ import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
 
 from .data.items import Item, VideoRef
-from .data.media import to_rgb
+from .data.media import load_image, to_rgb
 from .errors import EmbedRLError
 from .models.reasoner import GenerationSettings
 
@@ -55,9 +56,11 @@ def decode_image(url: Any, where: str) -> Image.Image:
             if img.width * img.height > 100_000_000:
                 raise RequestError(f"{where}: image too large ({img.width}x{img.height})")
             img.load()
-            return to_rgb(img)
+            return load_image(img)  # EXIF orientation and RGB conversion exactly as for local files
     except RequestError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise RequestError(f"{where}: image too large ({exc})") from None
     except (ValueError, binascii.Error, OSError) as exc:
         raise RequestError(f"{where}: not a decodable image ({exc})") from None
 
@@ -70,6 +73,8 @@ def chat_messages_to_conversation(messages: Any) -> list[dict]:
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message:
             raise RequestError(f"messages[{i}]: needs 'role' and 'content'")
+        if message["role"] not in ("system", "user", "assistant"):
+            raise RequestError(f"messages[{i}].role: must be 'system', 'user' or 'assistant'")
         content = message.get("content", "")
         if isinstance(content, str):
             conversation.append({"role": message["role"], "content": [{"type": "text", "text": content}]})
@@ -80,7 +85,9 @@ def chat_messages_to_conversation(messages: Any) -> list[dict]:
         for j, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text":
-                parts.append({"type": "text", "text": str(part.get("text", ""))})
+                if not isinstance(part.get("text", ""), str):
+                    raise RequestError(f"messages[{i}].content[{j}].text: must be a string")
+                parts.append({"type": "text", "text": part.get("text", "")})
             elif kind == "image_url":
                 url = part.get("image_url", {})
                 url = url.get("url") if isinstance(url, dict) else url
@@ -89,6 +96,26 @@ def chat_messages_to_conversation(messages: Any) -> list[dict]:
                 raise RequestError(f"messages[{i}].content[{j}]: unsupported part type {kind!r}")
         conversation.append({"role": message["role"], "content": parts})
     return conversation
+
+
+def _number(body: dict, key: str, kind: type, default: Any, low: float, high: float | None = None) -> Any:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise RequestError(f"'{key}' must be {'an integer' if kind is int else 'a number'}")
+    if value < low or (high is not None and value > high):
+        raise RequestError(f"'{key}' must be in [{low}, {high if high is not None else 'inf'}]")
+    return kind(value)
+
+
+def chat_settings(body: dict) -> GenerationSettings:
+    """OpenAI sampling fields -> GenerationSettings; wrong types or ranges are the client's error (400)."""
+    max_tokens = _number(body, "max_tokens", int, None, 1) or _number(body, "max_completion_tokens", int, 512, 1)
+    return GenerationSettings(max_new_tokens=max_tokens,
+                              temperature=_number(body, "temperature", float, 0.0, 0.0),
+                              top_p=_number(body, "top_p", float, 1.0, 0.0, 1.0),
+                              seed=_number(body, "seed", int, None, 0))
 
 
 def embedding_inputs_to_items(inputs: Any) -> tuple[list[Item], list[str | None]]:
@@ -104,6 +131,12 @@ def embedding_inputs_to_items(inputs: Any) -> tuple[list[Item], list[str | None]
             continue
         if not isinstance(entry, dict):
             raise RequestError(f"input[{i}]: must be a string or an object")
+        for key in ("text", "instruction"):
+            if entry.get(key) is not None and not isinstance(entry[key], str):
+                raise RequestError(f"input[{i}].{key}: must be a string")
+        for key in ("images", "frames"):
+            if entry.get(key) is not None and not isinstance(entry[key], list):
+                raise RequestError(f"input[{i}].{key}: must be a list of data: URLs")
         images = [decode_image(u, f"input[{i}].images[{k}]") for k, u in enumerate(entry.get("images") or [])]
         frames = [decode_image(u, f"input[{i}].frames[{k}]") for k, u in enumerate(entry.get("frames") or [])]
         item = Item(id=str(entry.get("id", i)), text=entry.get("text"), instruction=entry.get("instruction"),
@@ -168,12 +201,7 @@ class EmbedRLServer:
         if self.generator is None:
             raise RequestError("this server has no chat model", HTTPStatus.NOT_FOUND)
         conversation = chat_messages_to_conversation(body.get("messages"))
-        settings = GenerationSettings(
-            max_new_tokens=int(body.get("max_tokens") or body.get("max_completion_tokens") or 512),
-            temperature=float(body.get("temperature", 0.0) or 0.0),
-            top_p=float(body.get("top_p", 1.0) or 1.0),
-            seed=body.get("seed"),
-        )
+        settings = chat_settings(body)
         with self.lock:
             text = self.generator.generate([conversation], settings)[0]
         return {
@@ -204,44 +232,72 @@ class EmbedRLServer:
             def log_message(self, fmt: str, *args: Any) -> None:
                 log.debug("%s " + fmt, self.address_string(), *args)
 
-            def _reply(self, status: int, payload: dict) -> None:
+            def _reply(self, status: int, payload: dict, close: bool = False) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                if close:
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _error(self, status: int, message: str) -> None:
+            def _error(self, status: int, message: str, close: bool = False) -> None:
+                if close:  # the request body was not read: the connection cannot carry another request
+                    self.close_connection = True
                 self._reply(status, {"error": {"message": message, "type": HTTPStatus(status).phrase,
-                                               "code": status}})
+                                               "code": status}}, close=close)
+
+            def _route(self) -> str:
+                return urlsplit(self.path).path
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                if self.path in ("/health", "/v1/health"):
+                path = self._route()
+                if path in ("/health", "/v1/health"):
                     self._reply(HTTPStatus.OK, {"status": "ok"})
-                elif self.path == "/v1/models":
+                elif path == "/v1/models":
                     self._reply(HTTPStatus.OK, server.models())
                 else:
-                    self._error(HTTPStatus.NOT_FOUND, f"no route {self.path}")
+                    self._error(HTTPStatus.NOT_FOUND, f"no route {path}")
 
-            def do_POST(self) -> None:  # noqa: N802
-                routes = {"/v1/chat/completions": server.chat, "/v1/embeddings": server.embeddings}
-                route = routes.get(self.path)
-                if route is None:
-                    self._error(HTTPStatus.NOT_FOUND, f"no route {self.path}")
-                    return
+            def _read_body(self) -> bytes:
+                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                    raise RequestError("chunked request bodies are not supported; send Content-Length",
+                                       HTTPStatus.LENGTH_REQUIRED)
                 try:
                     length = int(self.headers.get("Content-Length", "0"))
-                    if length <= 0 or length > MAX_BODY_BYTES:
-                        raise RequestError(f"body must be 1..{MAX_BODY_BYTES} bytes")
-                    body = json.loads(self.rfile.read(length))
+                except ValueError:
+                    raise RequestError("Content-Length is not a number") from None
+                if length <= 0:
+                    raise RequestError("the request needs a JSON body", HTTPStatus.LENGTH_REQUIRED)
+                if length > MAX_BODY_BYTES:
+                    raise RequestError(f"body of {length} bytes is over the limit of {MAX_BODY_BYTES}",
+                                       HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+                return self.rfile.read(length)
+
+            def do_POST(self) -> None:  # noqa: N802
+                try:
+                    raw = self._read_body()
+                except RequestError as exc:
+                    self._error(exc.status, str(exc), close=True)
+                    return
+                routes = {"/v1/chat/completions": server.chat, "/v1/embeddings": server.embeddings}
+                route = routes.get(self._route())
+                if route is None:
+                    self._error(HTTPStatus.NOT_FOUND, f"no route {self._route()}")
+                    return
+                try:
+                    try:
+                        body = json.loads(raw.decode("utf-8"))
+                    except UnicodeDecodeError as exc:
+                        raise RequestError(f"body is not UTF-8 JSON ({exc.reason})") from None
+                    except json.JSONDecodeError as exc:
+                        raise RequestError(f"body is not JSON: {exc}") from None
                     if not isinstance(body, dict):
                         raise RequestError("body must be a JSON object")
                     self._reply(HTTPStatus.OK, route(body))
                 except RequestError as exc:
                     self._error(exc.status, str(exc))
-                except json.JSONDecodeError as exc:
-                    self._error(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}")
                 except EmbedRLError as exc:
                     self._error(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc))
                 except Exception as exc:  # keep serving; the client gets the reason

@@ -30,10 +30,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not args.reasoner and not args.embedder:
         raise ConfigError("give --reasoner, --embedder or both")
+    _check_address_free(args.host, args.port)  # before the models load, which is the slow part
     options = LoadOptions(dtype=args.dtype, device=args.device)
     generator = TransformersBackend.from_pretrained(args.reasoner, options) if args.reasoner else None
     embedder = Embedder.from_pretrained(args.embedder, options) if args.embedder else None
-    server = EmbedRLServer(generator, embedder, host=args.host, port=args.port)
+    try:
+        server = EmbedRLServer(generator, embedder, host=args.host, port=args.port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     print(f"serving on {server.url} (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
@@ -42,3 +46,17 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         server.httpd.server_close()
     return 0
+
+
+def _check_address_free(host: str, port: int) -> None:
+    """Bind the address once, as the server will (IPv4, address reuse on), and let it go again."""
+    import socket
+
+    from ..errors import ConfigError
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

@@ -199,6 +199,10 @@ def test_sft_cold_start_then_cli_rl(tiny_qwen3_reasoner, tiny_qwen3_embedder, im
     meta = json.loads((out / "embedrl_training.json").read_text())
     assert meta["acc_mode"] == "fraction" and meta["reward_weights"]["process"] == 0.0
     assert (out / "final" / "config.json").is_file()
+    # a plain Qwen-VL folder is not a frozen Embedder: refused before anything trains
+    code = main(["train", "reasoner", "--model", str(warmed), "--pairs", str(pairs_file), "--out",
+                 str(tmp_path / "cli2"), "--embedder", str(tiny_qwen3_reasoner), "--preset", "tiny", "--cpu"])
+    assert code == 2 and not (tmp_path / "cli2" / "final").exists()
 
 
 def test_process_weight_without_judge_is_refused(tiny_qwen3_reasoner, image_pairs, tmp_path: Path) -> None:

@@ -183,3 +183,48 @@ def test_resume_passes_over_an_incomplete_checkpoint(tmp_path) -> None:
             (tmp_path / name / "trainer_state.json").write_text("{}")
     assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-5")
     assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_yaml_values_are_typed_before_anything_loads(tmp_path) -> None:
+    import argparse
+
+    from embedrl.commands.train import FLAG_FIELDS, build_config
+    from embedrl.errors import ConfigError
+    from embedrl.train.egrl import EGRLConfig
+
+    def config(text: str, cls=EmbedderTrainingConfig):
+        path = tmp_path / "c.yaml"
+        path.write_text("use_cpu: true\n" + text)
+        args = argparse.Namespace(preset="tiny", config=str(path), out=str(tmp_path / "o"), use_cpu=True)
+        return build_config(cls, args, FLAG_FIELDS if cls is EmbedderTrainingConfig else (), cls.PRESETS)
+
+    parsed = config("learning_rate: 1e-4\nsub_batch_size: '8'\n")  # PyYAML reads 1e-4 as a string
+    assert parsed.learning_rate == 1e-4 and isinstance(parsed.learning_rate, float) and parsed.sub_batch_size == 8
+    for text, message in (("use_tcot: 'no'\n", "'use_tcot' must be bool \\(write true or false\\)"),
+                          ("learning_rate: fast\n", "'learning_rate' must be a number"),
+                          ("sub_batch_size: 0\n", "sub_batch_size must be >= 1"),
+                          ("temperature: 0\n", "temperature must be > 0"),
+                          ("seed: 1.5\n", "'seed' must be int")):
+        with pytest.raises(ConfigError, match=message):
+            config(text)
+    assert config("learning_rate: 3e-6\n", EGRLConfig).learning_rate == 3e-6
+    for text, message in (("outcome_tau: 0\n", "outcome_tau must be > 0"),
+                          ("pairs_per_step: 1\n", "pairs_per_step must be >= 2"),
+                          ("process_top_k: -1\n", "process_top_k must be >= 1")):
+        with pytest.raises(ConfigError, match=message):
+            config(text, EGRLConfig)
+
+
+def test_shipped_configs_load_from_any_directory(tmp_path, monkeypatch) -> None:
+    import argparse
+
+    from embedrl.commands.train import FLAG_FIELDS, build_config
+    from embedrl.train.sampler import Mixture
+
+    configs = Path(__file__).resolve().parents[1] / "configs" / "train"
+    monkeypatch.chdir(tmp_path)
+    for name in ("embedder-2b.yaml", "embedder-4b.yaml"):
+        args = argparse.Namespace(preset=None, config=str(configs / name), out=str(tmp_path / "o"), use_cpu=True)
+        config = build_config(EmbedderTrainingConfig, args, FLAG_FIELDS, EmbedderTrainingConfig.PRESETS)
+        assert config.gradient_checkpointing is True
+        assert Mixture.from_yaml(config.mixture).weights  # the mixture file is found next to the config

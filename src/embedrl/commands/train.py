@@ -97,6 +97,10 @@ def build_config(cls: type, args: argparse.Namespace, fields: tuple[str, ...], p
         unknown = sorted(set(loaded) - known)
         if unknown:
             raise ConfigError(f"{args.config}: unknown field(s) {unknown}")
+        loaded = typed_yaml_values(cls, loaded, args.config)
+        if isinstance(loaded.get("mixture"), str) and not Path(loaded["mixture"]).is_absolute():
+            # a mixture named in a config file is found next to that file, wherever the command runs from
+            loaded["mixture"] = str(Path(args.config).parent / loaded["mixture"])
         values.update(loaded)
     for name in fields:
         value = getattr(args, name, None)
@@ -107,6 +111,45 @@ def build_config(cls: type, args: argparse.Namespace, fields: tuple[str, ...], p
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid training settings: {exc}") from None
+
+
+def typed_yaml_values(cls: type, loaded: dict, source: str) -> dict:
+    """YAML values checked against the config fields' types. PyYAML reads `1e-4` (no dot) as a string and
+    `'no'` stays a string; these are turned into numbers where a number is meant, or named as errors, before
+    any model is loaded."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    checked = {}
+    for name, value in loaded.items():
+        allowed = _plain_types(hints.get(name))
+        if value is None or allowed is None or (type(value) in allowed):
+            checked[name] = value
+        elif float in allowed and isinstance(value, (int, str)) and not isinstance(value, bool):
+            try:
+                checked[name] = float(value)
+            except ValueError:
+                raise ConfigError(f"{source}: field {name!r} must be a number, got {value!r}") from None
+        elif int in allowed and isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            checked[name] = int(value)
+        else:
+            wanted = " or ".join(t.__name__ for t in sorted(allowed, key=lambda t: t.__name__))
+            hint = " (write true or false)" if bool in allowed else ""
+            raise ConfigError(f"{source}: field {name!r} must be {wanted}{hint}, got {value!r}")
+    return checked
+
+
+def _plain_types(hint: Any) -> set[type] | None:
+    """{int}, {float, int}, {bool}, {str} for simple (optional) field types; None for anything else."""
+    import types
+    import typing
+
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    plain = {a for a in args if a is not type(None)}
+    if not plain or not plain <= {int, float, bool, str}:
+        return None
+    return plain | ({int} if float in plain else set())
 
 
 def _train_embedder(args: argparse.Namespace) -> int:

@@ -62,6 +62,7 @@ def register_reasoner(tsub: argparse._SubParsersAction) -> None:
 
 
 def _train_reasoner(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
     from ..models.backbone import LoadOptions
     from ..train.egrl import EGRLConfig, Judge, local_embed_fn, sft_cold_start, train_reasoner
     from ..train.pairs import dataset_summary, read_pairs
@@ -76,8 +77,13 @@ def _train_reasoner(args: argparse.Namespace) -> int:
 
         embed_fn = RemoteEmbedder(args.embedder_url, num_frames=config.num_frames).embed
     else:
-        from ..models.embedder import Embedder
+        from ..models.embedder import Embedder, is_embedder_checkpoint
 
+        if not is_embedder_checkpoint(args.embedder):
+            raise ConfigError(f"{args.embedder} is not an Embedder checkpoint (no embedrl_embedder.json, no "
+                              "emb_token_ids in config.json): its <emb> pooling is untrained, so the outcome "
+                              "reward would be noise. Use the output of `embedrl train embedder` or an official "
+                              "Embed-RL checkpoint.")
         embed_fn = local_embed_fn(Embedder.from_pretrained(args.embedder, options))
     judge = None
     if args.judge_url:

@@ -426,6 +426,19 @@ def emb_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, 
     return torch.where(missing, last_real, last_emb)
 
 
+def is_embedder_checkpoint(path: str | Path) -> bool:
+    """A folder saved by embedrl (`embedrl_embedder.json`) or an official Embed-RL checkpoint (`emb_token_ids`
+    in config.json); a plain Qwen-VL folder is neither: its `<emb>` pooling has never been trained."""
+    folder = Path(path)
+    if (folder / EMBEDDER_CONFIG_FILE).is_file():
+        return True
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(raw.get("emb_token_ids") or (raw.get("text_config") or {}).get("emb_token_ids"))
+
+
 def _emb_id_from_config(config: Any) -> int | None:
     ids = getattr(config, "emb_token_ids", None)
     if ids is None and hasattr(config, "text_config"):

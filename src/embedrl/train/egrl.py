@@ -98,6 +98,15 @@ class EGRLConfig(GRPOConfig):
             raise ConfigError("acc_mode must be 'all' or 'fraction'")
         if self.process_mode not in ("binary", "margin"):
             raise ConfigError("process_mode must be 'binary' or 'margin'")
+        if self.pairs_per_step < 2:
+            # with one pair there is nothing in the batch to retrieve against: every outcome reward is 0
+            raise ConfigError(f"pairs_per_step must be >= 2 (in-batch retrieval), got {self.pairs_per_step}")
+        if self.outcome_tau <= 0:
+            raise ConfigError(f"outcome_tau must be > 0, got {self.outcome_tau}")
+        if self.process_top_k < 1:
+            raise ConfigError(f"process_top_k must be >= 1, got {self.process_top_k}")
+        if self.learning_rate < 0:
+            raise ConfigError(f"learning_rate must be >= 0, got {self.learning_rate}")
         steps_per_generation = self.steps_per_generation or 1
         rollouts = 2 * self.pairs_per_step * int(self.num_generations or 8)
         if rollouts % steps_per_generation:

@@ -69,6 +69,13 @@ class EmbedderTrainingConfig(TrainingArguments):
         self.remove_unused_columns = False
         if not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() and not self.fp16:
             self.bf16 = True
+        for name in ("sub_batch_size", "sub_batches_per_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.learning_rate < 0:
+            raise ConfigError(f"learning_rate must be >= 0, got {self.learning_rate}")
         super().__post_init__()
         if self.grad_cache_chunk is not None and self.grad_cache_chunk < 1:
             raise ConfigError("grad_cache_chunk must be >= 1")

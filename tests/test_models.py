@@ -211,3 +211,25 @@ def test_linear_patch_embedding_equals_the_convolution(tiny_factory, family: str
     assert torch.allclose(copied, reference, atol=1e-5)
     assert torch.equal(unpickled, fast)
     assert set(model.state_dict()) == set(stock_keys)  # same parameter names: checkpoints and LoRA targets unchanged
+
+
+def test_an_adapter_only_folder_loads_like_base_plus_adapter(tiny_qwen3_embedder, tmp_path) -> None:
+    from embedrl.data.items import Item
+    from embedrl.models.embedder import Embedder, LoraSettings
+
+    tuned = Embedder.from_pretrained(tiny_qwen3_embedder)
+    tuned.add_lora(LoraSettings.preset("tiny"))
+    with torch.no_grad():
+        for name, param in tuned.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    folder = tuned.save_pretrained(tmp_path / "adapter-only", merge=False)
+    assert not (folder / "config.json").exists()
+    items = [Item(id="a", text="a red circle")]
+    direct = Embedder.from_pretrained(folder)
+    explicit = Embedder.from_pretrained(tiny_qwen3_embedder, adapter=folder)
+    base = Embedder.from_pretrained(tiny_qwen3_embedder)
+    embed = lambda e: e.embed_inputs([e.build_input(it) for it in items])  # noqa: E731
+    assert np.array_equal(embed(direct), embed(explicit))
+    assert np.abs(embed(direct) - embed(base)).max() > 1e-3  # the adapter really is applied
+    assert direct.adapters == [str(folder)]

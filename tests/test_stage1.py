@@ -82,6 +82,9 @@ def test_kill_and_resume_gives_the_same_weights(tiny_qwen3_embedder, pairs_file,
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
     base = _adapter(straight / "checkpoint-10")
     assert max(float((a[k] - base[k]).abs().max()) for k in a) > 1e-4  # steps 11-20 did change the weights
+    # merge_lora off: the final folder and every checkpoint load directly (base model named by the adapter)
+    for folder in (straight / "final", straight / "checkpoint-10"):
+        assert Embedder.from_pretrained(folder).adapters == [str(folder)]
 
 
 def test_cli_train_embedder_and_check_data(tiny_qwen3_embedder, pairs_file, tmp_path, capsys) -> None:

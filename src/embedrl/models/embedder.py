@@ -243,6 +243,17 @@ class Embedder:
         """Load an Embedder from a checkpoint: an official Embed-RL one (`emb_token_ids` in its config), one
         saved by embedrl, or a plain Qwen-VL model (then `<emb>` is added). `adapter`: a LoRA folder."""
         options = options or LoadOptions()
+        folder = Path(path)
+        if adapter is None and (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+            # An adapter-only folder (`save_pretrained(merge=False)`, stage 1 with merge_lora off): load the base
+            # model it names, then the adapter, with the settings saved beside the adapter.
+            base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            if not base:
+                raise ModelError(f"{path}: a LoRA adapter that does not name its base model; load it with "
+                                 "Embedder.from_pretrained(BASE, adapter=...)")
+            if config is None and (folder / EMBEDDER_CONFIG_FILE).is_file():
+                config = EmbedderConfig.load(folder)
+            return cls.from_pretrained(base, options, config=config, adapter=folder)
         family = detect_family(path)
         processor = load_processor(path, family, options)
         model = load_model(path, family, options)

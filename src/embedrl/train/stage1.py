@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from ..errors import ConfigError
+from ..models.backbone import save_processor
 from ..models.embedder import Embedder, LoraSettings, pooled_embeddings
 from .contrastive import ContrastiveLoss, LossOutput, grad_cache_step
 from .pairs import TrainingPair
@@ -280,6 +281,7 @@ class ContrastiveTrainer(Trainer):
         out.mkdir(parents=True, exist_ok=True)
         # The adapter only (LoRA) or the full backbone: not the wrapper's full state dict.
         self.embedder.model.save_pretrained(out)
+        save_processor(self.embedder.processor, out)  # so a checkpoint loads like any Embedder folder
         self.embedder.config.save(out)
         torch.save({"log_scale": self.loss_fn.log_scale.detach().cpu()}, out / "embedrl_loss.pt")
         torch.save(self.args, out / "training_args.bin")

@@ -115,3 +115,20 @@ def test_weights_presets_and_total() -> None:
     total = total_reward([1, 0], [1, 1], [0.5, -0.2], paper)
     assert total == pytest.approx([0.05 + 0.8 + 0.1, 0.8 - 0.04])
     assert total_reward([1], [0], [1.0], official) == pytest.approx([0.05 + 0.4])
+
+
+def test_group_ids_of_any_hashable_kind() -> None:
+    """Pair ids may be tuples (dataset, index): they must not be read as rows of a 2-D array."""
+    tuple_groups = [("coco", 0), ("coco", 0), ("coco", 1), ("coco", 1)]
+    assert all(np.array_equal(a, b) for a, b in zip(outcome_rewards(S, tuple_groups, tuple_groups),
+                                                    outcome_rewards(S, GROUPS, GROUPS)))
+    columns, positives = judge_candidates(S[0], tuple_groups, ("coco", 0), top_k=1, shuffle=False)
+    assert (columns, positives) == judge_candidates(S[0], GROUPS, 0, top_k=1, shuffle=False)
+
+
+def test_format_reward_takes_numpy_frame_counts() -> None:
+    from embedrl.rewards import format_reward
+
+    text = '<thinking>{"key_frames": [2]}</thinking><rethink>r</rethink><answer>a</answer>'
+    assert format_reward([text], ["video"], num_frames=np.int64(8)) == format_reward([text], ["video"],
+                                                                                      num_frames=8)

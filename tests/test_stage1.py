@@ -110,6 +110,8 @@ def test_pairs_validation_names_line_and_field(tmp_path: Path) -> None:
         json.dumps({**good, "negatives": [{"text": "n"}], "negative_tcots": ["x", "y"]}),
         json.dumps({**good, "query_tcot": 5, "extra": 1}),
         "{broken",
+        json.dumps({**good, "negatives": 0, "meta": 5}),
+        json.dumps({**good, "query": {"text": "a", "imagess": ["x.png"]}}),
     ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(lines) + "\n")
@@ -125,7 +127,10 @@ def test_pairs_validation_names_line_and_field(tmp_path: Path) -> None:
     for line in expected:
         assert line in problems, (line, problems)
     assert any(p.startswith(f"{path}:7: malformed JSON") for p in problems)
-    assert len(problems) == 7
+    assert f"{path}:8: field 'meta': must be an object" in problems
+    assert f"{path}:8: field 'negatives': expected a list of items" in problems
+    assert f"{path}:9: field 'query.imagess': unknown field (typo?)" in problems
+    assert len(problems) == 10
 
 
 def test_hard_negatives_flow_through_training(tiny_qwen3_embedder, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ the listwise-judge process reward, and their weighting. The training wiring is i
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,7 +53,8 @@ def format_reward(
     """
     if len(completions) != len(modalities):
         raise ValueError(f"{len(completions)} completions but {len(modalities)} modalities")
-    if isinstance(num_frames, int):
+    if isinstance(num_frames, numbers.Integral):  # numpy integers too
+        num_frames = int(num_frames)
         frames_per_item: Sequence[int] = [num_frames] * len(completions)
     else:
         frames_per_item = list(num_frames)
@@ -77,6 +79,15 @@ def softmax_weighted_mean(values: np.ndarray, tau: float) -> float:
     z = values / tau
     w = np.exp(z - z.max())
     return float((w * values).sum() / w.sum())
+
+
+def _object_array(values: Sequence[Any]) -> np.ndarray:
+    """A 1-D object array of group ids, whatever they are: np.asarray would turn tuple ids into a 2-D array."""
+    values = list(values)
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
 
 
 def outcome_rewards(
@@ -105,14 +116,14 @@ def outcome_rewards(
     if tau <= 0:
         raise ValueError("tau must be > 0")
     sim = np.asarray(similarity, dtype=np.float64)
-    rows, cols = np.asarray(list(row_groups), dtype=object), np.asarray(list(col_groups), dtype=object)
+    rows, cols = _object_array(row_groups), _object_array(col_groups)
     if sim.shape != (len(rows), len(cols)):
         raise ValueError(f"similarity is {sim.shape} but there are {len(rows)} rows and {len(cols)} columns")
     if not np.isfinite(sim).all():
         raise ValueError("similarity contains NaN or inf (a failed embedding must not be scored)")
     rewards, accs, margins = np.zeros(len(rows)), np.zeros(len(rows)), np.zeros(len(rows))
     for i, group in enumerate(rows):
-        positive = cols == group
+        positive = np.fromiter((c == group for c in cols), dtype=bool, count=len(cols))
         n_pos = int(positive.sum())
         if n_pos == 0:
             continue
@@ -148,8 +159,8 @@ def judge_candidates(
     column. Shuffled (positions of positives are then random) unless `shuffle=False`, which lists positives
     first as the official code does. Returns (column index per display position, 0-based positive positions).
     """
-    groups = np.asarray(list(col_groups), dtype=object)
-    positives = [int(j) for j in np.flatnonzero(groups == anchor_group)]
+    groups = _object_array(col_groups)
+    positives = [j for j, g in enumerate(groups) if g == anchor_group]
     best_by_group: dict[Any, int] = {}
     for j in np.argsort(-similarity_row, kind="stable"):
         g = groups[j]

@@ -310,7 +310,7 @@ class EGRLReward:
         cols = [i for i in range(n) if side[i] == "positive"]
         items = [self.dataset.item(pair_index[i], side[i]) for i in range(n)]
         outcome, process = np.zeros(n), np.zeros(n)
-        metrics: dict[str, float] = {"format_valid_rate": float(fmt.mean())}
+        metrics: dict[str, float] = {"format_valid_rate": float(fmt.mean())} if n else {}
         if not rows or not cols:
             return BatchScores(fmt, process, outcome, metrics)
         vectors = np.asarray(self.embed_fn(items, texts), dtype=np.float64)

@@ -43,6 +43,7 @@ class TrainingPair:
 
 KNOWN_KEYS = {"dataset", "query", "positive", "negatives", "query_tcot", "positive_tcot", "negative_tcots",
               "meta"}
+ITEM_KEYS = {"id", "instruction", "text", "images", "video", "meta"}
 
 
 def _item(raw, where: dict, name: str, path: Path, problems: list[Problem], check_media: bool) -> Item | None:
@@ -50,6 +51,9 @@ def _item(raw, where: dict, name: str, path: Path, problems: list[Problem], chec
     if not isinstance(raw, dict):
         problems.append(Problem(file, "expected an item object", line=line, field=name))
         return None
+    for key in raw:
+        if key not in ITEM_KEYS:
+            problems.append(Problem(file, "unknown field (typo?)", line=line, field=f"{name}.{key}"))
     raw = dict(raw)
     raw.setdefault("id", f"{line}:{name}")
     local: list[Problem] = []
@@ -111,7 +115,10 @@ def load_pairs(path: str | Path, check_media: bool = True) -> tuple[list[Trainin
                 continue
             sides[side] = _item(obj[side], where, side, path, problems, check_media)
         negatives: list[Item] = []
-        raw_negs = obj.get("negatives") or []
+        if obj.get("meta") is not None and not isinstance(obj["meta"], dict):
+            problems.append(Problem(message="must be an object", field="meta", **where))
+        raw_negs = obj.get("negatives")
+        raw_negs = [] if raw_negs is None else raw_negs
         if not isinstance(raw_negs, list):
             problems.append(Problem(message="expected a list of items", field="negatives", **where))
             raw_negs = []

@@ -143,6 +143,42 @@ def test_reward_terms_on_a_batch() -> None:
     assert [f.__name__ for f in funcs] == ["format", "process", "outcome"] and weights == [0.05, 0.8, 0.2]
 
 
+class _RecordingJudge(_OracleJudge):
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    def generate(self, conversations, settings):
+        self.prompts.extend(conv[0]["content"][0]["text"] for conv in conversations)
+        return super().generate(conversations, settings)
+
+
+def test_judge_candidate_order_does_not_depend_on_earlier_batches() -> None:
+    """A resumed run scores the same rollouts as the uninterrupted one: the judge must see the same orders."""
+    pairs = [TrainingPair("d", Item(id=f"q{k}", text=f"pair {k} query"), Item(id=f"p{k}", text=f"pair {k} item"))
+             for k in range(4)]
+    config = _config(Path("/tmp/unused"), num_generations=2, pairs_per_step=4, judge_shuffle=True)
+
+    def embed(items, tcots):
+        return np.stack([np.cos(np.arange(6) * (1 + int(it.id[1:])) + len(t)) for it, t in zip(items, tcots)])
+
+    def batch(tag: str):
+        completions, pair_index, side = [], [], []
+        for k in range(4):
+            for s in ("query", "positive"):
+                for g in range(2):
+                    completions.append(f"{tag} {k} {s} {g}")
+                    pair_index.append(k)
+                    side.append(s)
+        return completions, pair_index, side, ["text"] * 16, [8] * 16
+
+    straight, resumed = _RecordingJudge(), _RecordingJudge()
+    first = EGRLReward(RLPromptDataset(pairs), embed, config, Judge(straight))
+    first.score(*batch("a"))
+    first.score(*batch("b"))
+    EGRLReward(RLPromptDataset(pairs), embed, config, Judge(resumed)).score(*batch("b"))
+    assert straight.prompts[len(straight.prompts) // 2:] == resumed.prompts
+
+
 @pytest.fixture(scope="module")
 def image_pairs(tmp_path_factory) -> list[TrainingPair]:
     root = tmp_path_factory.mktemp("rlpairs")

@@ -12,6 +12,8 @@ Wiring on TRL's `GRPOTrainer` (we do not write a GRPO implementation):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -294,6 +296,10 @@ class EGRLReward:
         key = (tuple(texts), tuple(pair_index), tuple(side))
         if key == self._key and self._scores is not None:
             return self._scores
+        # The judge's candidate order is drawn from the seed and the batch itself, not from a generator that
+        # advances over the run: a resumed run (same rollouts) shows the judge the same orders.
+        digest = hashlib.sha256(json.dumps([texts, [str(p) for p in pair_index], list(side)]).encode()).digest()
+        self._rng = np.random.default_rng([self.config.seed, int.from_bytes(digest[:8], "little")])
         scores = self._compute(texts, list(pair_index), list(side), list(modality), list(num_frames))
         self._key, self._scores = key, scores
         self.history.append(scores.metrics)

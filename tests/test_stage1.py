@@ -236,3 +236,21 @@ def test_shipped_configs_load_from_any_directory(tmp_path, monkeypatch) -> None:
         config = build_config(EmbedderTrainingConfig, args, FLAG_FIELDS, EmbedderTrainingConfig.PRESETS)
         assert config.gradient_checkpointing is True
         assert Mixture.from_yaml(config.mixture).weights  # the mixture file is found next to the config
+
+
+def test_boolean_flags_switch_both_ways_and_gradcache_refuses_deepspeed(tmp_path, monkeypatch) -> None:
+    from embedrl.cli import build_parser
+    from embedrl.commands.train import FLAG_FIELDS, build_config
+    from embedrl.errors import ConfigError
+
+    parser = build_parser()
+    base = ["train", "embedder", "--model", "m", "--pairs", "p", "--out", str(tmp_path / "o"), "--cpu"]
+    yaml_on = tmp_path / "on.yaml"
+    yaml_on.write_text("use_tcot: true\ngradient_checkpointing: true\n")
+    args = parser.parse_args(base + ["--config", str(yaml_on), "--no-tcot", "--no-gradient-checkpointing"])
+    config = build_config(EmbedderTrainingConfig, args, FLAG_FIELDS, EmbedderTrainingConfig.PRESETS)
+    assert config.use_tcot is False and config.gradient_checkpointing is False  # flags beat the YAML
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` with a DeepSpeed config sets
+    with pytest.raises(ConfigError, match="GradCache"):
+        build_config(EmbedderTrainingConfig, parser.parse_args(base + ["--grad-cache-chunk", "4"]), FLAG_FIELDS,
+                     EmbedderTrainingConfig.PRESETS)

@@ -36,26 +36,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     emb.add_argument("--preset", choices=["2b", "4b", "tiny"], help="paper batch/LoRA settings (tiny: CPU tests)")
     emb.add_argument("--config", help="YAML with any EmbedderTrainingConfig / TrainingArguments fields")
     emb.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    emb.add_argument("--max-steps", type=int, dest="max_steps")
-    emb.add_argument("--epochs", type=float, dest="num_train_epochs")
-    emb.add_argument("--lr", type=float, dest="learning_rate")
-    emb.add_argument("--sub-batch-size", type=int, dest="sub_batch_size")
-    emb.add_argument("--sub-batches-per-batch", type=int, dest="sub_batches_per_batch")
+    emb.add_argument("--max-steps", type=int, dest="max_steps", help="optimizer steps (overrides --epochs)")
+    emb.add_argument("--epochs", type=float, dest="num_train_epochs", help="passes over the pairs (default 2)")
+    emb.add_argument("--lr", type=float, dest="learning_rate", help="peak learning rate (default 1e-4)")
+    emb.add_argument("--sub-batch-size", type=int, dest="sub_batch_size",
+                     help="pairs per single-dataset sub-batch: the in-batch negatives come from here")
+    emb.add_argument("--sub-batches-per-batch", type=int, dest="sub_batches_per_batch",
+                     help="sub-batches per optimizer step (global batch = the product)")
     emb.add_argument("--grad-cache-chunk", type=int, dest="grad_cache_chunk",
                      help="GradCache chunk size: large batches in bounded memory")
     emb.add_argument("--mixture", help="dataset weights YAML")
-    emb.add_argument("--no-tcot", action="store_false", dest="use_tcot", default=None,
-                     help="train on raw inputs (the paper's no-T-CoT baseline)")
+    emb.add_argument("--tcot", action=argparse.BooleanOptionalAction, dest="use_tcot", default=None,
+                     help="condition on the teacher T-CoTs (default); --no-tcot: raw inputs, the paper's baseline")
     emb.add_argument("--lora", help="LoRA preset (2b, 4b, tiny) or none for full fine-tuning")
-    emb.add_argument("--lora-r", type=int, dest="lora_r")
-    emb.add_argument("--lora-alpha", type=int, dest="lora_alpha")
-    emb.add_argument("--no-vision-lora", action="store_false", dest="lora_include_vision", default=None)
-    emb.add_argument("--temperature", type=float)
-    emb.add_argument("--learn-temperature", action="store_true", default=None)
-    emb.add_argument("--save-steps", type=int, dest="save_steps")
-    emb.add_argument("--seed", type=int)
-    emb.add_argument("--cpu", action="store_true", dest="use_cpu", default=None)
-    emb.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    emb.add_argument("--lora-r", type=int, dest="lora_r", help="LoRA rank (overrides the preset's)")
+    emb.add_argument("--lora-alpha", type=int, dest="lora_alpha", help="LoRA alpha (overrides the preset's)")
+    emb.add_argument("--vision-lora", action=argparse.BooleanOptionalAction, dest="lora_include_vision",
+                     default=None, help="put LoRA on the vision tower's linear layers too (default: yes)")
+    emb.add_argument("--temperature", type=float, help="InfoNCE temperature tau (default 0.02)")
+    emb.add_argument("--learn-temperature", action=argparse.BooleanOptionalAction, default=None,
+                     help="learn log(1/tau) along with the weights")
+    emb.add_argument("--save-steps", type=int, dest="save_steps", help="checkpoint every N steps (for --resume)")
+    emb.add_argument("--seed", type=int, help="data order and LoRA initialisation seed")
+    emb.add_argument("--cpu", action="store_true", dest="use_cpu", default=None,
+                     help="train on the CPU even if a GPU is present")
+    emb.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                     help="recompute activations in the backward pass: less memory, about 30%% slower")
     emb.set_defaults(func=_train_embedder)
 
     check = tsub.add_parser("check-data", help="validate a training pairs file; one line per defect",

@@ -9,6 +9,7 @@ checkpoints with exact resume, and multi-GPU through accelerate (DDP or DeepSpee
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,12 +78,13 @@ class EmbedderTrainingConfig(TrainingArguments):
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.learning_rate < 0:
             raise ConfigError(f"learning_rate must be >= 0, got {self.learning_rate}")
+        deepspeed = self.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+        if self.grad_cache_chunk is not None and deepspeed:
+            raise ConfigError("GradCache replays several backward passes per step, which DeepSpeed's engine "
+                              "does not support; use DDP with GradCache, or DeepSpeed without it")
         super().__post_init__()
         if self.grad_cache_chunk is not None and self.grad_cache_chunk < 1:
             raise ConfigError("grad_cache_chunk must be >= 1")
-        if self.grad_cache_chunk is not None and self.deepspeed:
-            raise ConfigError("GradCache replays several backward passes per step, which DeepSpeed's engine "
-                              "does not support; use DDP with GradCache, or DeepSpeed without it")
         global_batch = self.sub_batch_size * self.sub_batches_per_batch
         if global_batch % self.world_size:
             raise ConfigError(f"global batch {global_batch} is not divisible by {self.world_size} ranks")

@@ -126,6 +126,8 @@ def embedding_inputs_to_items(inputs: Any) -> tuple[list[Item], list[str | None]
     items, tcots = [], []
     for i, entry in enumerate(inputs):
         if isinstance(entry, str):
+            if not entry.strip():
+                raise RequestError(f"input[{i}]: is empty")
             items.append(Item(id=str(i), text=entry))
             tcots.append(None)
             continue
@@ -200,6 +202,10 @@ class EmbedRLServer:
     def chat(self, body: dict) -> dict:
         if self.generator is None:
             raise RequestError("this server has no chat model", HTTPStatus.NOT_FOUND)
+        if body.get("stream"):
+            raise RequestError("streaming is not supported; send \"stream\": false")
+        if body.get("n", 1) != 1:
+            raise RequestError("only n = 1 is supported")
         conversation = chat_messages_to_conversation(body.get("messages"))
         settings = chat_settings(body)
         with self.lock:

@@ -227,3 +227,13 @@ def test_names_that_would_leave_the_results_folder_are_rejected(tmp_path: Path) 
         assert any(f"field '{field}': {value!r} cannot be used as a file name" in p for p in _problems(tmp_path))
     (tmp_path / "task.json").write_text(json.dumps({**meta, "task": "Wiki-SS-NQ_v2 (test)"}))
     assert _problems(tmp_path) == []
+
+
+def test_integer_candidate_ids_like_integer_cids(tmp_path: Path) -> None:
+    write_task(make_local_task(tmp_path), tmp_path)
+    candidates = [json.loads(line) for line in (tmp_path / "candidates.jsonl").read_text().splitlines()]
+    _write_lines(tmp_path / "candidates.jsonl", [{**c, "cid": i} for i, c in enumerate(candidates)])
+    _write_lines(tmp_path / "queries.jsonl", [{"qid": 1, "text": "x", "candidate_ids": [0, 1]}])
+    _write_lines(tmp_path / "qrels.jsonl", [{"qid": 1, "cid": 0, "rel": 1}])
+    assert _problems(tmp_path) == []
+    assert read_task(tmp_path).queries[0].candidate_ids == ["0", "1"]

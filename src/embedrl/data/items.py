@@ -182,6 +182,9 @@ def parse_item(
     if cls is Query:
         cands = obj.get("candidate_ids")
         if cands is not None:
+            if isinstance(cands, list):  # ids may be integers, as qid and cid may
+                obj = {**obj, "candidate_ids": [str(c) if isinstance(c, int) and not isinstance(c, bool) else c
+                                                for c in cands]}
             kwargs["candidate_ids"] = _string_list(obj, "candidate_ids", problems, where_rec)
     if len(problems) > before or item_id is None:
         return None

@@ -375,7 +375,7 @@ def render_markdown(report: Report) -> str:
                 shown = "**All**" if section == "overall" else (f"**{label}**" if section == "modalities" else label)
                 lines.append(f"| {shown} | {mean.text()} | {mean.n}/{mean.total} |")
         lines += ["", "Scores ×100: hit@1 for Image and Video, ndcg_linear@5 for VisDoc. Meta-task, modality and "
-                      "overall scores are flat means over their tasks (benchmarks.md §1.6)."]
+                      "overall scores are flat means over their tasks, as in the official MMEB-V2 aggregation."]
     else:
         lines += ["| # | Dataset | Metric | Score |", "|---:|---|---|---:|"]
         for i, row in enumerate(report.tasks, 1):

@@ -254,3 +254,10 @@ def test_boolean_flags_switch_both_ways_and_gradcache_refuses_deepspeed(tmp_path
     with pytest.raises(ConfigError, match="GradCache"):
         build_config(EmbedderTrainingConfig, parser.parse_args(base + ["--grad-cache-chunk", "4"]), FLAG_FIELDS,
                      EmbedderTrainingConfig.PRESETS)
+
+
+def test_check_data_fails_an_empty_file(tmp_path, capsys) -> None:
+    empty = tmp_path / "pairs.jsonl"
+    empty.write_text("\n")
+    assert main(["train", "check-data", str(empty), "--no-media"]) == 1
+    assert "no training pairs" in capsys.readouterr().out

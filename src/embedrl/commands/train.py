@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Problem
 
 EMBEDDER_HELP = """\
 Stage 1: contrastive training of the Embedder on T-CoT-conditioned pairs.
@@ -174,6 +174,8 @@ def _check_data(args: argparse.Namespace) -> int:
     from ..train.pairs import dataset_summary, load_pairs
 
     pairs, problems = load_pairs(Path(args.pairs), check_media=not args.no_media)
+    if not pairs and not problems:  # training refuses such a file, so the check must too
+        problems.append(Problem(args.pairs, "no training pairs"))
     for problem in problems:
         print(problem)
     print(json.dumps(dataset_summary(pairs), indent=1))

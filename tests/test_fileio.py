@@ -13,14 +13,14 @@ from embedrl.fileio import read_json, write_json
 
 def test_atomic_writes_honour_the_umask(tmp_path: Path) -> None:
     previous = os.umask(0o022)
-    fileio._umask.cache_clear()  # read once per process; this test sets its own
+    saved, fileio._UMASK = fileio._UMASK, 0o022  # read once per process at import; this test sets its own
     try:
         write_json(tmp_path / "a.json", {"x": 1})
         plain = tmp_path / "b.json"
         plain.write_text("{}")
     finally:
         os.umask(previous)
-        fileio._umask.cache_clear()
+        fileio._UMASK = saved
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
 
 

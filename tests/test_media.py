@@ -134,6 +134,27 @@ def test_exif_orientation_applied(tmp_path: Path) -> None:
     assert arr[:5, :, 0].mean() > 200 and arr[-5:, :, 0].mean() < 50  # left strip moved to the top
 
 
+# EXIF blocks that Pillow's exif_transpose cannot parse (found by fuzzing): struct.error and TypeError.
+BROKEN_EXIF = (
+    b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x02\x01\x11\x00\x02\x00\x00\x00\x04cam\x00\x01\x12\x00\x03\x00"
+    b"\x00\x00\x01\x00\x06\x00\x00\x00\xb2\x00\x00",
+    b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x02\x01\x1a\x00\x02\x00\x00\x00\x04cam\x00\x01\x12\x00\x03\x00"
+    b"\x00\x00\x01\x00\x06\x00\x00\x00\x00\x00\x00",
+)
+
+
+@pytest.mark.parametrize("exif", BROKEN_EXIF)
+def test_a_malformed_exif_block_does_not_cost_the_picture(tmp_path: Path, exif: bytes) -> None:
+    from PIL import ImageOps
+
+    path = tmp_path / "broken-exif.jpg"
+    Image.new("RGB", (16, 8), (200, 10, 10)).save(path, "JPEG", exif=exif)
+    with Image.open(path) as img, pytest.raises(Exception):  # noqa: B017 - Pillow's own parser fails
+        ImageOps.exif_transpose(img)
+    loaded = load_image(path)
+    assert loaded.size == (16, 8) and loaded.mode == "RGB"
+
+
 def test_decompression_bomb_refused(tmp_path: Path) -> None:
     path = _save(Image.new("L", (300, 300)), tmp_path / "big.png")
     with pytest.raises(MediaError) as info:

@@ -132,11 +132,14 @@ def test_client_mistakes_are_400_not_500(server) -> None:
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": -5},
          "'max_tokens' must be in"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"},
-         "'temperature' must be a number"),
+         "'temperature' must be a finite number"),
         ("/v1/chat/completions", {"messages": [{"role": 5, "content": "hi"}]}, "role: must be"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stream": True}, "streaming"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 2}, "only n = 1"),
         ("/v1/embeddings", {"input": ""}, "input\\[0\\]: is empty"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "temperature": float("nan")},
+         "'temperature' must be a finite number"),
+        ("/v1/embeddings", {"input": [{"images": ["data:image/png;base64,iVBORw0KGgo="]}]}, "not a decodable"),
     ]
     for route, body, message in cases:
         with pytest.raises(BackendError, match="HTTP 400.*" + message):

@@ -157,22 +157,33 @@ def test_gradient_checkpointing_trains_the_same_weights(tiny_qwen3_embedder, pai
     """The 2b/4b presets turn checkpointing on: it must run (transformers 5 calls it with extra arguments) and
     change only memory, not the result."""
     pairs = read_pairs(pairs_file)
+    probes = [_CheckpointingProbe(), _CheckpointingProbe()]
     finals = [train_embedder(tiny_qwen3_embedder, pairs, _config(tmp_path / f"gc{flag}", max_steps=2, plot=False,
-                                                                  gradient_checkpointing=flag))
-              for flag in (False, True)]
+                                                                  activation_checkpointing=flag), callbacks=[probe])
+              for flag, probe in zip((False, True), probes)]
+    assert [p.enabled for p in probes] == [False, True]  # it really was on (and off)
     plain, checkpointed = (load_file(str(f / "model.safetensors")) for f in finals)
     assert plain.keys() == checkpointed.keys()
     assert max((plain[k] - checkpointed[k]).abs().max().item() for k in plain) < 1e-5
 
 
+class _CheckpointingProbe(TrainerCallback):
+    enabled: bool | None = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.enabled = bool(model.backbone.is_activation_checkpointing)
+
+
 class _TemperatureGradientAtStepStart(TrainerCallback):
     def __init__(self) -> None:
         self.seen: list[object] = []
+        self.values: list[float] = []
 
     def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
         log_scale = optimizer.param_groups[-1]["params"][0]
         assert log_scale.numel() == 1
         self.seen.append(None if log_scale.grad is None else float(log_scale.grad))
+        self.values.append(float(log_scale))
 
 
 def test_learned_temperature_gets_a_fresh_gradient_every_step(tiny_qwen3_embedder, pairs_file, tmp_path) -> None:
@@ -180,6 +191,7 @@ def test_learned_temperature_gets_a_fresh_gradient_every_step(tiny_qwen3_embedde
     train_embedder(tiny_qwen3_embedder, read_pairs(pairs_file),
                    _config(tmp_path / "lt", max_steps=3, plot=False, learn_temperature=True), callbacks=[probe])
     assert probe.seen == [None, None, None]  # not a running sum of every earlier step's gradient
+    assert probe.values[-1] != probe.values[0]  # and the temperature is still learned
 
 
 def test_resume_passes_over_an_incomplete_checkpoint(tmp_path) -> None:
@@ -212,7 +224,9 @@ def test_yaml_values_are_typed_before_anything_loads(tmp_path) -> None:
                           ("learning_rate: fast\n", "'learning_rate' must be a number"),
                           ("sub_batch_size: 0\n", "sub_batch_size must be >= 1"),
                           ("temperature: 0\n", "temperature must be > 0"),
-                          ("seed: 1.5\n", "'seed' must be int")):
+                          ("seed: 1.5\n", "'seed' must be int"),
+                          ("learning_rate: .nan\n", "'learning_rate' must be a finite number"),
+                          ("temperature: 'nan'\n", "'temperature' must be a finite number")):
         with pytest.raises(ConfigError, match=message):
             config(text)
     assert config("learning_rate: 3e-6\n", EGRLConfig).learning_rate == 3e-6
@@ -234,7 +248,7 @@ def test_shipped_configs_load_from_any_directory(tmp_path, monkeypatch) -> None:
     for name in ("embedder-2b.yaml", "embedder-4b.yaml"):
         args = argparse.Namespace(preset=None, config=str(configs / name), out=str(tmp_path / "o"), use_cpu=True)
         config = build_config(EmbedderTrainingConfig, args, FLAG_FIELDS, EmbedderTrainingConfig.PRESETS)
-        assert config.gradient_checkpointing is True
+        assert config.activation_checkpointing is True
         assert Mixture.from_yaml(config.mixture).weights  # the mixture file is found next to the config
 
 
@@ -246,10 +260,10 @@ def test_boolean_flags_switch_both_ways_and_gradcache_refuses_deepspeed(tmp_path
     parser = build_parser()
     base = ["train", "embedder", "--model", "m", "--pairs", "p", "--out", str(tmp_path / "o"), "--cpu"]
     yaml_on = tmp_path / "on.yaml"
-    yaml_on.write_text("use_tcot: true\ngradient_checkpointing: true\n")
+    yaml_on.write_text("use_tcot: true\nactivation_checkpointing: true\n")
     args = parser.parse_args(base + ["--config", str(yaml_on), "--no-tcot", "--no-gradient-checkpointing"])
     config = build_config(EmbedderTrainingConfig, args, FLAG_FIELDS, EmbedderTrainingConfig.PRESETS)
-    assert config.use_tcot is False and config.gradient_checkpointing is False  # flags beat the YAML
+    assert config.use_tcot is False and config.activation_checkpointing is False  # flags beat the YAML
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` with a DeepSpeed config sets
     with pytest.raises(ConfigError, match="GradCache"):
         build_config(EmbedderTrainingConfig, parser.parse_args(base + ["--grad-cache-chunk", "4"]), FLAG_FIELDS,

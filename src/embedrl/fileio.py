@@ -7,7 +7,6 @@ never half of one.
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import json
 import os
@@ -41,12 +40,18 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
         raise
 
 
-@functools.cache
-def _umask() -> int:
-    # Reading the umask means setting it: done once, so that threads writing files never see the stand-in.
-    current = os.umask(0o022)
+def _read_umask() -> int:
+    current = os.umask(0o022)  # reading the umask means setting it; put it straight back
     os.umask(current)
     return current
+
+
+# Read once, at import (single-threaded), so that threads writing files never race on the stand-in value.
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK
 
 
 def write_text(path: str | Path, text: str) -> None:

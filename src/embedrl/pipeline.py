@@ -80,6 +80,7 @@ class TCoTCache:
         self.path = path
         self.entries: dict[str, str] = {}
         self.latest_by_content: dict[str, str] = {}
+        self.legacy_warned = False
         # A crash mid-write leaves a last line without its newline; the next record must not be glued to it.
         self._starts_mid_line = path.is_file() and _ends_mid_line(path)
         if path.is_file():
@@ -181,7 +182,8 @@ def embedder_fingerprint(embedder: Any) -> str:
     else:
         weights = parameter_digest(model)
     dtype = str(next(model.parameters()).dtype)
-    return _digest(path, weights, dtype, asdict(embedder.config), int(embedder.emb_token_id))[:24]
+    where = str(Path(path).resolve()) if path and Path(path).exists() else path  # relative or absolute alike
+    return _digest(where, weights, dtype, asdict(embedder.config), int(embedder.emb_token_id))[:24]
 
 
 # ------------------------------------------------------------------------------------------- embedding
@@ -382,6 +384,16 @@ def encode_detailed(
     progress: bool = True,
 ) -> EncodeResult:
     """Like `encode`, but returns T-CoTs, failures and evidence notes too, and never raises for items."""
+    from .models.backbone import weights_fixed
+
+    with weights_fixed():  # the model identities of the cache keys are computed once per call
+        return _encode_detailed(items, embedder, reasoner, reasoning=reasoning, side=side,
+                                target_modality=target_modality, tcots=tcots, cache_dir=cache_dir,
+                                batch_size=batch_size, reasoner_batch_size=reasoner_batch_size, progress=progress)
+
+
+def _encode_detailed(items, embedder, reasoner, *, reasoning, side, target_modality, tcots, cache_dir, batch_size,
+                     reasoner_batch_size, progress) -> EncodeResult:
     if reasoning is None:
         reasoning = "generate" if reasoner is not None else "off"
     if reasoning not in REASONING_MODES:
@@ -417,6 +429,17 @@ def encode_detailed(
     return EncodeResult(vectors, texts, sorted(failures, key=lambda f: f.index), notes, computed)
 
 
+def _legacy_tcot(cache: TCoTCache, raw_content: str, reasoner: Any) -> str | None:
+    """A T-CoT cached by embedrl before the cache keyed on the Reasoner's weights and settings: those records are
+    keyed by item content and the Reasoner's name only. Reused rather than regenerated (hours with real models)."""
+    text = cache.get(_digest(raw_content, getattr(reasoner, "name", "none")))
+    if text is not None and not cache.legacy_warned:
+        cache.legacy_warned = True
+        log.warning("%s: using T-CoTs cached by an older embedrl (keyed by the Reasoner's name only, not its "
+                    "weights or generation settings); delete the file to regenerate them", cache.path)
+    return text
+
+
 def _reasoning_stage(items, reasoner, mode, side, target_modality, cache_root, batch_size, progress,
                      failures) -> list[str | None]:
     from .data.media import load_item_media
@@ -424,7 +447,8 @@ def _reasoning_stage(items, reasoner, mode, side, target_modality, cache_root, b
     n = len(items)
     texts: list[str | None] = [None] * n
     cache = TCoTCache(cache_root / "tcots.jsonl") if cache_root is not None else None
-    contents = [_digest(content_key(it, extra=f"{side}|{target_modality}")) for it in items]
+    raw_contents = [content_key(it, extra=f"{side}|{target_modality}") for it in items]
+    contents = [_digest(raw) for raw in raw_contents]
     if reasoner is not None:
         identity = reasoner.cache_identity() if hasattr(reasoner, "cache_identity") else reasoner.name
         keys = [_digest(content, identity) for content in contents]
@@ -439,6 +463,8 @@ def _reasoning_stage(items, reasoner, mode, side, target_modality, cache_root, b
         cached = None
         if cache is not None:
             cached = cache.get(key) if reasoner is not None else cache.latest_for_content(contents[i])
+            if cached is None and reasoner is not None:
+                cached = _legacy_tcot(cache, raw_contents[i], reasoner)
         if isinstance(given, str):
             texts[i] = given
         elif cached is not None:

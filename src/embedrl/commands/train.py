@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     emb.add_argument("--seed", type=int, help="data order and LoRA initialisation seed")
     emb.add_argument("--cpu", action="store_true", dest="use_cpu", default=None,
                      help="train on the CPU even if a GPU is present")
-    emb.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+    emb.add_argument("--gradient-checkpointing", "--activation-checkpointing", action=argparse.BooleanOptionalAction,
+                     dest="activation_checkpointing", default=None,
                      help="recompute activations in the backward pass: less memory, about 30%% slower")
     emb.set_defaults(func=_train_embedder)
 
@@ -80,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 FLAG_FIELDS = ("max_steps", "num_train_epochs", "learning_rate", "sub_batch_size", "sub_batches_per_batch",
                "grad_cache_chunk", "mixture", "use_tcot", "lora", "lora_r", "lora_alpha", "lora_include_vision",
-               "temperature", "learn_temperature", "save_steps", "seed", "use_cpu", "gradient_checkpointing")
+               "temperature", "learn_temperature", "save_steps", "seed", "use_cpu", "activation_checkpointing")
 
 
 def build_config(cls: type, args: argparse.Namespace, fields: tuple[str, ...], presets: dict) -> Any:
@@ -105,14 +107,20 @@ def build_config(cls: type, args: argparse.Namespace, fields: tuple[str, ...], p
             raise ConfigError(f"{args.config}: unknown field(s) {unknown}")
         loaded = typed_yaml_values(cls, loaded, args.config)
         if isinstance(loaded.get("mixture"), str) and not Path(loaded["mixture"]).is_absolute():
-            # a mixture named in a config file is found next to that file, wherever the command runs from
-            loaded["mixture"] = str(Path(args.config).parent / loaded["mixture"])
+            # a mixture named in a config file is looked for next to that file first, then from the current
+            # directory (where configs written for older versions pointed)
+            beside = Path(args.config).parent / loaded["mixture"]
+            if beside.is_file() or not Path(loaded["mixture"]).is_file():
+                loaded["mixture"] = str(beside)
         values.update(loaded)
     for name in fields:
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
     values["output_dir"] = args.out
+    mixture = values.get("mixture")
+    if isinstance(mixture, str) and not Path(mixture).is_file():  # found now, not after the model has loaded
+        raise ConfigError(f"mixture file not found: {mixture}")
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
@@ -142,6 +150,9 @@ def typed_yaml_values(cls: type, loaded: dict, source: str) -> dict:
             wanted = " or ".join(t.__name__ for t in sorted(allowed, key=lambda t: t.__name__))
             hint = " (write true or false)" if bool in allowed else ""
             raise ConfigError(f"{source}: field {name!r} must be {wanted}{hint}, got {value!r}")
+    for name, value in checked.items():
+        if isinstance(value, float) and not math.isfinite(value):  # YAML's .nan / .inf, or 'nan'
+            raise ConfigError(f"{source}: field {name!r} must be a finite number, got {loaded[name]!r}")
     return checked
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 HELP = """\
 Stage 2: Embedder-Guided RL. Each step takes B query-positive pairs of one dataset; the Reasoner writes G T-CoTs
@@ -85,7 +86,7 @@ def _train_reasoner(args: argparse.Namespace) -> int:
     else:
         from ..models.embedder import Embedder, is_embedder_checkpoint
 
-        if not is_embedder_checkpoint(args.embedder):
+        if Path(args.embedder).is_dir() and not is_embedder_checkpoint(args.embedder):  # hub ids: not checkable
             raise ConfigError(f"{args.embedder} is not an Embedder checkpoint (no embedrl_embedder.json, no "
                               "emb_token_ids in config.json): its <emb> pooling is untrained, so the outcome "
                               "reward would be noise. Use the output of `embedrl train embedder` or an official "

@@ -32,7 +32,7 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpeg", ".mp
 def load_image(source: str | Path | Image.Image, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Load any supported image as an RGB PIL image with EXIF orientation applied."""
     if isinstance(source, Image.Image):
-        return to_rgb(ImageOps.exif_transpose(source) or source)
+        return to_rgb(_upright(source))
     path = Path(source)
     try:
         with warnings.catch_warnings():
@@ -46,8 +46,7 @@ def load_image(source: str | Path | Image.Image, max_pixels: int = DEFAULT_MAX_I
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)
                 img.load()
-                oriented = ImageOps.exif_transpose(img) or img
-                return to_rgb(oriented)
+                return to_rgb(_upright(img))
     except MediaError:
         raise
     except FileNotFoundError:
@@ -60,6 +59,15 @@ def load_image(source: str | Path | Image.Image, max_pixels: int = DEFAULT_MAX_I
         raise MediaError(path, f"refused as a decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError, TypeError) as exc:  # TypeError: e.g. a malformed transparency key
         raise MediaError(path, f"corrupt or truncated image: {exc}") from None
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says. A malformed EXIF block (Pillow raises struct.error,
+    TypeError, ...) must not cost a picture that decodes fine: it is then used as stored."""
+    try:
+        return ImageOps.exif_transpose(img) or img
+    except Exception:  # noqa: BLE001 - any EXIF parsing failure
+        return img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -49,6 +49,13 @@ def result_path(out_dir: Path, task: Task) -> Path:
 def evaluate_task(task_dir: str | Path, embedder: Any, reasoner: Any = None, *, out_dir: str | Path,
                   settings: EvalSettings | None = None) -> dict:
     """Score one task folder; returns the result dict (also written to OUT/<benchmark>/<task>.json)."""
+    from ..models.backbone import weights_fixed
+
+    with weights_fixed():  # one identity computation per model for the whole task
+        return _evaluate_task(task_dir, embedder, reasoner, out_dir=out_dir, settings=settings)
+
+
+def _evaluate_task(task_dir, embedder, reasoner, *, out_dir, settings) -> dict:
     from .scoring import score_task
 
     settings = settings or EvalSettings()
@@ -58,12 +65,17 @@ def evaluate_task(task_dir: str | Path, embedder: Any, reasoner: Any = None, *, 
     identity = run_identity(task, embedder, reasoner, settings)
     if target.is_file() and not settings.overwrite:
         existing = read_json(target)
-        recorded = existing.get("run", {}).get("identity") if isinstance(existing, dict) else None
+        run = existing.get("run") if isinstance(existing, dict) else None
+        recorded = run.get("identity") if isinstance(run, dict) else None
         if recorded == identity:
             log.info("%s: result of an identical earlier run kept (overwrite recomputes)", target)
-            existing["run"]["reused"] = True
+            run["reused"] = True
             return existing
-        differs = [k for k in identity if not isinstance(recorded, dict) or recorded.get(k) != identity[k]]
+        if not isinstance(recorded, dict):
+            raise TaskFailed(f"{target} was written by an older embedrl (no record of the model and settings "
+                             "behind it), so it cannot be checked against this run; pass --overwrite to recompute "
+                             "it, or use another --out")
+        differs = [k for k in identity if recorded.get(k) != identity[k]]
         raise TaskFailed(f"{target} holds the result of a different run (its {', '.join(differs)} differ"
                          f"{'s' if len(differs) == 1 else ''}); pass --overwrite to replace it, or use another "
                          "--out")
@@ -106,12 +118,13 @@ def run_identity(task: Task, embedder: Any, reasoner: Any, settings: EvalSetting
             with path.open("rb") as handle:
                 for chunk in iter(lambda: handle.read(1 << 20), b""):
                     files.update(chunk)
+    reasoning = settings.reasoning or ("generate" if reasoner is not None else "off")
     reasoner_id = None
-    if reasoner is not None:
+    if reasoner is not None and reasoning != "off":
         reasoner_id = _digest(reasoner.cache_identity() if hasattr(reasoner, "cache_identity")
                               else getattr(reasoner, "name", repr(reasoner)))[:24]
     return {"task": files.hexdigest()[:24], "embedder": embedder_fingerprint(embedder), "reasoner": reasoner_id,
-            "reasoning": settings.reasoning or ("generate" if reasoner is not None else "off")}
+            "reasoning": reasoning}
 
 
 def _unparsed(tcots: Sequence[str | None]) -> int:

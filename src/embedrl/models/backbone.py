@@ -9,11 +9,14 @@ configured (`torchvision_available()`).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import hashlib
 import importlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,15 +247,37 @@ def checkpoint_stamps(path: str | Path) -> list[tuple[str, int, int]]:
     return stamps
 
 
+_DIGESTS: contextvars.ContextVar[dict[int, str] | None] = contextvars.ContextVar("embedrl_digests", default=None)
+
+
+@contextlib.contextmanager
+def weights_fixed() -> Iterator[None]:
+    """Within this block, weights do not change: `parameter_digest` hashes each model once and reuses it (one
+    encode call, one evaluated task). Nested blocks share the outermost one's memo."""
+    if _DIGESTS.get() is not None:
+        yield
+        return
+    token = _DIGESTS.set({})
+    try:
+        yield
+    finally:
+        _DIGESTS.reset(token)
+
+
 def parameter_digest(model: torch.nn.Module) -> str:
     """A hash of every parameter's name, dtype and bytes: the identity of a model that only exists in memory.
-    Reads all weights once (about a second per GB)."""
+    Reads all weights once (about a second per GB); inside `weights_fixed()`, once per block."""
+    memo = _DIGESTS.get()
+    if memo is not None and id(model) in memo:
+        return memo[id(model)]
     digest = hashlib.sha256()
     with torch.no_grad():
         for name, param in model.named_parameters():
             data = param.detach().reshape(-1).contiguous().cpu()
             digest.update(f"{name}:{data.dtype}:{tuple(param.shape)}".encode())
             digest.update(data.view(torch.uint8).numpy().tobytes())
+    if memo is not None:
+        memo[id(model)] = digest.hexdigest()
     return digest.hexdigest()
 
 

@@ -104,8 +104,8 @@ class EmbedderTrainingConfig(TrainingArguments):
 
     PRESETS = {
         # paper App. B.1: batch 512 = 2 sub-batches of 256 (2B), 256 = 2 x 128 (4B)
-        "2b": {"lora": "2b", "sub_batch_size": 256, "sub_batches_per_batch": 2, "gradient_checkpointing": True},
-        "4b": {"lora": "4b", "sub_batch_size": 128, "sub_batches_per_batch": 2, "gradient_checkpointing": True},
+        "2b": {"lora": "2b", "sub_batch_size": 256, "sub_batches_per_batch": 2, "activation_checkpointing": True},
+        "4b": {"lora": "4b", "sub_batch_size": 128, "sub_batches_per_batch": 2, "activation_checkpointing": True},
         "tiny": {"lora": "tiny", "sub_batch_size": 8, "sub_batches_per_batch": 1, "learning_rate": 2e-3,
                  "warmup_steps": 2, "save_steps": 1000, "max_text_tokens": 128},
     }

@@ -350,3 +350,19 @@ def test_tcots_cached_by_the_previous_key_scheme_are_reused(embedder, reasoner, 
     (cache / "tcots.jsonl").write_text(json.dumps({"key": legacy_key, "text": "an old T-CoT"}) + "\n")
     result = encode_detailed(items, embedder, reasoner, cache_dir=cache, progress=False)
     assert result.tcots == ["an old T-CoT"]
+
+
+def test_parameter_digest_is_computed_once_inside_weights_fixed() -> None:
+    import torch
+
+    from embedrl.models.backbone import parameter_digest, weights_fixed
+
+    model = torch.nn.Linear(3, 2)
+    before = parameter_digest(model)
+    with weights_fixed():
+        first = parameter_digest(model)
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        with weights_fixed():  # nested blocks share the memo
+            assert parameter_digest(model) == first == before
+    assert parameter_digest(model) != before  # outside the block the change is seen

@@ -183,7 +183,7 @@ class _TemperatureGradientAtStepStart(TrainerCallback):
         log_scale = optimizer.param_groups[-1]["params"][0]
         assert log_scale.numel() == 1
         self.seen.append(None if log_scale.grad is None else float(log_scale.grad))
-        self.values.append(float(log_scale))
+        self.values.append(float(log_scale.detach()))
 
 
 def test_learned_temperature_gets_a_fresh_gradient_every_step(tiny_qwen3_embedder, pairs_file, tmp_path) -> None:

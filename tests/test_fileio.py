@@ -28,3 +28,12 @@ def test_read_json_skips_a_byte_order_mark(tmp_path: Path) -> None:
     path = tmp_path / "task.json"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"task": "t"}).encode())
     assert read_json(path) == {"task": "t"}
+
+
+def test_reading_the_umask_leaves_it_as_it_was() -> None:
+    previous = os.umask(0o027)
+    try:
+        assert fileio._read_umask() == 0o027
+        assert os.umask(0o027) == 0o027  # still in force after the read
+    finally:
+        os.umask(previous)

@@ -360,6 +360,11 @@ def test_parameter_digest_is_computed_once_inside_weights_fixed() -> None:
     model = torch.nn.Linear(3, 2)
     before = parameter_digest(model)
     with weights_fixed():
+        for _ in range(20):  # a model freed inside the block must not hand its digest to one at the same id
+            other = torch.nn.Linear(3, 2)
+            other_digest = parameter_digest(other)
+            del other
+            assert parameter_digest(torch.nn.Linear(3, 2)) != other_digest
         first = parameter_digest(model)
         with torch.no_grad():
             model.weight.add_(1.0)

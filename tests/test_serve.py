@@ -140,6 +140,9 @@ def test_client_mistakes_are_400_not_500(server) -> None:
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "temperature": float("nan")},
          "'temperature' must be a finite number"),
         ("/v1/embeddings", {"input": [{"images": ["data:image/png;base64,iVBORw0KGgo="]}]}, "not a decodable"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "seed": 10**400}, "'seed' must"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**400},
+         "'max_tokens' must"),
     ]
     for route, body, message in cases:
         with pytest.raises(BackendError, match="HTTP 400.*" + message):

@@ -230,6 +230,18 @@ def test_yaml_values_are_typed_before_anything_loads(tmp_path) -> None:
         with pytest.raises(ConfigError, match=message):
             config(text)
     assert config("learning_rate: 3e-6\n", EGRLConfig).learning_rate == 3e-6
+    # a config written for transformers 4's name still beats the preset (2b turns checkpointing on)
+    args = argparse.Namespace(preset="2b", config=str(tmp_path / "old.yaml"), out=str(tmp_path / "o"), use_cpu=True)
+    (tmp_path / "old.yaml").write_text("use_cpu: true\ngradient_checkpointing: false\n")
+    assert build_config(EmbedderTrainingConfig, args, FLAG_FIELDS, EmbedderTrainingConfig.PRESETS
+                        ).activation_checkpointing is False
+    (tmp_path / "old.yaml").write_text("gradient_checkpointing: false\nactivation_checkpointing: true\n")
+    with pytest.raises(ConfigError, match="disagree"):
+        build_config(EmbedderTrainingConfig, args, FLAG_FIELDS, EmbedderTrainingConfig.PRESETS)
+    flags = argparse.Namespace(preset="tiny", config=None, out=str(tmp_path / "o"), use_cpu=True,
+                               learning_rate=float("nan"))
+    with pytest.raises(ConfigError, match="learning_rate must be a finite number"):
+        build_config(EmbedderTrainingConfig, flags, FLAG_FIELDS, EmbedderTrainingConfig.PRESETS)
     for text, message in (("outcome_tau: 0\n", "outcome_tau must be > 0"),
                           ("pairs_per_step: 1\n", "pairs_per_step must be >= 2"),
                           ("process_top_k: -1\n", "process_top_k must be >= 1")):

@@ -432,6 +432,8 @@ def _encode_detailed(items, embedder, reasoner, *, reasoning, side, target_modal
 def _legacy_tcot(cache: TCoTCache, raw_content: str, reasoner: Any) -> str | None:
     """A T-CoT cached by embedrl before the cache keyed on the Reasoner's weights and settings: those records are
     keyed by item content and the Reasoner's name only. Reused rather than regenerated (hours with real models)."""
+    if getattr(getattr(reasoner, "backend", None), "path", "") is None:
+        return None  # a local model that only exists in memory: its old name says nothing about its weights
     text = cache.get(_digest(raw_content, getattr(reasoner, "name", "none")))
     if text is not None and not cache.legacy_warned:
         cache.legacy_warned = True

@@ -38,6 +38,7 @@ from .models.reasoner import GenerationSettings
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_NEW_TOKENS = 1_000_000
 
 
 class RequestError(Exception):
@@ -103,7 +104,7 @@ def _number(body: dict, key: str, kind: type, default: Any, low: float, high: fl
     if value is None:
         return default
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int))
-            or not math.isfinite(value)):  # Python's JSON reader accepts NaN and Infinity
+            or (isinstance(value, float) and not math.isfinite(value))):  # JSON readers accept NaN and Infinity
         raise RequestError(f"'{key}' must be {'an integer' if kind is int else 'a finite number'}")
     if value < low or (high is not None and value > high):
         raise RequestError(f"'{key}' must be in [{low}, {high if high is not None else 'inf'}]")
@@ -112,11 +113,12 @@ def _number(body: dict, key: str, kind: type, default: Any, low: float, high: fl
 
 def chat_settings(body: dict) -> GenerationSettings:
     """OpenAI sampling fields -> GenerationSettings; wrong types or ranges are the client's error (400)."""
-    max_tokens = _number(body, "max_tokens", int, None, 1) or _number(body, "max_completion_tokens", int, 512, 1)
+    max_tokens = (_number(body, "max_tokens", int, None, 1, MAX_NEW_TOKENS)
+                  or _number(body, "max_completion_tokens", int, 512, 1, MAX_NEW_TOKENS))
     return GenerationSettings(max_new_tokens=max_tokens,
-                              temperature=_number(body, "temperature", float, 0.0, 0.0),
+                              temperature=_number(body, "temperature", float, 0.0, 0.0, 100.0),
                               top_p=_number(body, "top_p", float, 1.0, 0.0, 1.0),
-                              seed=_number(body, "seed", int, None, 0))
+                              seed=_number(body, "seed", int, None, 0, 2**63 - 1))
 
 
 def embedding_inputs_to_items(inputs: Any) -> tuple[list[Item], list[str | None]]:

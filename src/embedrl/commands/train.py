@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,7 @@ def build_config(cls: type, args: argparse.Namespace, fields: tuple[str, ...], p
         unknown = sorted(set(loaded) - known)
         if unknown:
             raise ConfigError(f"{args.config}: unknown field(s) {unknown}")
-        loaded = typed_yaml_values(cls, loaded, args.config)
+        loaded = typed_yaml_values(cls, _renamed_fields(loaded, args.config), args.config)
         if isinstance(loaded.get("mixture"), str) and not Path(loaded["mixture"]).is_absolute():
             # a mixture named in a config file is looked for next to that file first, then from the current
             # directory (where configs written for older versions pointed)
@@ -118,6 +119,9 @@ def build_config(cls: type, args: argparse.Namespace, fields: tuple[str, ...], p
         if value is not None:
             values[name] = value
     values["output_dir"] = args.out
+    for name, value in values.items():  # flags too: argparse's float() accepts nan and inf
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}")
     mixture = values.get("mixture")
     if isinstance(mixture, str) and not Path(mixture).is_file():  # found now, not after the model has loaded
         raise ConfigError(f"mixture file not found: {mixture}")
@@ -125,6 +129,23 @@ def build_config(cls: type, args: argparse.Namespace, fields: tuple[str, ...], p
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid training settings: {exc}") from None
+
+
+# transformers 5 renamed these; a config written for the old name must still win over a preset's new one
+RENAMED_FIELDS = {"gradient_checkpointing": "activation_checkpointing",
+                  "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
+
+
+def _renamed_fields(loaded: dict, source: str) -> dict:
+    out = dict(loaded)
+    for old, new in RENAMED_FIELDS.items():
+        if old not in out:
+            continue
+        if new in out and out[new] != out[old]:
+            raise ConfigError(f"{source}: {old!r} and {new!r} (its new name) disagree; keep only {new!r}")
+        out[new] = out.pop(old)
+        print(f"note: {source}: {old!r} is read as {new!r} (its name since transformers 5)", file=sys.stderr)
+    return out
 
 
 def typed_yaml_values(cls: type, loaded: dict, source: str) -> dict:

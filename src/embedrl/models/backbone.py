@@ -247,7 +247,9 @@ def checkpoint_stamps(path: str | Path) -> list[tuple[str, int, int]]:
     return stamps
 
 
-_DIGESTS: contextvars.ContextVar[dict[int, str] | None] = contextvars.ContextVar("embedrl_digests", default=None)
+# id(model) -> (model, digest): the model is held so that no other object can reuse its id within the block
+_DIGESTS: contextvars.ContextVar[dict[int, tuple[torch.nn.Module, str]] | None] = contextvars.ContextVar(
+    "embedrl_digests", default=None)
 
 
 @contextlib.contextmanager
@@ -268,8 +270,8 @@ def parameter_digest(model: torch.nn.Module) -> str:
     """A hash of every parameter's name, dtype and bytes: the identity of a model that only exists in memory.
     Reads all weights once (about a second per GB); inside `weights_fixed()`, once per block."""
     memo = _DIGESTS.get()
-    if memo is not None and id(model) in memo:
-        return memo[id(model)]
+    if memo is not None and id(model) in memo and memo[id(model)][0] is model:
+        return memo[id(model)][1]
     digest = hashlib.sha256()
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -277,7 +279,7 @@ def parameter_digest(model: torch.nn.Module) -> str:
             digest.update(f"{name}:{data.dtype}:{tuple(param.shape)}".encode())
             digest.update(data.view(torch.uint8).numpy().tobytes())
     if memo is not None:
-        memo[id(model)] = digest.hexdigest()
+        memo[id(model)] = (model, digest.hexdigest())
     return digest.hexdigest()
 
 

@@ -355,7 +355,7 @@ def test_tcots_cached_by_the_previous_key_scheme_are_reused(embedder, reasoner, 
 def test_parameter_digest_is_computed_once_inside_weights_fixed() -> None:
     import torch
 
-    from embedrl.models.backbone import parameter_digest, weights_fixed
+    from embedrl.models.identity import parameter_digest, weights_fixed
 
     model = torch.nn.Linear(3, 2)
     before = parameter_digest(model)

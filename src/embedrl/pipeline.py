@@ -29,6 +29,7 @@ import numpy as np
 from .data.items import Item, content_key
 from .errors import EmbedRLError, MediaError
 from .fileio import atomic_open
+from .models.identity import weights_fixed, weights_identity
 
 log = logging.getLogger(__name__)
 
@@ -169,21 +170,16 @@ def _digest(*parts: Any) -> str:
 
 
 def embedder_fingerprint(embedder: Any) -> str:
-    """Identity of an Embedder for cache keys: its checkpoint folder and any LoRA folders loaded on top (file
-    stamps), the weights' dtype, its input settings and `<emb>` id. An Embedder without a folder, or whose
-    weights changed in memory (LoRA added, training), is identified by a hash of its parameters instead."""
-    from .models.backbone import checkpoint_stamps, parameter_digest
+    """Identity of an Embedder for cache keys: its weights (`weights_identity`: the checkpoint and LoRA folders,
+    or a parameter hash once the weights changed in memory), its input settings and `<emb>` id."""
+    path = None if getattr(embedder, "changed_in_memory", False) else getattr(embedder, "name_or_path", None)
+    weights = weights_identity(embedder.model, path, getattr(embedder, "adapters", ()))
+    return _digest(weights, asdict(embedder.config), int(embedder.emb_token_id))[:24]
 
-    model = embedder.model
-    path = getattr(embedder, "name_or_path", None)
-    if path and not getattr(embedder, "changed_in_memory", False):
-        weights: Any = [checkpoint_stamps(path)]
-        weights += [[adapter, checkpoint_stamps(adapter)] for adapter in getattr(embedder, "adapters", [])]
-    else:
-        weights = parameter_digest(model)
-    dtype = str(next(model.parameters()).dtype)
-    where = str(Path(path).resolve()) if path and Path(path).exists() else path  # relative or absolute alike
-    return _digest(where, weights, dtype, asdict(embedder.config), int(embedder.emb_token_id))[:24]
+
+def reasoner_fingerprint(reasoner: Any) -> str:
+    """Identity of a Reasoner for cache keys: its backend and weights, generation settings and frame sampling."""
+    return _digest(reasoner.cache_identity() if hasattr(reasoner, "cache_identity") else reasoner.name)[:24]
 
 
 # ------------------------------------------------------------------------------------------- embedding
@@ -369,6 +365,7 @@ def encode(
     return result.vectors
 
 
+@weights_fixed()
 def encode_detailed(
     items: Sequence[Item],
     embedder: Any,
@@ -383,17 +380,8 @@ def encode_detailed(
     reasoner_batch_size: int | None = None,
     progress: bool = True,
 ) -> EncodeResult:
-    """Like `encode`, but returns T-CoTs, failures and evidence notes too, and never raises for items."""
-    from .models.backbone import weights_fixed
-
-    with weights_fixed():  # the model identities of the cache keys are computed once per call
-        return _encode_detailed(items, embedder, reasoner, reasoning=reasoning, side=side,
-                                target_modality=target_modality, tcots=tcots, cache_dir=cache_dir,
-                                batch_size=batch_size, reasoner_batch_size=reasoner_batch_size, progress=progress)
-
-
-def _encode_detailed(items, embedder, reasoner, *, reasoning, side, target_modality, tcots, cache_dir, batch_size,
-                     reasoner_batch_size, progress) -> EncodeResult:
+    """Like `encode`, but returns T-CoTs, failures and evidence notes too, and never raises for items.
+    Model identities for the cache keys are computed once per call (`weights_fixed`)."""
     if reasoning is None:
         reasoning = "generate" if reasoner is not None else "off"
     if reasoning not in REASONING_MODES:
@@ -452,7 +440,7 @@ def _reasoning_stage(items, reasoner, mode, side, target_modality, cache_root, b
     raw_contents = [content_key(it, extra=f"{side}|{target_modality}") for it in items]
     contents = [_digest(raw) for raw in raw_contents]
     if reasoner is not None:
-        identity = reasoner.cache_identity() if hasattr(reasoner, "cache_identity") else reasoner.name
+        identity = reasoner_fingerprint(reasoner)
         keys = [_digest(content, identity) for content in contents]
     else:
         keys = contents  # 'cached' mode without a Reasoner: only the cache's latest T-CoT per content is used

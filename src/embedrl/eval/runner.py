@@ -18,6 +18,7 @@ from typing import Any
 from ..data.taskdir import CANDIDATES_FILE, QRELS_FILE, QUERIES_FILE, TASK_FILE, Task, read_task
 from ..errors import EmbedRLError
 from ..fileio import read_json, write_json
+from ..models.identity import weights_fixed
 from ..pipeline import encode_detailed
 
 log = logging.getLogger(__name__)
@@ -46,16 +47,11 @@ def result_path(out_dir: Path, task: Task) -> Path:
     return out_dir / task.meta.benchmark / f"{task.meta.task}.json"
 
 
+@weights_fixed()
 def evaluate_task(task_dir: str | Path, embedder: Any, reasoner: Any = None, *, out_dir: str | Path,
                   settings: EvalSettings | None = None) -> dict:
-    """Score one task folder; returns the result dict (also written to OUT/<benchmark>/<task>.json)."""
-    from ..models.backbone import weights_fixed
-
-    with weights_fixed():  # one identity computation per model for the whole task
-        return _evaluate_task(task_dir, embedder, reasoner, out_dir=out_dir, settings=settings)
-
-
-def _evaluate_task(task_dir, embedder, reasoner, *, out_dir, settings) -> dict:
+    """Score one task folder; returns the result dict (also written to OUT/<benchmark>/<task>.json). Model
+    identities are computed once for the whole task (`weights_fixed`)."""
     from .scoring import score_task
 
     settings = settings or EvalSettings()
@@ -108,7 +104,7 @@ def _evaluate_task(task_dir, embedder, reasoner, *, out_dir, settings) -> dict:
 def run_identity(task: Task, embedder: Any, reasoner: Any, settings: EvalSettings) -> dict[str, str | None]:
     """What a task's result depends on: the task's files, the Embedder, the Reasoner (weights and generation
     settings) and the reasoning mode. A stored result is reused only when all of them are the same."""
-    from ..pipeline import _digest, embedder_fingerprint
+    from ..pipeline import embedder_fingerprint, reasoner_fingerprint
 
     files = hashlib.sha256()
     for name in (TASK_FILE, QUERIES_FILE, CANDIDATES_FILE, QRELS_FILE):
@@ -119,10 +115,7 @@ def run_identity(task: Task, embedder: Any, reasoner: Any, settings: EvalSetting
                 for chunk in iter(lambda: handle.read(1 << 20), b""):
                     files.update(chunk)
     reasoning = settings.reasoning or ("generate" if reasoner is not None else "off")
-    reasoner_id = None
-    if reasoner is not None and reasoning != "off":
-        reasoner_id = _digest(reasoner.cache_identity() if hasattr(reasoner, "cache_identity")
-                              else getattr(reasoner, "name", repr(reasoner)))[:24]
+    reasoner_id = reasoner_fingerprint(reasoner) if reasoner is not None and reasoning != "off" else None
     return {"task": files.hexdigest()[:24], "embedder": embedder_fingerprint(embedder), "reasoner": reasoner_id,
             "reasoning": reasoning}
 

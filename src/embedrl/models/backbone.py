@@ -9,14 +9,10 @@ configured (`torchvision_available()`).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
-import hashlib
 import importlib
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,56 +227,6 @@ def load_model(path: str | Path, family: Family | None = None, options: LoadOpti
         raise ModelError(f"{path}: cannot load {family.model_class}: {exc}") from None
     use_fast_paths(model)
     return model.to(options.torch_device()).eval()
-
-
-def checkpoint_stamps(path: str | Path) -> list[tuple[str, int, int]]:
-    """(name, size, mtime) of a checkpoint or adapter folder's weight and config files: cheap, and changes
-    whenever the folder is rewritten (a retrained model saved to the same place)."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return []
-    stamps = []
-    for file in sorted(folder.iterdir()):
-        if file.suffix in (".safetensors", ".bin") or file.name in ("config.json", "adapter_config.json"):
-            st = file.stat()
-            stamps.append((file.name, st.st_size, st.st_mtime_ns))
-    return stamps
-
-
-# id(model) -> (model, digest): the model is held so that no other object can reuse its id within the block
-_DIGESTS: contextvars.ContextVar[dict[int, tuple[torch.nn.Module, str]] | None] = contextvars.ContextVar(
-    "embedrl_digests", default=None)
-
-
-@contextlib.contextmanager
-def weights_fixed() -> Iterator[None]:
-    """Within this block, weights do not change: `parameter_digest` hashes each model once and reuses it (one
-    encode call, one evaluated task). Nested blocks share the outermost one's memo."""
-    if _DIGESTS.get() is not None:
-        yield
-        return
-    token = _DIGESTS.set({})
-    try:
-        yield
-    finally:
-        _DIGESTS.reset(token)
-
-
-def parameter_digest(model: torch.nn.Module) -> str:
-    """A hash of every parameter's name, dtype and bytes: the identity of a model that only exists in memory.
-    Reads all weights once (about a second per GB); inside `weights_fixed()`, once per block."""
-    memo = _DIGESTS.get()
-    if memo is not None and id(model) in memo and memo[id(model)][0] is model:
-        return memo[id(model)][1]
-    digest = hashlib.sha256()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            data = param.detach().reshape(-1).contiguous().cpu()
-            digest.update(f"{name}:{data.dtype}:{tuple(param.shape)}".encode())
-            digest.update(data.view(torch.uint8).numpy().tobytes())
-    if memo is not None:
-        memo[id(model)] = (model, digest.hexdigest())
-    return digest.hexdigest()
 
 
 class PatchConv3dAsLinear(torch.nn.Conv3d):

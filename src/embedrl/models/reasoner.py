@@ -29,14 +29,8 @@ from PIL import Image
 
 from ..data.items import Item
 from ..errors import BackendError, ConfigError
-from .backbone import (
-    LoadOptions,
-    checkpoint_stamps,
-    detect_family,
-    load_model,
-    load_processor,
-    parameter_digest,
-)
+from .backbone import LoadOptions, detect_family, load_model, load_processor
+from .identity import weights_identity
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +80,7 @@ class TransformersBackend:
     def identity(self) -> Any:
         """What the T-CoT cache keys on: the checkpoint folder's file stamps, or for a model that only exists
         in memory (a policy being trained) a hash of its parameters."""
-        weights = checkpoint_stamps(self.path) if self.path else parameter_digest(self.model)
-        return [self.name, weights, str(next(self.model.parameters()).dtype)]
+        return [self.name, weights_identity(self.model, self.path)]
 
     @classmethod
     def from_pretrained(cls, path: str | Path, options: LoadOptions | None = None,

@@ -7,6 +7,7 @@ never half of one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -52,6 +53,15 @@ _UMASK = _read_umask()
 
 def _umask() -> int:
     return _UMASK
+
+
+def file_sha256(path: str | Path, digest: Any = None) -> bytes:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks; with `digest`, the bytes are fed into it instead."""
+    target = digest if digest is not None else hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            target.update(chunk)
+    return target.digest()
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -6,6 +6,17 @@ import argparse
 from typing import Any
 
 
+def positive_int(text: str) -> int:
+    """argparse type of a batch size and the like."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedder", required=True, help="Embedder checkpoint (folder or hub id)")
     parser.add_argument("--reasoner", help="Reasoner checkpoint (transformers backend)")

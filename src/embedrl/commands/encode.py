@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import DataError, Problem
 from ..fileio import iter_jsonl, save_npy, write_jsonl
-from ._models import add_model_arguments, load_models
+from ._models import add_model_arguments, load_models, positive_int
 
 HELP = """\
 Each line of --input is one item with the fields of a task query: "id", optional "instruction", "text",
@@ -40,23 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_encode)
 
 
-ITEM_FIELDS = frozenset({"id", "instruction", "text", "images", "video", "meta"})
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def read_items(path: Path):
     """Items of an items.jsonl file; media paths resolved against the file's folder. Raises DataError
     listing every malformed line before anything is computed."""
-    from ..data.items import Item, parse_item, resolve_item_media
+    from ..data.items import ITEM_FIELDS, Item, parse_item, resolve_item_media
 
     problems: list[Problem] = []
     items: list[Item] = []

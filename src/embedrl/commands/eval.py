@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._models import add_model_arguments, load_models
+from ._models import add_model_arguments, load_models, positive_int
 
 HELP = """\
 For each task folder: the Reasoner writes T-CoTs for candidates (candidate prompts) and queries (query prompts),
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reasoning", choices=["generate", "cached", "off"],
                    help="default: generate with a reasoner, else off; cached uses T-CoTs given in item meta")
     p.add_argument("--out", required=True, help="results folder")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8, help="items per Embedder (and Reasoner) batch")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--label", help="run name stored in every result")
     p.add_argument("--no-progress", action="store_true")

@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image
 
 from ..errors import Problem
+from ..fileio import file_sha256
 
 
 @dataclass
@@ -123,6 +124,10 @@ def _string_list(obj: dict, key: str, problems: list[Problem], where: dict) -> l
         )
         return None
     return list(value)
+
+
+# The fields of an item object (a task query or candidate has its id under qid / cid instead of id).
+ITEM_FIELDS = frozenset({"id", "instruction", "text", "images", "video", "meta"})
 
 
 def parse_item(
@@ -331,15 +336,11 @@ def _hash_media(h: Any, media: Any) -> None:
     key = (path, st.st_size, st.st_mtime_ns)
     digest = _FILE_HASHES.get(key)
     if digest is None:
-        file_hash = hashlib.sha256()
         try:
-            with open(path, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    file_hash.update(chunk)
+            digest = file_sha256(path)
         except OSError as exc:  # unreadable (permissions, a device, ...)
             h.update(f"unreadable:{path}:{type(exc).__name__}".encode())
             return
-        digest = file_hash.digest()
         _FILE_HASHES[key] = digest
     h.update(digest)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..data.taskdir import CANDIDATES_FILE, QRELS_FILE, QUERIES_FILE, TASK_FILE, Task, read_task
 from ..errors import EmbedRLError
-from ..fileio import read_json, write_json
+from ..fileio import file_sha256, read_json, write_json
 from ..models.identity import weights_fixed
 from ..pipeline import encode_detailed
 
@@ -111,9 +111,7 @@ def run_identity(task: Task, embedder: Any, reasoner: Any, settings: EvalSetting
         path = task.root / name if task.root is not None else None
         if path is not None and path.is_file():
             files.update(name.encode())
-            with path.open("rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    files.update(chunk)
+            file_sha256(path, files)
     reasoning = settings.reasoning or ("generate" if reasoner is not None else "off")
     reasoner_id = reasoner_fingerprint(reasoner) if reasoner is not None and reasoning != "off" else None
     return {"task": files.hexdigest()[:24], "embedder": embedder_fingerprint(embedder), "reasoner": reasoner_id,

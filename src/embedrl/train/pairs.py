@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.items import Item, parse_item, resolve_item_media
+from ..data.items import ITEM_FIELDS, Item, parse_item, resolve_item_media
 from ..errors import DataError, Problem
 from ..fileio import iter_jsonl
 
@@ -43,7 +43,6 @@ class TrainingPair:
 
 KNOWN_KEYS = {"dataset", "query", "positive", "negatives", "query_tcot", "positive_tcot", "negative_tcots",
               "meta"}
-ITEM_KEYS = {"id", "instruction", "text", "images", "video", "meta"}
 
 
 def _item(raw, where: dict, name: str, path: Path, problems: list[Problem], check_media: bool) -> Item | None:
@@ -52,7 +51,7 @@ def _item(raw, where: dict, name: str, path: Path, problems: list[Problem], chec
         problems.append(Problem(file, "expected an item object", line=line, field=name))
         return None
     for key in raw:
-        if key not in ITEM_KEYS:
+        if key not in ITEM_FIELDS:
             problems.append(Problem(file, "unknown field (typo?)", line=line, field=f"{name}.{key}"))
     raw = dict(raw)
     raw.setdefault("id", f"{line}:{name}")

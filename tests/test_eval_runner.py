@@ -6,8 +6,13 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from embedrl.cli import main
 from embedrl.data.synthetic import write_benchmark
+from embedrl.eval.runner import EvalSettings, TaskFailed, evaluate_task
+from embedrl.models import embedder as embedder_module
+from embedrl.models.embedder import Embedder
 
 
 def test_eval_cli_scores_resumes_and_isolates_failures(tiny_qwen3_embedder, tmp_path: Path, capsys) -> None:
@@ -47,3 +52,39 @@ def test_eval_cli_scores_resumes_and_isolates_failures(tiny_qwen3_embedder, tmp_
     assert code == 1 and "SynI2T: 1 item(s) could not be encoded" in err and first_image.name in err
     assert (out / "synthetic" / "SynDoc.json").is_file()  # the other task still ran
     assert not (out / "synthetic" / "SynI2T.json").exists()
+
+
+def test_videos_are_sampled_with_the_tasks_frame_count(tiny_qwen3_embedder, tmp_path: Path, monkeypatch) -> None:
+    task = next(t for t in write_benchmark(tmp_path / "bench", n=3, num_frames=6) if t.name == "SynT2V")
+    assert json.loads((task / "task.json").read_text())["num_frames"] == 6
+    seen: list[int] = []
+    real = embedder_module.load_media_files
+    monkeypatch.setattr(embedder_module, "load_media_files",
+                        lambda item, num_frames: seen.append(num_frames) or real(item, num_frames))
+    embedder = Embedder.from_pretrained(tiny_qwen3_embedder)
+    assert embedder.config.num_frames == 8
+    out = tmp_path / "results"
+    result = evaluate_task(task, embedder, out_dir=out, settings=EvalSettings(reasoning="cached", progress=False))
+    assert result["run"]["frames_per_video"] == 6
+    assert seen and set(seen) == {6}
+    assert embedder.config.num_frames == 8  # the model's own setting is back after the task
+    first_identity = result["run"]["identity"]
+
+    # a result computed with one frame count is not reused for another
+    spec = json.loads((task / "task.json").read_text())
+    (task / "task.json").write_text(json.dumps({**spec, "num_frames": 4}))
+    with pytest.raises(TaskFailed, match="its task, embedder differ"):
+        evaluate_task(task, embedder, out_dir=out, settings=EvalSettings(reasoning="cached", progress=False))
+    seen.clear()
+    result = evaluate_task(task, embedder, out_dir=out,
+                           settings=EvalSettings(reasoning="cached", progress=False, overwrite=True))
+    assert result["run"]["frames_per_video"] == 4 and set(seen) == {4}
+    assert result["run"]["identity"]["embedder"] != first_identity["embedder"]  # vectors of 6 frames not reused
+
+
+def test_text_and_image_tasks_leave_the_frame_count_alone(tiny_qwen3_embedder, tmp_path: Path) -> None:
+    task = next(t for t in write_benchmark(tmp_path / "bench", n=3) if t.name == "SynT2I")
+    embedder = Embedder.from_pretrained(tiny_qwen3_embedder)
+    result = evaluate_task(task, embedder, out_dir=tmp_path / "results",
+                           settings=EvalSettings(reasoning="cached", progress=False))
+    assert result["run"]["frames_per_video"] is None

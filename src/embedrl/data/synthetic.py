@@ -263,6 +263,7 @@ def make_t2v(root: Path, rng: random.Random, n: int, num_frames: int = 8, size: 
     meta = _meta("SynT2V", "video", "RET", "global", "hit@1",
                  "Find a video that contains the following visual content:",
                  "Understand the content of the provided video.")
+    meta.num_frames = num_frames  # every clip has exactly this many frames, and the teacher cites them by index
     task = Task(meta, queries, cands, qrels)
     write_task(task, root)
     return task

@@ -10,7 +10,8 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,27 @@ def candidate_modality(task: Task) -> str:
     return counts.most_common(1)[0][0]
 
 
+def has_video(task: Task) -> bool:
+    return any(item.video is not None for item in (*task.queries, *task.candidates))
+
+
+@contextmanager
+def frames_per_video(num_frames: int, embedder: Any, reasoner: Any = None) -> Iterator[None]:
+    """Sample `num_frames` frames per video in both models for the duration of the block (a task's protocol),
+    then restore their own settings. The count is part of each model's cache identity, so vectors and T-CoTs
+    computed with another count are never reused."""
+    holders = [h for h in (getattr(embedder, "config", embedder), reasoner)
+               if h is not None and hasattr(h, "num_frames")]
+    saved = [(h, h.num_frames) for h in holders]
+    for holder in holders:
+        holder.num_frames = num_frames
+    try:
+        yield
+    finally:
+        for holder, value in saved:
+            holder.num_frames = value
+
+
 def result_path(out_dir: Path, task: Task) -> Path:
     return out_dir / task.meta.benchmark / f"{task.meta.task}.json"
 
@@ -51,12 +73,18 @@ def result_path(out_dir: Path, task: Task) -> Path:
 def evaluate_task(task_dir: str | Path, embedder: Any, reasoner: Any = None, *, out_dir: str | Path,
                   settings: EvalSettings | None = None) -> dict:
     """Score one task folder; returns the result dict (also written to OUT/<benchmark>/<task>.json). Model
-    identities are computed once for the whole task (`weights_fixed`)."""
-    from .scoring import score_task
-
+    identities are computed once for the whole task (`weights_fixed`). Videos are sampled with the task's
+    `num_frames`, whatever the models' own setting."""
     settings = settings or EvalSettings()
     task = read_task(task_dir)
-    out_dir = Path(out_dir)
+    sampling = frames_per_video(task.meta.num_frames, embedder, reasoner) if has_video(task) else nullcontext()
+    with sampling:
+        return _evaluate(task, embedder, reasoner, Path(out_dir), settings)
+
+
+def _evaluate(task: Task, embedder: Any, reasoner: Any, out_dir: Path, settings: EvalSettings) -> dict:
+    from .scoring import score_task
+
     target = result_path(out_dir, task)
     identity = run_identity(task, embedder, reasoner, settings)
     if target.is_file() and not settings.overwrite:
@@ -93,6 +121,7 @@ def evaluate_task(task_dir: str | Path, embedder: Any, reasoner: Any = None, *, 
         "embedder": getattr(embedder, "name_or_path", None),
         "reasoner": getattr(reasoner, "name", None),
         "reasoning": identity["reasoning"],
+        "frames_per_video": task.meta.num_frames if has_video(task) else None,
         "seconds": round(time.perf_counter() - start, 2),
         "identity": identity,
         "unparsed_tcots": _unparsed(queries.tcots) + _unparsed(cands.tcots),

@@ -88,3 +88,19 @@ def test_text_and_image_tasks_leave_the_frame_count_alone(tiny_qwen3_embedder, t
     result = evaluate_task(task, embedder, out_dir=tmp_path / "results",
                            settings=EvalSettings(reasoning="cached", progress=False))
     assert result["run"]["frames_per_video"] is None
+
+
+def test_a_media_file_edited_in_place_is_a_different_task(tiny_qwen3_embedder, tmp_path: Path) -> None:
+    task = next(t for t in write_benchmark(tmp_path / "bench", n=3) if t.name == "SynT2I")
+    embedder = Embedder.from_pretrained(tiny_qwen3_embedder)
+    settings = EvalSettings(reasoning="cached", progress=False)
+    out = tmp_path / "results"
+    first = evaluate_task(task, embedder, out_dir=out, settings=settings)
+    assert evaluate_task(task, embedder, out_dir=out, settings=settings)["run"]["reused"] is True
+    images = sorted((task / "media").rglob("*.png"))
+    images[0].write_bytes(images[1].read_bytes())  # still a valid picture, but another one
+    with pytest.raises(TaskFailed, match="its task differs"):
+        evaluate_task(task, embedder, out_dir=out, settings=settings)
+    again = evaluate_task(task, embedder, out_dir=out, settings=EvalSettings(reasoning="cached", progress=False,
+                                                                             overwrite=True))
+    assert again["run"]["identity"]["task"] != first["run"]["identity"]["task"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data.items import content_key
 from ..data.taskdir import CANDIDATES_FILE, QRELS_FILE, QUERIES_FILE, TASK_FILE, Task, read_task
 from ..errors import EmbedRLError
 from ..fileio import file_sha256, read_json, write_json
@@ -131,8 +132,9 @@ def _evaluate(task: Task, embedder: Any, reasoner: Any, out_dir: Path, settings:
 
 
 def run_identity(task: Task, embedder: Any, reasoner: Any, settings: EvalSettings) -> dict[str, str | None]:
-    """What a task's result depends on: the task's files, the Embedder, the Reasoner (weights and generation
-    settings) and the reasoning mode. A stored result is reused only when all of them are the same."""
+    """What a task's result depends on: the task's files and the media they name (by content, as the encode
+    caches hash them), the Embedder, the Reasoner (weights and generation settings) and the reasoning mode. A
+    stored result is reused only when all of them are the same."""
     from ..pipeline import embedder_fingerprint, reasoner_fingerprint
 
     files = hashlib.sha256()
@@ -141,6 +143,8 @@ def run_identity(task: Task, embedder: Any, reasoner: Any, settings: EvalSetting
         if path is not None and path.is_file():
             files.update(name.encode())
             file_sha256(path, files)
+    for item in (*task.queries_for_encoding(), *task.candidates_for_encoding()):
+        files.update(content_key(item).encode())
     reasoning = settings.reasoning or ("generate" if reasoner is not None else "off")
     reasoner_id = reasoner_fingerprint(reasoner) if reasoner is not None and reasoning != "off" else None
     return {"task": files.hexdigest()[:24], "embedder": embedder_fingerprint(embedder), "reasoner": reasoner_id,

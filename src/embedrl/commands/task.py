@@ -1,12 +1,15 @@
-"""`embedrl task validate DIR` and `embedrl task info DIR`."""
+"""`embedrl task validate DIR`, `embedrl task info DIR` and `embedrl task convert {mmeb-image,mmeb-visdoc,uvrb}`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from ..data.taskdir import read_task, summarize, validate_task
+from ..errors import EmbedRLError
+from ._models import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +28,112 @@ def register(sub: argparse._SubParsersAction) -> None:
     info = tsub.add_parser("info", help="print a summary of a task folder as JSON")
     info.add_argument("dir", metavar="DIR")
     info.set_defaults(func=_info)
+    _register_convert(tsub)
+
+
+CONVERT_EPILOG = """\
+Each converter writes OUT/<task>/ (the registry's task name) and prints a summary. It builds the folder as
+OUT/<task>.partial/ and renames it only once it validates: an interrupted run leaves no folder that looks
+finished, and a rerun reuses the media already placed. Media are hard-linked when the source is on the same
+file system, copied otherwise. Every defect of the source (a missing image, an unknown id, a wrong field
+type) is reported together, one line each with file, row and field.
+
+examples:
+  embedrl task convert mmeb-image --task ImageNet-1K \\
+      --records MMEB_Test_Instruct/ImageNet-1K --images MMEB-V2/image-tasks --out tasks/MMEB-V2
+  embedrl task convert mmeb-visdoc --task ViDoRe_arxivqa --source arxivqa_test_subsampled_beir --out tasks/MMEB-V2
+  embedrl task convert uvrb --dataset CRB_G --root UVRB/CRB_G --out tasks/UVRB
+"""
+
+
+def _register_convert(tsub: argparse._SubParsersAction) -> None:
+    convert = tsub.add_parser(
+        "convert", help="turn a downloaded MMEB-V2 or UVRB task into a task folder",
+        description="Convert upstream benchmark files (downloaded beforehand: embedrl never fetches data) into "
+        "the unified task format, ready for `embedrl eval`. MMEB-V2 image and VisDoc tasks and the 16 UVRB "
+        "datasets are supported; MMEB-V2 video tasks are not yet (their layouts differ per task).",
+        epilog=CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    csub = convert.add_subparsers(dest="source_kind", metavar="SOURCE", required=True)
+
+    image = csub.add_parser("mmeb-image", help="one of the 36 MMEB-V2 image tasks (ziyjiang/MMEB_Test_Instruct)",
+                            description="Rows with qry_inst, qry_text, qry_img_path, tgt_inst, tgt_text[] and "
+                            "tgt_img_path[] (the V1 TIGER-Lab/MMEB-eval rows without *_inst work too). Each "
+                            "query keeps its own candidate list; element 0 is the positive.")
+    image.add_argument("--task", required=True, help="task name, e.g. ImageNet-1K or MSCOCO_t2i")
+    image.add_argument("--records", required=True, type=Path, metavar="PATH",
+                       help="the task's test split: a .parquet/.jsonl/.json file or a folder of them")
+    image.add_argument("--images", required=True, type=Path, metavar="DIR",
+                       help="the unpacked image-tasks/ folder that qry_img_path and tgt_img_path are relative to")
+    image.set_defaults(func=_convert_image)
+
+    visdoc = csub.add_parser("mmeb-visdoc", help="one of the 24 MMEB-V2 VisDoc tasks (BEIR-style splits)",
+                             description="queries (query-id, query, language?), corpus (corpus-id, image) and "
+                             "qrels (query-id, corpus-id, score). Pairs with score 0 are dropped; a repeated pair "
+                             "keeps its highest score.")
+    visdoc.add_argument("--task", required=True, help="task name, e.g. ViDoRe_arxivqa or MMLongBench-page-fixed")
+    visdoc.add_argument("--source", type=Path, metavar="DIR",
+                        help="a download holding queries, corpus and qrels (folders or files of those names)")
+    for split in ("queries", "corpus", "qrels"):
+        visdoc.add_argument(f"--{split}", type=Path, metavar="PATH", help=f"the {split} split (overrides --source)")
+    visdoc.set_defaults(func=_convert_visdoc)
+
+    uvrb = csub.add_parser("uvrb", help="one of the 16 UVRB datasets (Alibaba-NLP/UVRB, extracted)",
+                           description="A dataset folder with jsonl/{queries,corpus,instances}.jsonl, "
+                           "videos_frames/<video>/ and images/. Videos are sampled to --num-frames frames in "
+                           "file-name order; only those frames are placed in the task folder.")
+    uvrb.add_argument("--dataset", required=True, help="dataset name, e.g. CRB_G, MSRVTT or LoVR-TH")
+    uvrb.add_argument("--root", required=True, type=Path, metavar="DIR", help="the extracted dataset folder")
+    uvrb.add_argument("--num-frames", type=positive_int, default=8, metavar="N",
+                      help="frames per video (default: 8, the benchmark's setting)")
+    uvrb.set_defaults(func=_convert_uvrb)
+
+    for sub in (image, visdoc, uvrb):
+        sub.add_argument("--out", required=True, type=Path, metavar="DIR",
+                         help="where OUT/<task>/ is written, e.g. tasks/MMEB-V2")
+        sub.add_argument("--revision", metavar="REV",
+                         help="the upstream revision you downloaded, recorded in task.json as the data pin")
+        sub.add_argument("--overwrite", action="store_true", help="replace an existing OUT/<task>/")
+
+
+def _report(folder: Path) -> int:
+    summary = summarize(read_task(folder))
+    print(f"wrote {folder}: {summary['queries']} queries, {summary['candidates']} candidates, "
+          f"{summary['qrels']} qrels ({summary['queries_without_positives']} queries without a positive)")
+    return 0
+
+
+def _convert_image(args: argparse.Namespace) -> int:
+    from ..data.mmeb_v2 import convert_image_task
+
+    return _report(convert_image_task(args.records, args.task, args.images, args.out, revision=args.revision,
+                                      overwrite=args.overwrite))
+
+
+def _split(args: argparse.Namespace, name: str) -> Path:
+    given = getattr(args, name)
+    if given is not None:
+        return given
+    if args.source is None:
+        raise EmbedRLError(f"give --source or --{name}")
+    for path in (args.source / name, *(args.source / f"{name}{s}" for s in (".parquet", ".jsonl", ".json"))):
+        if path.exists():
+            return path
+    raise EmbedRLError(f"{args.source}: no {name} folder or file; give --{name} PATH")
+
+
+def _convert_visdoc(args: argparse.Namespace) -> int:
+    from ..data.mmeb_v2 import convert_visdoc_task
+
+    splits = [_split(args, name) for name in ("queries", "corpus", "qrels")]
+    return _report(convert_visdoc_task(*splits, args.task, args.out, revision=args.revision,
+                                       overwrite=args.overwrite))
+
+
+def _convert_uvrb(args: argparse.Namespace) -> int:
+    from ..data.uvrb import convert_uvrb_dataset
+
+    return _report(convert_uvrb_dataset(args.root, args.dataset, args.out, num_frames=args.num_frames,
+                                        revision=args.revision, overwrite=args.overwrite))
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -1,0 +1,192 @@
+"""What every converter from an upstream benchmark layout needs: records read from the files a hub download
+leaves (Parquet shards or JSON Lines), media placed inside the task folder, and a task folder that appears only
+once it is complete.
+
+Task folders must hold their media (docs/task-format.md §1.6), so media are hard-linked when the source is on
+the same file system (no extra space) and copied otherwise. A conversion builds `<task>.partial/` and renames it
+when the folder validates, so an interrupted run never leaves a folder that looks finished; rerunning reuses the
+media already placed there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..errors import DataError, EmbedRLError, Problem
+from ..fileio import iter_jsonl, read_json
+from .taskdir import Task, read_task, write_task
+
+RECORD_SUFFIXES = (".parquet", ".jsonl", ".json")
+
+
+class ConversionError(EmbedRLError):
+    pass
+
+
+@dataclass(frozen=True)
+class Record:
+    """One upstream row and where it came from (for error messages)."""
+
+    data: dict
+    file: str
+    row: int  # 1-based: the line of a JSONL file, the row of a Parquet file
+
+    def where(self, field: str | None = None, record: str | None = None) -> dict:
+        return {"file": self.file, "line": self.row, "field": field, "record": record}
+
+    def problem(self, message: str, field: str | None = None, record: str | None = None) -> Problem:
+        return Problem(message=message, **self.where(field, record))
+
+
+def record_files(source: str | Path) -> list[Path]:
+    """The record files of `source`: the file itself, or every .parquet / .jsonl / .json file under a folder in
+    name order (a hub snapshot keeps one split as `test-00000-of-00002.parquet`, `test-00001-...`)."""
+    source = Path(source)
+    if source.is_file():
+        if source.suffix not in RECORD_SUFFIXES:
+            raise ConversionError(f"{source}: not a record file (expected {', '.join(RECORD_SUFFIXES)})")
+        return [source]
+    if not source.is_dir():
+        raise ConversionError(f"{source}: no such file or folder")
+    files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix in RECORD_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(source).parts))
+    if not files:
+        raise ConversionError(f"{source}: holds no {', '.join(RECORD_SUFFIXES)} files")
+    return files
+
+
+def read_records(source: str | Path) -> Iterator[Record]:
+    """Rows of every record file of `source`, in order. Parquet is read in batches, so memory stays bounded
+    when a split carries its images inline."""
+    for path in record_files(source):
+        if path.suffix == ".parquet":
+            yield from _parquet_records(path)
+        elif path.suffix == ".jsonl":
+            problems: list[Problem] = []
+            for line, obj in iter_jsonl(path, problems):
+                yield Record(obj, str(path), line)
+            if problems:
+                raise DataError(problems)
+        else:
+            rows = read_json(path)
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise DataError(Problem(str(path), "expected a JSON list of objects"))
+            for i, row in enumerate(rows, 1):
+                yield Record(row, str(path), i)
+
+
+def _parquet_records(path: Path) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    try:
+        handle = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises its own error types for damaged files
+        raise DataError(Problem(str(path), f"not a readable Parquet file ({exc})")) from exc
+    row = 0
+    for batch in handle.iter_batches(batch_size=256):
+        for obj in batch.to_pylist():
+            row += 1
+            yield Record(obj, str(path), row)
+
+
+def require(record: Record, key: str, kinds: type | tuple[type, ...], problems: list[Problem],
+            record_id: str | None = None, optional: bool = False) -> Any:
+    """`record.data[key]` when it has one of `kinds`; otherwise a problem is added and None returned."""
+    value = record.data.get(key)
+    if value is None and optional:
+        return None
+    if value is None or not isinstance(value, kinds) or isinstance(value, bool):
+        names = " or ".join(k.__name__ for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
+        message = "missing" if key not in record.data else f"must be {names}, got {type(value).__name__}"
+        problems.append(record.problem(message, key, record_id))
+        return None
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ media
+
+
+def safe_relative(path: str) -> PurePosixPath | None:
+    """`path` as a relative path that stays below its base, or None (absolute, `..`, empty)."""
+    rel = PurePosixPath(path.replace("\\", "/"))
+    if not path or rel.is_absolute() or any(part == ".." for part in rel.parts) or not rel.parts:
+        return None
+    return rel
+
+
+def place_file(source: Path, task_root: Path, rel: PurePosixPath) -> str:
+    """Put `source` at `task_root/rel` (hard link, else copy) and return `rel` as written in the task files. A
+    file already there with the same size is kept: that is what a rerun of an interrupted conversion finds."""
+    target = task_root / rel
+    size = source.stat().st_size
+    if target.is_file() and target.stat().st_size == size:
+        return rel.as_posix()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    return rel.as_posix()
+
+
+def place_bytes(data: bytes, task_root: Path, rel: PurePosixPath) -> str:
+    target = task_root / rel
+    if target.is_file() and target.stat().st_size == len(data):
+        return rel.as_posix()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+    return rel.as_posix()
+
+
+def image_suffix(data: bytes) -> str:
+    """File suffix for encoded image bytes, from their content (an inline hub image has no trustworthy name)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            kind = (image.format or "").lower()
+    except (UnidentifiedImageError, OSError):
+        return ""
+    return {"jpeg": ".jpg", "tiff": ".tif"}.get(kind, f".{kind}" if kind else "")
+
+
+# ------------------------------------------------------------------------------------------- the folder
+
+
+def partial_folder(out_dir: str | Path, name: str, overwrite: bool) -> tuple[Path, Path]:
+    """(final folder, folder to build in). A finished folder is refused unless `overwrite`."""
+    final = Path(out_dir) / name
+    if final.exists() and not overwrite:
+        raise ConversionError(f"{final} exists; pass --overwrite to replace it")
+    building = final.with_name(final.name + ".partial")
+    building.mkdir(parents=True, exist_ok=True)
+    return final, building
+
+
+def finish(task: Task, building: Path, final: Path) -> Path:
+    """Write the task files into `building`, validate the whole folder (media included) and move it to
+    `final`. A folder that does not validate stays at `building`, with every problem raised."""
+    write_task(task, building)
+    read_task(building)  # raises DataError listing every problem
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(building, final)
+    task.root = final
+    return final
+
+
+def dedupe_in_order(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))

@@ -1,0 +1,242 @@
+"""Converters from upstream MMEB-V2 / UVRB files into task folders: field mapping, shared candidates, graded
+qrels, frame sampling, every defect reported together, and an interrupted conversion resumed."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from embedrl.cli import main
+from embedrl.data.mmeb_v2 import candidate_name, convert_image_task, convert_visdoc_task, strip_image_tokens
+from embedrl.data.taskdir import read_task
+from embedrl.data.upstream import ConversionError
+from embedrl.data.uvrb import UVRB_QUERY_PROMPTS, convert_uvrb_dataset, frame_folder
+from embedrl.errors import DataError
+
+
+def _picture(path: Path, color: tuple[int, int, int], size: int = 32) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), color).save(path)
+    return path
+
+
+def _png_bytes(color: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (24, 24), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _parquet(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+
+CLS_INST = "<|image_1|> Represent the given image for classification"
+
+
+def _cls_rows(images: Path) -> list[dict]:
+    for i, color in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        _picture(images / "ImageNet-1K" / f"{i}.jpg", color)
+    labels = ["red", "green", "blue"]
+    return [{"qry_inst": CLS_INST, "qry_text": "", "qry_img_path": f"ImageNet-1K/{i}.jpg",
+             "tgt_inst": "Represent the class label: ", "tgt_text": [labels[i]] + [x for x in labels if x != labels[i]],
+             "tgt_img_path": ["", "", ""]} for i in range(3)]
+
+
+def test_image_task_maps_fields_and_shares_candidates(tmp_path: Path) -> None:
+    images = tmp_path / "image-tasks"
+    rows = _cls_rows(images)
+    source = _parquet(tmp_path / "MMEB_Test_Instruct" / "ImageNet-1K" / "test-00000-of-00001.parquet", rows)
+    folder = convert_image_task(source.parent, "imagenet_1k", images, tmp_path / "tasks", revision="abc123")
+    assert folder == tmp_path / "tasks" / "ImageNet-1K" and not (tmp_path / "tasks" / "ImageNet-1K.partial").exists()
+    task = read_task(folder)
+    assert (task.meta.benchmark, task.meta.task, task.meta.eval_type, task.meta.meta_task) == \
+        ("MMEB-V2", "ImageNet-1K", "local", "CLS")
+    assert task.meta.primary_metric == "hit@1" and task.meta.source["revision"] == "abc123"
+    assert [c.id for c in task.candidates] == ["red", "green", "blue"]  # shared by name: embedded once
+    second = task.queries[1]
+    assert second.instruction == "Represent the given image for classification"  # placeholder stripped
+    assert second.text is None and second.candidate_ids == ["green", "red", "blue"]
+    assert second.images == ["media/ImageNet-1K/1.jpg"]
+    assert [(r.qid, r.cid, r.rel) for r in task.qrels] == [("q00000", "red", 1), ("q00001", "green", 1),
+                                                             ("q00002", "blue", 1)]
+    assert task.candidates[0].instruction == "Represent the class label:"
+    placed, original = folder / "media" / "ImageNet-1K" / "1.jpg", images / "ImageNet-1K" / "1.jpg"
+    assert placed.stat().st_ino == original.stat().st_ino  # hard-linked, not copied
+
+
+def test_image_candidates_and_v1_rows(tmp_path: Path) -> None:
+    images = tmp_path / "image-tasks"
+    for name in ("a", "b", "c"):
+        _picture(images / "coco" / f"{name}.jpg", (len(name) * 40, 10, 10))
+    # t2i: image candidates without text, V1 style (no *_inst; the instruction is inside qry_text)
+    rows = [{"qry_text": "Find me an everyday image that matches the given caption: a dog",
+             "qry_img_path": "", "tgt_text": ["<|image_1|>", "<|image_1|>", "<|image_1|>"],
+             "tgt_img_path": ["coco/a.jpg", "coco/b.jpg", "coco/a.jpg"]}]
+    folder = convert_image_task(_records(rows), "MSCOCO_t2i", images, tmp_path / "tasks")
+    task = read_task(folder)
+    query = task.queries[0]
+    assert query.instruction is None and query.text.startswith("Find me an everyday image")
+    assert query.candidate_ids == ["coco/a.jpg", "coco/b.jpg"]  # a repeated candidate is kept once
+    assert "1 queries listed a candidate twice" in task.meta.version_note
+    assert task.candidates[0].text is None and task.candidates[0].images == ["media/coco/a.jpg"]
+    assert candidate_name("a caption", "x.jpg") == "x.jpg:a caption" and candidate_name("label", None) == "label"
+    assert strip_image_tokens("<|image_1|>\n") is None
+
+
+def _records(rows: list[dict]):
+    from embedrl.data.upstream import Record
+
+    return [Record(row, "rows.jsonl", i) for i, row in enumerate(rows, 1)]
+
+
+def test_image_defects_are_reported_together_and_the_rerun_resumes(tmp_path: Path, capsys) -> None:
+    images = tmp_path / "image-tasks"
+    rows = _cls_rows(images)
+    rows[1]["qry_img_path"] = "ImageNet-1K/missing.jpg"
+    rows[2]["tgt_text"] = "blue"  # not a list
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "tasks"
+    args = ["task", "convert", "mmeb-image", "--task", "ImageNet-1K", "--records", str(source), "--images",
+            str(images), "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{source}:2: record 'q00001': field 'qry_img_path':" in err and "missing.jpg does not exist" in err
+    assert f"{source}:3: record 'q00002': field 'tgt_text': must be list, got str" in err
+    assert not (out / "ImageNet-1K").exists()
+    assert (out / "ImageNet-1K.partial" / "media" / "ImageNet-1K" / "0.jpg").is_file()  # kept for the rerun
+
+    rows[1]["qry_img_path"], rows[2]["tgt_text"] = "ImageNet-1K/1.jpg", ["blue", "red", "green"]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(args) == 0
+    assert "wrote" in capsys.readouterr().out and len(read_task(out / "ImageNet-1K").queries) == 3
+    assert main(args) == 2 and "exists; pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_unknown_task_names_list_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(ConversionError, match="not an MMEB-V2 image task; expected one of: ImageNet-1K"):
+        convert_image_task(tmp_path, "MSR-VTT", tmp_path, tmp_path / "out")
+    with pytest.raises(ConversionError, match="not a UVRB dataset"):
+        convert_uvrb_dataset(tmp_path, "ImageNet-1K", tmp_path / "out")
+
+
+# ----------------------------------------------------------------------------------------------- visdoc
+
+
+def test_visdoc_task_keeps_graded_relevance(tmp_path: Path) -> None:
+    source = tmp_path / "arxivqa_test_subsampled_beir"
+    _parquet(source / "corpus" / "test-00000-of-00001.parquet",
+             [{"corpus-id": i, "image": {"bytes": _png_bytes((i * 60, 0, 0)), "path": f"page{i}.png"}}
+              for i in range(3)])
+    _parquet(source / "queries" / "test-00000-of-00001.parquet",
+             [{"query-id": "a", "query": "what is shown?", "language": "english"},
+              {"query-id": "b", "query": "which year?", "language": "english"},
+              {"query-id": "c", "query": "no page answers this", "language": None}])
+    _parquet(source / "qrels" / "test-00000-of-00001.parquet",
+             [{"query-id": "a", "corpus-id": 0, "score": 1}, {"query-id": "a", "corpus-id": 2, "score": 0},
+              {"query-id": "b", "corpus-id": 1, "score": 2}, {"query-id": "b", "corpus-id": 1, "score": 3}])
+    assert main(["task", "convert", "mmeb-visdoc", "--task", "vidore_arxivqa", "--source", str(source),
+                 "--out", str(tmp_path / "tasks")]) == 0
+    task = read_task(tmp_path / "tasks" / "ViDoRe_arxivqa")
+    assert (task.meta.eval_type, task.meta.primary_metric, task.meta.meta_task) == ("global", "ndcg_linear@5",
+                                                                                   "VDRv1")
+    assert task.meta.query_instruction == "Find a document image that matches the given query:"
+    assert task.meta.source["hf"] == "vidore/arxivqa_test_subsampled_beir"
+    assert [(r.qid, r.cid, r.rel) for r in task.qrels] == [("a", "0", 1), ("b", "1", 3)]  # 0 dropped, max kept
+    assert "1 queries have no relevant page" in task.meta.version_note
+    assert task.candidates[1].images == ["media/corpus/000001.png"]
+    assert Image.open(task.root / "media" / "corpus" / "000001.png").getpixel((0, 0)) == (60, 0, 0)
+    assert task.queries[0].meta == {"language": "english"} and task.queries[2].meta == {}
+
+
+def test_visdoc_defects_name_row_and_field(tmp_path: Path) -> None:
+    corpus = _parquet(tmp_path / "corpus.parquet", [{"corpus-id": "p1", "image": {"bytes": b"not an image",
+                                                                                  "path": None}}])
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(json.dumps({"query-id": "q1", "query": "x"}) + "\n")
+    qrels = tmp_path / "qrels.jsonl"
+    qrels.write_text(json.dumps({"query-id": "q1", "corpus-id": "p9", "score": 1.5}) + "\n"
+                     + json.dumps({"query-id": "q2", "corpus-id": "p1", "score": 1}) + "\n")
+    with pytest.raises(DataError) as caught:
+        convert_visdoc_task(queries, corpus, qrels, "ViDoRe_docvqa", tmp_path / "tasks")
+    report = caught.value.report()
+    assert f"{corpus}:1: record 'p1': field 'image': the inline bytes are not an image" in report
+    assert f"{qrels}:1: record 'q1': field 'score': graded relevance must be a whole number" in report
+    assert f"{qrels}:2: record 'q2': field 'query-id': unknown query-id 'q2'" in report
+
+
+# ------------------------------------------------------------------------------------------------- UVRB
+
+
+def _uvrb_fixture(root: Path, frames_per_video: int = 12) -> Path:
+    for video in ("v1", "v2", "sub/v3"):
+        for t in range(frames_per_video):
+            _picture(root / "videos_frames" / video / f"frame_{t:04d}.jpg", (t * 20, 0, 0), size=16)
+    _picture(root / "images" / "stills" / "s1.png", (0, 200, 0))
+    jsonl = root / "jsonl"
+    jsonl.mkdir(parents=True)
+    (jsonl / "corpus.jsonl").write_text("".join(json.dumps({"id": cid, "video": v}) + "\n" for cid, v in
+                                                (("c1", "v1.mp4"), ("c2", "v2.mp4"), ("c3", "sub/v3.mp4"))))
+    (jsonl / "queries.jsonl").write_text(
+        json.dumps({"id": "t1", "text": "a red square fades in"}) + "\n"
+        + json.dumps({"id": 7, "image": "stills/s1.png"}) + "\n"
+        + json.dumps({"id": "tv", "text": "the same scene", "video": "v2.mp4"}) + "\n")
+    (jsonl / "instances.jsonl").write_text(
+        json.dumps({"qid": "t1", "pos": ["c1"]}) + "\n" + json.dumps({"qid": "t1", "pos": ["c3", "c1"]}) + "\n"
+        + json.dumps({"qid": 7, "pos": ["c2"]}) + "\n")
+    return root
+
+
+def test_uvrb_dataset_samples_frames_and_merges_positives(tmp_path: Path) -> None:
+    root = _uvrb_fixture(tmp_path / "UVRB" / "CMRB")
+    folder = convert_uvrb_dataset(root, "cmrb", tmp_path / "tasks")
+    task = read_task(folder)
+    assert (task.meta.benchmark, task.meta.task, task.meta.primary_metric) == ("UVRB", "CMRB", "uvrb_recall@10")
+    assert task.meta.query_instruction == UVRB_QUERY_PROMPTS["CMRB"] and task.meta.num_frames == 8
+    assert task.meta.eval_type == "global" and "1 queries have no positive" in task.meta.version_note
+    c3 = next(c for c in task.candidates if c.id == "c3")
+    # 12 frames -> linspace(0, 11, 8) as integers, over the file names in order
+    assert [Path(f).name for f in c3.video.frames] == [f"frame_{t:04d}.jpg" for t in (0, 1, 3, 4, 6, 7, 9, 11)]
+    assert c3.video.frames[0] == "media/frames/sub/v3/frame_0000.jpg" and c3.video.id == "sub/v3.mp4"
+    assert len(list((folder / "media" / "frames" / "v1").iterdir())) == 8  # only the sampled frames are placed
+    by_id = {q.id: q for q in task.queries}
+    assert by_id["7"].images == ["media/images/stills/s1.png"] and by_id["7"].text is None
+    assert by_id["tv"].video.frames[0] == "media/frames/v2/frame_0000.jpg" and by_id["tv"].text == "the same scene"
+    assert sorted((r.qid, r.cid) for r in task.qrels) == [("7", "c2"), ("t1", "c1"), ("t1", "c3")]
+    assert frame_folder("x.mp4").as_posix() == "x" and frame_folder("../x.mp4") is None
+
+
+def test_uvrb_defects_are_reported_together(tmp_path: Path, capsys) -> None:
+    root = _uvrb_fixture(tmp_path / "CRB_G")
+    corpus = root / "jsonl" / "corpus.jsonl"
+    corpus.write_text(corpus.read_text() + json.dumps({"id": "c4", "video": "gone.mp4"}) + "\n")
+    instances = root / "jsonl" / "instances.jsonl"
+    instances.write_text(instances.read_text() + json.dumps({"qid": "t1", "pos": ["c9"]}) + "\n")
+    assert main(["task", "convert", "uvrb", "--dataset", "CRB_G", "--root", str(root), "--out",
+                 str(tmp_path / "tasks")]) == 2
+    err = capsys.readouterr().err
+    assert f"{corpus}:4: record 'c4': field 'video': no frame folder" in err
+    assert f"{instances}:4: record 't1': field 'pos': unknown corpus id 'c9'" in err
+
+
+def test_a_converted_task_evaluates_end_to_end(tiny_qwen3_embedder, tmp_path: Path) -> None:
+    root = _uvrb_fixture(tmp_path / "MSRVTT", frames_per_video=4)
+    folder = convert_uvrb_dataset(root, "MSR-VTT", tmp_path / "tasks", num_frames=3)
+    out = tmp_path / "results"
+    assert main(["eval", "--task", str(folder), "--embedder", str(tiny_qwen3_embedder), "--reasoning", "off",
+                 "--out", str(out), "--no-progress"]) == 0
+    result = json.loads((out / "UVRB" / "MSRVTT.json").read_text())
+    assert result["num_queries"] == 3 and result["run"]["frames_per_video"] == 3
+    assert result["main_score"] == result["metrics"]["uvrb_recall@1"] and "uvrb_recall@50" in result["metrics"]

@@ -287,3 +287,20 @@ def test_check_data_fails_an_empty_file(tmp_path, capsys) -> None:
     empty.write_text("\n")
     assert main(["train", "check-data", str(empty), "--no-media"]) == 1
     assert "no training pairs" in capsys.readouterr().out
+
+
+def test_check_data_decode_names_the_pair_and_side(tmp_path, capsys) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    lines = [{"dataset": "d", "query": {"text": "a"}, "positive": {"images": ["ok.png"]}},
+             {"dataset": "d", "query": {"text": "b"}, "positive": {"images": ["ok.png"]},
+              "negatives": [{"images": ["bad.png"]}]}]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert main(["train", "check-data", str(pairs)]) == 0
+    capsys.readouterr()
+    assert main(["train", "check-data", "--decode", str(pairs)]) == 1
+    out = capsys.readouterr().out
+    assert f"{pairs}:2: field 'negatives[0].images[0]':" in out and "bad.png" in out

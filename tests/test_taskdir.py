@@ -237,3 +237,15 @@ def test_integer_candidate_ids_like_integer_cids(tmp_path: Path) -> None:
     _write_lines(tmp_path / "qrels.jsonl", [{"qid": 1, "cid": 0, "rel": 1}])
     assert _problems(tmp_path) == []
     assert read_task(tmp_path).queries[0].candidate_ids == ["0", "1"]
+
+
+def test_decode_finds_files_that_exist_but_do_not_decode(tmp_path: Path, capsys) -> None:
+    write_task(make_global_task(tmp_path), tmp_path)
+    assert main(["task", "validate", "--decode", str(tmp_path)]) == 0
+    (tmp_path / "media" / "frames" / "v1" / "000001.jpg").write_bytes(b"\xff\xd8 cut short")
+    assert main(["task", "validate", str(tmp_path)]) == 0  # the file exists: the cheap check passes
+    capsys.readouterr()
+    assert main(["task", "validate", "--decode", str(tmp_path)]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "field 'video.frames[1]'" in out[0] and "000001.jpg" in out[0]
+    assert out[0].startswith(f"{tmp_path / 'candidates.jsonl'}: record ")

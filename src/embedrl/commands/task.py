@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..data.taskdir import read_task, summarize, validate_task
-from ..errors import EmbedRLError
+from ..data.taskdir import CANDIDATES_FILE, QUERIES_FILE, read_task, summarize, validate_task
+from ..errors import EmbedRLError, Problem
 from ._models import positive_int
 
 
@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "and exits 1 if any were found.")
     val.add_argument("dirs", nargs="+", metavar="DIR", help="task folder(s)")
     val.add_argument("--no-media", action="store_true", help="skip checking that media files exist")
+    val.add_argument("--decode", action="store_true",
+                     help="also decode every image, frame and video the way encoding loads them (slower: "
+                     "reads all media), so a corrupt file is found before a long evaluation")
     val.set_defaults(func=_validate)
     info = tsub.add_parser("info", help="print a summary of a task folder as JSON")
     info.add_argument("dir", metavar="DIR")
@@ -140,6 +143,8 @@ def _validate(args: argparse.Namespace) -> int:
     failed = 0
     for directory in args.dirs:
         problems = validate_task(directory, check_media=not args.no_media)
+        if args.decode and not args.no_media and not problems:
+            problems = _undecodable(Path(directory))
         for problem in problems:
             print(problem)
         if problems:
@@ -148,6 +153,21 @@ def _validate(args: argparse.Namespace) -> int:
         else:
             print(f"{directory}: OK")
     return 1 if failed else 0
+
+
+def _undecodable(folder: Path) -> list[Problem]:
+    from tqdm.auto import tqdm
+
+    from ..data.media import decode_problems
+
+    task = read_task(folder)
+    seen: dict[str, str | None] = {}
+    problems = []
+    for name, items in ((QUERIES_FILE, task.queries_for_encoding()), (CANDIDATES_FILE, task.candidates_for_encoding())):
+        for item in tqdm(items, desc=f"decode {name}", unit="item", leave=False):
+            for field, message in decode_problems(item, task.meta.num_frames, seen):
+                problems.append(Problem(str(folder / name), message, field=field, record=item.id))
+    return problems
 
 
 def _info(args: argparse.Namespace) -> int:

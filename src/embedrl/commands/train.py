@@ -72,6 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "prints a per-dataset summary. Exit 1 if any defect was found.")
     check.add_argument("pairs")
     check.add_argument("--no-media", action="store_true", help="skip checking that media files exist")
+    check.add_argument("--decode", action="store_true",
+                       help="also decode every image, frame and video the way training loads them (slower: reads "
+                       "all media), so a corrupt file is found before it stops a run")
     check.set_defaults(func=_check_data)
 
     try:
@@ -202,12 +205,30 @@ def _train_embedder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _undecodable_pairs(file: str, pairs: list) -> list[Problem]:
+    from tqdm.auto import tqdm
+
+    from ..data.media import decode_problems
+
+    seen: dict[str, str | None] = {}
+    problems = []
+    for pair in tqdm(pairs, desc="decode", unit="pair", leave=False):
+        sides = [("query", pair.query), ("positive", pair.positive)]
+        sides += [(f"negatives[{i}]", item) for i, item in enumerate(pair.negatives)]
+        for side, item in sides:
+            for field, message in decode_problems(item, seen=seen):
+                problems.append(Problem(file, message, line=pair.line, field=f"{side}.{field}"))
+    return problems
+
+
 def _check_data(args: argparse.Namespace) -> int:
     from ..train.pairs import dataset_summary, load_pairs
 
     pairs, problems = load_pairs(Path(args.pairs), check_media=not args.no_media)
     if not pairs and not problems:  # training refuses such a file, so the check must too
         problems.append(Problem(args.pairs, "no training pairs"))
+    if args.decode and not args.no_media:
+        problems += _undecodable_pairs(args.pairs, pairs)
     for problem in problems:
         print(problem)
     print(json.dumps(dataset_summary(pairs), indent=1))

@@ -153,6 +153,35 @@ def load_item_media(item: Any, num_frames: int = 8) -> tuple[list[Image.Image], 
     return images, frames
 
 
+def decode_problems(item: Any, num_frames: int = 8, seen: dict[str, str | None] | None = None
+                    ) -> list[tuple[str, str]]:
+    """(field, message) for every image, frame or video of an `Item` that does not decode the way encoding
+    would load it. Each file is tried once per `seen` (shared across items: candidates often share media)."""
+    seen = {} if seen is None else seen
+    found: list[tuple[str, str]] = []
+
+    def attempt(source: Any, field: str, load: Any) -> None:
+        key = str(source) if not isinstance(source, Image.Image) else f"<image {id(source)}>"
+        if key not in seen:
+            try:
+                load()
+                seen[key] = None
+            except MediaError as exc:
+                seen[key] = str(exc)
+        if seen[key] is not None:
+            found.append((field, seen[key]))
+
+    for i, image in enumerate(item.images):
+        attempt(image, f"images[{i}]", lambda image=image: load_image(image))
+    video = item.video
+    if video is not None and video.frames is not None:
+        for i, frame in enumerate(video.frames):
+            attempt(frame, f"video.frames[{i}]", lambda frame=frame: load_image(frame))
+    elif video is not None:
+        attempt(video.path, "video.path", lambda: load_video(video.path, num_frames))
+    return found
+
+
 def _decode_video_file(path: Path, num_frames: int) -> list[Image.Image]:
     try:
         import av  # noqa: PLC0415 - optional extra

@@ -233,3 +233,19 @@ def test_an_adapter_only_folder_loads_like_base_plus_adapter(tiny_qwen3_embedder
     assert np.array_equal(embed(direct), embed(explicit))
     assert np.abs(embed(direct) - embed(base)).max() > 1e-3  # the adapter really is applied
     assert direct.adapters == [str(folder)]
+
+
+def test_an_adapter_names_its_base_so_that_it_loads_from_anywhere(tiny_qwen3_embedder, tmp_path,
+                                                                   monkeypatch) -> None:
+    import json
+
+    from embedrl.models.embedder import Embedder, LoraSettings
+
+    monkeypatch.chdir(tiny_qwen3_embedder.parent)
+    tuned = Embedder.from_pretrained(tiny_qwen3_embedder.name)  # a path relative to the working directory
+    tuned.add_lora(LoraSettings.preset("tiny"))
+    folder = tuned.save_pretrained(tmp_path / "adapter-only", merge=False)
+    base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == str(tiny_qwen3_embedder.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert Embedder.from_pretrained(folder).adapters == [str(folder)]

@@ -221,8 +221,11 @@ def load_model(path: str | Path, family: Family | None = None, options: LoadOpti
     kwargs: dict[str, Any] = {"dtype": options.torch_dtype()}
     if options.attn_implementation:
         kwargs["attn_implementation"] = options.attn_implementation
+    # A local folder is loaded by its absolute path: the model remembers it, and a LoRA adapter saved from it
+    # names that as its base, which must still resolve when the adapter is loaded from another directory.
+    source = Path(path).resolve() if Path(path).is_dir() else path
     try:
-        model = cls.from_pretrained(str(path), **kwargs)
+        model = cls.from_pretrained(str(source), **kwargs)
     except Exception as exc:
         raise ModelError(f"{path}: cannot load {family.model_class}: {exc}") from None
     use_fast_paths(model)

@@ -13,7 +13,15 @@ import pytest
 from PIL import Image
 
 from embedrl.cli import main
-from embedrl.data.mmeb_v2 import candidate_name, convert_image_task, convert_visdoc_task, strip_image_tokens
+from embedrl.data.mmeb_v2 import (
+    IMAGE_TO_IMAGE,
+    TEXT_CANDIDATES,
+    TEXT_TO_IMAGE,
+    candidate_name,
+    convert_image_task,
+    convert_visdoc_task,
+    strip_image_tokens,
+)
 from embedrl.data.taskdir import read_task
 from embedrl.data.upstream import ConversionError
 from embedrl.data.uvrb import UVRB_QUERY_PROMPTS, convert_uvrb_dataset, frame_folder
@@ -26,9 +34,9 @@ def _picture(path: Path, color: tuple[int, int, int], size: int = 32) -> Path:
     return path
 
 
-def _png_bytes(color: tuple[int, int, int]) -> bytes:
+def _png_bytes(color: tuple[int, int, int], kind: str = "PNG") -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (24, 24), color).save(buffer, format="PNG")
+    Image.new("RGB", (24, 24), color).save(buffer, format=kind)
     return buffer.getvalue()
 
 
@@ -70,28 +78,47 @@ def test_image_task_maps_fields_and_shares_candidates(tmp_path: Path) -> None:
     assert second.images == ["media/ImageNet-1K/1.jpg"]
     assert [(r.qid, r.cid, r.rel) for r in task.qrels] == [("q00000", "red", 1), ("q00001", "green", 1),
                                                              ("q00002", "blue", 1)]
-    assert task.candidates[0].instruction == "Represent the class label:"
+    assert task.candidates[0].instruction is None and task.candidates[0].text == "red"  # tgt_inst unused upstream
     placed, original = folder / "media" / "ImageNet-1K" / "1.jpg", images / "ImageNet-1K" / "1.jpg"
     assert placed.stat().st_ino == original.stat().st_ino  # hard-linked, not copied
 
 
-def test_image_candidates_and_v1_rows(tmp_path: Path) -> None:
+def test_text_to_image_rows_of_v1(tmp_path: Path) -> None:
     images = tmp_path / "image-tasks"
     for name in ("a", "b", "c"):
         _picture(images / "coco" / f"{name}.jpg", (len(name) * 40, 10, 10))
-    # t2i: image candidates without text, V1 style (no *_inst; the instruction is inside qry_text)
+    # V1 layout (no *_inst; the instruction is inside qry_text); a text-to-image query never carries an image
     rows = [{"qry_text": "Find me an everyday image that matches the given caption: a dog",
-             "qry_img_path": "", "tgt_text": ["<|image_1|>", "<|image_1|>", "<|image_1|>"],
+             "qry_img_path": "coco/c.jpg", "tgt_text": ["<|image_1|>", "<|image_1|>", "<|image_1|>"],
              "tgt_img_path": ["coco/a.jpg", "coco/b.jpg", "coco/a.jpg"]}]
-    folder = convert_image_task(_records(rows), "MSCOCO_t2i", images, tmp_path / "tasks")
-    task = read_task(folder)
+    task = read_task(convert_image_task(_records(rows), "MSCOCO_t2i", images, tmp_path / "tasks"))
     query = task.queries[0]
-    assert query.instruction is None and query.text.startswith("Find me an everyday image")
-    assert query.candidate_ids == ["coco/a.jpg", "coco/b.jpg"]  # a repeated candidate is kept once
+    assert query.instruction is None and query.text.startswith("Find me an everyday image") and query.images == []
+    assert query.candidate_ids == ["coco/a.jpg", "coco/b.jpg"]  # named by image path; a repeat is kept once
     assert "1 queries listed a candidate twice" in task.meta.version_note
+    assert task.meta.source["hf"] == "TIGER-Lab/MMEB-eval"
     assert task.candidates[0].text is None and task.candidates[0].images == ["media/coco/a.jpg"]
-    assert candidate_name("a caption", "x.jpg") == "x.jpg:a caption" and candidate_name("label", None) == "label"
     assert strip_image_tokens("<|image_1|>\n") is None
+
+
+def test_grounding_candidates_are_named_by_path_and_caption(tmp_path: Path) -> None:
+    images = tmp_path / "image-tasks"
+    _picture(images / "ref" / "scene.jpg", (9, 9, 9))
+    _picture(images / "ref" / "crop.jpg", (90, 9, 9))
+    rows = [{"qry_inst": "<|image_1|> Select the portion of the image that follows the language expressions.",
+             "qry_text": "", "qry_img_path": "ref/scene.jpg",
+             "tgt_inst": "<|image_1|> Select the portion of the image that follows the language expressions:",
+             "tgt_text": ['"man in red"', "man in red", "dog"],
+             "tgt_img_path": ["ref/crop.jpg", "ref/crop.jpg", "ref/crop.jpg"]}]
+    task = read_task(convert_image_task(_records(rows), "RefCOCO-Matching", images, tmp_path / "tasks"))
+    # the quotes are stripped from the name, so the first two are one candidate, as upstream
+    assert task.queries[0].candidate_ids == ["ref/crop.jpg:man in red", "ref/crop.jpg:dog"]
+    first = task.candidates[0]
+    assert first.text == '"man in red"' and first.images == ["media/ref/crop.jpg"]
+    assert first.instruction == "Select the portion of the image that follows the language expressions:"
+    assert task.queries[0].images == ["media/ref/scene.jpg"]
+    assert candidate_name(IMAGE_TO_IMAGE, '"x"', "p.jpg") == "p.jpg:x"
+    assert candidate_name(TEXT_TO_IMAGE, "cap", "p.jpg") == "p.jpg" and candidate_name(TEXT_CANDIDATES, "y", "") == "y"
 
 
 def _records(rows: list[dict]):
@@ -240,3 +267,98 @@ def test_a_converted_task_evaluates_end_to_end(tiny_qwen3_embedder, tmp_path: Pa
     result = json.loads((out / "UVRB" / "MSRVTT.json").read_text())
     assert result["num_queries"] == 3 and result["run"]["frames_per_video"] == 3
     assert result["main_score"] == result["metrics"]["uvrb_recall@1"] and "uvrb_recall@50" in result["metrics"]
+
+
+# ---------------------------------------------------------------------------------- safety and reruns
+
+
+def test_symlinks_may_not_lead_out_of_the_source(tmp_path: Path) -> None:
+    secret = tmp_path / "home" / "secret.jpg"
+    _picture(secret, (1, 2, 3))
+    images = tmp_path / "image-tasks"
+    rows = _cls_rows(images)
+    (images / "leak").symlink_to(secret.parent, target_is_directory=True)
+    (images / "ImageNet-1K" / "inside.jpg").symlink_to(images / "ImageNet-1K" / "0.jpg")  # a link inside: fine
+    rows[0]["qry_img_path"] = "ImageNet-1K/inside.jpg"
+    rows[1]["qry_img_path"] = "leak/secret.jpg"
+    with pytest.raises(DataError) as caught:
+        convert_image_task(_records(rows), "ImageNet-1K", images, tmp_path / "tasks")
+    assert len(caught.value.problems) == 1
+    assert "leak/secret.jpg leads outside" in str(caught.value) and "refused" in str(caught.value)
+    assert not any(p.name == "secret.jpg" for p in (tmp_path / "tasks").rglob("*"))
+    rows[1]["qry_img_path"] = "ImageNet-1K/1.jpg"
+    task = read_task(convert_image_task(_records(rows), "ImageNet-1K", images, tmp_path / "tasks"))
+    placed = task.root / task.queries[0].images[0]
+    assert not placed.is_symlink() and placed.read_bytes() == (images / "ImageNet-1K" / "0.jpg").read_bytes()
+
+
+def test_a_rerun_replaces_media_that_changed_at_the_source(tmp_path: Path) -> None:
+    source = tmp_path / "beir"
+    _parquet(source / "queries.parquet", [{"query-id": "a", "query": "q"}])
+    _parquet(source / "qrels.parquet", [{"query-id": "a", "corpus-id": "p", "score": 1}])
+    red, blue = _png_bytes((255, 0, 0), "BMP"), _png_bytes((0, 0, 255), "BMP")
+    _parquet(source / "corpus.parquet", [{"corpus-id": "p", "image": {"bytes": red}}])
+    partial = tmp_path / "tasks" / "ViDoRe_docvqa.partial" / "media" / "corpus" / "000000.bmp"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(blue)  # what an earlier run from other data left: the same size, other pixels
+    assert len(red) == len(blue)
+    folder = convert_visdoc_task(source / "queries.parquet", source / "corpus.parquet", source / "qrels.parquet",
+                                 "ViDoRe_docvqa", tmp_path / "tasks")
+    assert Image.open(folder / "media" / "corpus" / "000000.bmp").getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_a_snapshot_root_with_several_tasks_is_refused(tmp_path: Path) -> None:
+    images = tmp_path / "image-tasks"
+    rows = _cls_rows(images)
+    for task in ("ImageNet-1K", "N24News"):
+        _parquet(tmp_path / "snapshot" / task / "test-00000-of-00001.parquet", rows)
+    with pytest.raises(ConversionError, match="record files in 2 folders .*give the folder of the one task"):
+        convert_image_task(tmp_path / "snapshot", "ImageNet-1K", images, tmp_path / "tasks")
+
+
+def test_a_syntax_error_does_not_hide_the_other_defects(tmp_path: Path) -> None:
+    images = tmp_path / "image-tasks"
+    rows = _cls_rows(images)
+    rows[0]["qry_text"] = 5
+    rows[2]["tgt_text"] = ["blue", None, "red"]
+    source = tmp_path / "rows.jsonl"
+    source.write_text(json.dumps(rows[0]) + "\n{broken\n" + json.dumps(rows[2]) + "\n")
+    with pytest.raises(DataError) as caught:
+        convert_image_task(source, "ImageNet-1K", images, tmp_path / "tasks")
+    report = caught.value.report()
+    assert f"{source}:1: record 'q00000': field 'qry_text': must be str, got int" in report
+    assert f"{source}:2:" in report and "malformed JSON" in report
+    assert f"{source}:3: record 'q00001': field 'tgt_text[1]': must be a string, got NoneType" in report
+
+
+def test_visdoc_edge_cases_follow_upstream(tmp_path: Path) -> None:
+    corpus = _parquet(tmp_path / "corpus.parquet", [{"corpus-id": "p", "image": {"bytes": _png_bytes((1, 1, 1))}},
+                                                    {"corpus-id": "p", "image": {"bytes": _png_bytes((2, 2, 2))}}])
+    queries = _parquet(tmp_path / "queries.parquet", [{"query-id": "a", "query": "q"}])
+    qrels = _parquet(tmp_path / "qrels.parquet", [{"query-id": "a", "corpus-id": "p", "score": 1.0},
+                                                  {"query-id": "a", "corpus-id": "gone", "score": 0.0}])
+    task = read_task(convert_visdoc_task(queries, corpus, qrels, "ViDoRe_docvqa", tmp_path / "tasks"))
+    assert [c.id for c in task.candidates] == ["p"] and "1 repeated corpus-ids" in task.meta.version_note
+    assert Image.open(task.root / task.candidates[0].images[0]).getpixel((0, 0)) == (1, 1, 1)  # the first kept
+    _parquet(tmp_path / "nan.parquet", [{"query-id": "a", "corpus-id": "p", "score": float("nan")}])
+    with pytest.raises(DataError, match="graded relevance must be a whole number, got nan"):
+        convert_visdoc_task(queries, corpus, tmp_path / "nan.parquet", "ViDoRe_docvqa", tmp_path / "t2")
+    _parquet(tmp_path / "none.parquet", [{"query-id": "a", "corpus-id": "p", "score": 0}])
+    with pytest.raises(ConversionError, match="no relevant pairs"):
+        convert_visdoc_task(queries, corpus, tmp_path / "none.parquet", "ViDoRe_docvqa", tmp_path / "t3")
+
+
+def test_uvrb_queries_are_read_as_upstream_reads_them(tmp_path: Path) -> None:
+    root = _uvrb_fixture(tmp_path / "LoVR-V", frames_per_video=2)
+    long_text = "word " * 3000
+    (root / "jsonl" / "queries.jsonl").write_text(
+        json.dumps({"id": "long", "text": long_text, "video": ""}) + "\n"
+        + json.dumps({"id": 7, "image": "stills/s1.png", "video": "v1.mp4"}) + "\n")
+    (root / "jsonl" / "instances.jsonl").write_text(json.dumps({"qid": "long", "pos": ["c1"]}) + "\n")
+    task = read_task(convert_uvrb_dataset(root, "LoVR-V", tmp_path / "tasks"))
+    by_id = {q.id: q for q in task.queries}
+    prompt = UVRB_QUERY_PROMPTS["LoVR-V"]
+    assert by_id["long"].video is None  # "" is no video
+    assert len(prompt) + 1 + len(by_id["long"].text) == 8192 and long_text.startswith(by_id["long"].text)
+    assert by_id["7"].video is None and by_id["7"].images == ["media/images/stills/s1.png"]
+    assert "1 query texts cut to 8192" in task.meta.version_note and "keep the image only" in task.meta.version_note

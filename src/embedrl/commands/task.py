@@ -13,7 +13,7 @@ from ._models import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    task = sub.add_parser("task", help="inspect and validate task folders (unified format)",
+    task = sub.add_parser("task", help="validate, inspect and convert task folders (unified format)",
                           description="Tools for task folders in the unified format (task.json, "
                           "queries.jsonl, candidates.jsonl, qrels.jsonl, media/).")
     tsub = task.add_subparsers(dest="task_command", metavar="ACTION", required=True)
@@ -38,8 +38,9 @@ CONVERT_EPILOG = """\
 Each converter writes OUT/<task>/ (the registry's task name) and prints a summary. It builds the folder as
 OUT/<task>.partial/ and renames it only once it validates: an interrupted run leaves no folder that looks
 finished, and a rerun reuses the media already placed. Media are hard-linked when the source is on the same
-file system, copied otherwise. Every defect of the source (a missing image, an unknown id, a wrong field
-type) is reported together, one line each with file, row and field.
+file system, copied otherwise; a symlink that leads out of the source folder is refused. Every defect of the
+source (a missing image, an unknown id, a wrong field type, a malformed line) is reported together, one line
+each with file, row and field.
 
 examples:
   embedrl task convert mmeb-image --task ImageNet-1K \\
@@ -90,9 +91,9 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
                       help="frames per video (default: 8, the benchmark's setting)")
     uvrb.set_defaults(func=_convert_uvrb)
 
-    for sub in (image, visdoc, uvrb):
+    for sub, example in ((image, "tasks/MMEB-V2"), (visdoc, "tasks/MMEB-V2"), (uvrb, "tasks/UVRB")):
         sub.add_argument("--out", required=True, type=Path, metavar="DIR",
-                         help="where OUT/<task>/ is written, e.g. tasks/MMEB-V2")
+                         help=f"where OUT/<task>/ is written, e.g. {example}")
         sub.add_argument("--revision", metavar="REV",
                          help="the upstream revision you downloaded, recorded in task.json as the data pin")
         sub.add_argument("--overwrite", action="store_true", help="replace an existing OUT/<task>/")

@@ -16,6 +16,7 @@ could not be checked against real data from this project's machines.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -36,6 +37,7 @@ from .upstream import (
     read_records,
     require,
     safe_relative,
+    source_file,
 )
 
 IMAGE_TASKS_HF = "ziyjiang/MMEB_Test_Instruct"
@@ -71,13 +73,6 @@ def strip_image_tokens(text: str | None) -> str | None:
     return cleaned or None
 
 
-def candidate_name(text: str | None, image: str | None) -> str:
-    """VLM2Vec's dedup key of a candidate: its text, its image path, or `path:text` when it has both."""
-    if image and text:
-        return f"{image}:{text}"
-    return image or text or ""
-
-
 def _task_name(name: str, modality: str) -> str:
     resolved = resolve_task(MMEB_V2, name)
     if resolved is None or mmeb_task(resolved).modality != modality:
@@ -90,6 +85,36 @@ def _task_name(name: str, modality: str) -> str:
 
 # --------------------------------------------------------------------------------------------- images
 
+# How the official evaluation reads each image task (VLM2Vec's `dataset_parser` per task in
+# experiments/public/eval/image.yaml):
+# - TEXT_CANDIDATES (image_cls, image_qa, image_i2t): the query is image + instruction + text; a candidate is
+#   its `tgt_text` exactly, without `tgt_inst`, and is named by that text;
+# - TEXT_TO_IMAGE (image_t2i): the query is instruction + text and never carries an image; a candidate is its
+#   image with `tgt_inst` (plus its caption when the row's first caption is not blank: WebQA, EDIS), named by
+#   its image path;
+# - IMAGE_TO_IMAGE (image_i2i_vg, retrieval and grounding): the query is image + instruction + text; a
+#   candidate is its image with `tgt_inst` (plus its caption as above: RefCOCO-Matching), named
+#   `path:caption` with the caption's double quotes stripped (several objects of one picture are targets).
+TEXT_CANDIDATES, TEXT_TO_IMAGE, IMAGE_TO_IMAGE = "text_candidates", "text_to_image", "image_to_image"
+_IMAGE_T2I = ("VisDial", "MSCOCO_t2i", "VisualNews_t2i", "WebQA", "EDIS", "Wiki-SS-NQ")
+_IMAGE_I2I = ("CIRR", "NIGHTS", "OVEN", "FashionIQ", "MSCOCO", "RefCOCO", "RefCOCO-Matching", "Visual7W-Pointing")
+
+
+def image_task_kind(task: str) -> str:
+    if task in _IMAGE_T2I:
+        return TEXT_TO_IMAGE
+    return IMAGE_TO_IMAGE if task in _IMAGE_I2I else TEXT_CANDIDATES
+
+
+def candidate_name(kind: str, text: str, image: str) -> str:
+    """VLM2Vec's dedup key of a candidate: candidates with the same name share one embedding, and a hit is a
+    match of names."""
+    if kind == TEXT_CANDIDATES:
+        return text
+    if kind == TEXT_TO_IMAGE:
+        return image
+    return f"{image}:{text.strip(chr(34))}"
+
 
 def convert_image_task(records: str | Path | Iterable[Record], task: str, images: str | Path, out_dir: str | Path,
                        *, revision: str | None = None, overwrite: bool = False) -> Path:
@@ -100,86 +125,93 @@ def convert_image_task(records: str | Path | Iterable[Record], task: str, images
     images already placed stay in `OUT/<task>.partial/` for the rerun."""
     name = _task_name(task, "image")
     spec = mmeb_task(name)
+    kind = image_task_kind(name)
     image_root = Path(images)
     if not image_root.is_dir():
         raise ConversionError(f"{image_root}: the images folder does not exist")
-    final, building = partial_folder(out_dir, name, overwrite)
-    rows = read_records(records) if isinstance(records, (str, Path)) else records
-
     problems: list[Problem] = []
+    rows = read_records(records, problems) if isinstance(records, (str, Path)) else records
+    final, building = partial_folder(out_dir, name, overwrite)
+
     queries: list[Query] = []
     candidates: dict[str, Item] = {}
     qrels: list[Qrel] = []
     repeated = 0
+    v1_rows = False
     for position, record in enumerate(rows):
         qid = f"q{position:05d}"  # by upstream position, so a row's id does not depend on others' defects
+        before = len(problems)
         texts = require(record, "tgt_text", list, problems, qid)
         paths = require(record, "tgt_img_path", list, problems, qid)
+        query_text = require(record, "qry_text", str, problems, qid, optional=True)
+        query_instruction = require(record, "qry_inst", str, problems, qid, optional=True)
+        target_instruction = require(record, "tgt_inst", str, problems, qid, optional=True)
+        query_image = require(record, "qry_img_path", str, problems, qid, optional=True)
+        v1_rows = v1_rows or "qry_inst" not in record.data
         if texts is None or paths is None:
             continue
         if len(texts) != len(paths) or not texts:
             problems.append(record.problem(f"tgt_text has {len(texts)} entries and tgt_img_path {len(paths)}; "
                                            "they must be equally long and not empty", "tgt_img_path", qid))
             continue
-        query_image = _place_image(record, "qry_img_path", record.data.get("qry_img_path"), image_root, building,
-                                   problems, qid)
-        target_instruction = strip_image_tokens(record.data.get("tgt_inst"))
+        for field, values in (("tgt_text", texts), ("tgt_img_path", paths)):
+            for index, value in enumerate(values):
+                if not isinstance(value, str):
+                    problems.append(record.problem(f"must be a string, got {type(value).__name__}",
+                                                   f"{field}[{index}]", qid))
+        if len(problems) > before:
+            continue
+        placed_query = None
+        if query_image and kind != TEXT_TO_IMAGE:  # text-to-image queries are text only upstream
+            placed_query = _place_image(record, "qry_img_path", query_image, image_root, building, problems, qid)
+        with_captions = bool(texts[0].strip())
         names = []
         for index, (text, path) in enumerate(zip(texts, paths)):
-            field = f"tgt_img_path[{index}]"
-            placed = _place_image(record, field, path, image_root, building, problems, qid)
-            if placed is False:
-                continue
-            text = strip_image_tokens(text) if isinstance(text, str) else None
-            cid = candidate_name(text, path or None)
-            if not cid:
-                problems.append(record.problem("a candidate with neither text nor image", f"tgt_text[{index}]",
-                                               qid))
+            cid = candidate_name(kind, text, path)
+            if not cid.strip():
+                field = f"tgt_text[{index}]" if kind == TEXT_CANDIDATES else f"tgt_img_path[{index}]"
+                problems.append(record.problem("an empty candidate", field, qid))
                 continue
             names.append(cid)
-            if cid not in candidates:  # the first occurrence's text is the one embedded, as upstream
-                candidates[cid] = Item(id=cid, text=text, instruction=target_instruction,
-                                       images=[placed] if placed else [])
-        if query_image is False or len(names) != len(texts):
+            if cid in candidates:  # the first occurrence is the one embedded, as upstream
+                continue
+            if kind == TEXT_CANDIDATES:
+                candidates[cid] = Item(id=cid, text=text)
+                continue
+            placed = _place_image(record, f"tgt_img_path[{index}]", path, image_root, building, problems, qid)
+            if placed is not None:
+                candidates[cid] = Item(id=cid, text=strip_image_tokens(text) if with_captions else None,
+                                       instruction=strip_image_tokens(target_instruction), images=[placed])
+        if len(problems) > before:
             continue
         unique = dedupe_in_order(names)
         repeated += len(names) != len(unique)
-        instruction = record.data.get("qry_inst")
-        queries.append(Query(id=qid, instruction=strip_image_tokens(instruction) if isinstance(instruction, str)
-                             else None, text=strip_image_tokens(record.data.get("qry_text")),
-                             images=[query_image] if query_image else [], candidate_ids=unique,
-                             meta={"upstream_row": record.row}))
+        queries.append(Query(id=qid, instruction=strip_image_tokens(query_instruction),
+                             text=strip_image_tokens(query_text), images=[placed_query] if placed_query else [],
+                             candidate_ids=unique, meta={"upstream_row": record.row}))
         qrels.append(Qrel(qid, names[0], 1))
     if problems:
         raise DataError(problems)
     if not queries:
         raise ConversionError(f"{name}: the source holds no rows")
+    hub = "TIGER-Lab/MMEB-eval" if v1_rows else IMAGE_TASKS_HF
     meta = TaskMeta(benchmark=MMEB_V2, task=name, modality="image", meta_task=spec.meta_task,
                     eval_type=spec.eval_type, primary_metric=spec.main_metric,
-                    source={"hf": IMAGE_TASKS_HF, "config": name, "split": "test", "revision": revision,
+                    source={"hf": hub, "config": name, "split": "test", "revision": revision,
                             "converter": "embedrl.data.mmeb_v2.convert_image_task"},
                     version_note=(f"{repeated} queries listed a candidate twice; kept once, first position"
                                   if repeated else None))
     return finish(Task(meta, queries, list(candidates.values()), qrels), building, final)
 
 
-def _place_image(record: Record, field: str, path: object, image_root: Path, building: Path,
-                 problems: list[Problem], qid: str) -> str | None | bool:
-    """The task-relative path of an upstream image, None when the row has none, False after a problem."""
-    if path is None or path == "":
+def _place_image(record: Record, field: str, path: str, image_root: Path, building: Path,
+                 problems: list[Problem], qid: str) -> str | None:
+    """The task-relative path of an upstream image, or None after adding a problem."""
+    source, why = source_file(image_root, path)
+    if source is None:
+        problems.append(record.problem(why, field, qid))
         return None
-    if not isinstance(path, str):
-        problems.append(record.problem(f"must be a path string, got {type(path).__name__}", field, qid))
-        return False
-    rel = safe_relative(path)
-    if rel is None:
-        problems.append(record.problem(f"{path!r} must be relative to the images folder", field, qid))
-        return False
-    source = image_root / rel
-    if not source.is_file():
-        problems.append(record.problem(f"{source} does not exist", field, qid))
-        return False
-    return place_file(source, building, PurePosixPath("media") / rel)
+    return place_file(source, building, PurePosixPath("media") / safe_relative(path))
 
 
 # --------------------------------------------------------------------------------------------- visdoc
@@ -196,19 +228,20 @@ def convert_visdoc_task(queries: str | Path, corpus: str | Path, qrels: str | Pa
     problems: list[Problem] = []
 
     candidates: dict[str, Item] = {}
-    for record in read_records(corpus):
+    repeated_pages = 0
+    for record in read_records(corpus, problems):
         cid = _identifier(record, "corpus-id", problems)
         if cid is None:
             continue
-        if cid in candidates:
-            problems.append(record.problem("repeated corpus-id", "corpus-id", cid))
+        if cid in candidates:  # upstream dedups the pool by corpus-id: the first page is the one embedded
+            repeated_pages += 1
             continue
         placed = _place_page(record, len(candidates), building, problems, cid)
         if placed is not None:
             candidates[cid] = Item(id=cid, images=[placed])
 
     query_items: dict[str, Query] = {}
-    for record in read_records(queries):
+    for record in read_records(queries, problems):
         qid = _identifier(record, "query-id", problems)
         text = require(record, "query", str, problems, qid)
         if qid is None or text is None:
@@ -220,33 +253,37 @@ def convert_visdoc_task(queries: str | Path, corpus: str | Path, qrels: str | Pa
         query_items[qid] = Query(id=qid, text=text, meta={"language": language} if language else {})
 
     grades: dict[tuple[str, str], int] = {}
-    for record in read_records(qrels):
+    for record in read_records(qrels, problems):
         qid = _identifier(record, "query-id", problems)
         cid = _identifier(record, "corpus-id", problems)
         score = require(record, "score", (int, float), problems, qid)
         if qid is None or cid is None or score is None:
             continue
-        if score != int(score):
+        if not math.isfinite(score) or score != int(score):
             problems.append(record.problem(f"graded relevance must be a whole number, got {score!r}", "score",
                                            qid))
+            continue
+        if score <= 0:  # BEIR lists non-relevant pairs with score 0; upstream drops them before anything else
             continue
         if qid not in query_items or cid not in candidates:
             unknown = ("query-id", qid) if qid not in query_items else ("corpus-id", cid)
             problems.append(record.problem(f"unknown {unknown[0]} {unknown[1]!r}", unknown[0], qid))
             continue
-        if score > 0:  # BEIR lists non-relevant pairs with score 0; the task format lists relevant pairs only
-            grades[(qid, cid)] = max(grades.get((qid, cid), 0), int(score))
+        grades[(qid, cid)] = max(grades.get((qid, cid), 0), int(score))
     if problems:
         raise DataError(problems)
-    if not query_items or not candidates:
-        raise ConversionError(f"{name}: the source holds no {'queries' if not query_items else 'corpus pages'}")
+    if not query_items or not candidates or not grades:
+        missing = "queries" if not query_items else "corpus pages" if not candidates else "relevant pairs"
+        raise ConversionError(f"{name}: the source holds no {missing}")
     unjudged = len(set(query_items) - {qid for qid, _ in grades})
+    notes = [f"{unjudged} queries have no relevant page (they score 0)" if unjudged else "",
+             f"{repeated_pages} repeated corpus-ids; the first page of each kept" if repeated_pages else ""]
     meta = TaskMeta(benchmark=MMEB_V2, task=name, modality="visdoc", meta_task=spec.meta_task,
                     eval_type=spec.eval_type, primary_metric=spec.main_metric,
                     query_instruction=VISDOC_QUERY_INSTRUCTION, candidate_instruction=VISDOC_CANDIDATE_INSTRUCTION,
                     source={"hf": VISDOC_SOURCES.get(name), "revision": revision,
                             "converter": "embedrl.data.mmeb_v2.convert_visdoc_task"},
-                    version_note=(f"{unjudged} queries have no relevant page (they score 0)" if unjudged else None))
+                    version_note="; ".join(n for n in notes if n) or None)
     rels = [Qrel(qid, cid, grade) for (qid, cid), grade in grades.items()]
     return finish(Task(meta, list(query_items.values()), list(candidates.values()), rels), building, final)
 
@@ -271,16 +308,22 @@ def _place_page(record: Record, index: int, building: Path, problems: list[Probl
         data = bytes(image)
     elif isinstance(image, str):
         path = image
+    if data is not None and not isinstance(data, (bytes, bytearray)):
+        problems.append(record.problem(f"image bytes must be binary, got {type(data).__name__}", "image", cid))
+        return None
     if data:
         suffix = image_suffix(data)
         if not suffix:
             problems.append(record.problem("the inline bytes are not an image", "image", cid))
             return None
         return place_bytes(data, building, PurePosixPath("media", "corpus", f"{index:06d}{suffix}"))
-    rel = safe_relative(path) if isinstance(path, str) else None
-    source = Path(record.file).parent / rel if rel is not None else None
-    if source is None or not source.is_file():
-        what = "missing" if image is None else f"neither image bytes nor an existing file next to it ({path!r})"
-        problems.append(record.problem(what, "image", cid))
+    if not isinstance(path, str) or not path:
+        problems.append(record.problem("missing" if image is None else "neither image bytes nor a file path",
+                                       "image", cid))
         return None
-    return place_file(source, building, PurePosixPath("media", "corpus", f"{index:06d}{source.suffix.lower()}"))
+    source, why = source_file(Path(record.file).parent, path)
+    if source is None:
+        problems.append(record.problem(why, "image", cid))
+        return None
+    suffix = PurePosixPath(path).suffix.lower()
+    return place_file(source, building, PurePosixPath("media", "corpus", f"{index:06d}{suffix}"))

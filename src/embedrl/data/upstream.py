@@ -11,6 +11,7 @@ media already placed there.
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import io
 import os
 import shutil
@@ -59,36 +60,45 @@ def record_files(source: str | Path) -> list[Path]:
                    and not any(part.startswith(".") for part in p.relative_to(source).parts))
     if not files:
         raise ConversionError(f"{source}: holds no {', '.join(RECORD_SUFFIXES)} files")
+    folders = sorted({str(p.parent.relative_to(source)) for p in files})
+    if len(folders) > 1:  # e.g. the root of a hub snapshot, one sub-folder per task: never merge tasks
+        shown = ", ".join(folders[:5]) + (", ..." if len(folders) > 5 else "")
+        raise ConversionError(f"{source}: record files in {len(folders)} folders ({shown}); give the folder of "
+                              "the one task or split to convert")
     return files
 
 
-def read_records(source: str | Path) -> Iterator[Record]:
-    """Rows of every record file of `source`, in order. Parquet is read in batches, so memory stays bounded
-    when a split carries its images inline."""
+def read_records(source: str | Path, problems: list[Problem]) -> Iterator[Record]:
+    """Rows of every record file of `source`, in order. A line or file that cannot be read is added to
+    `problems` and skipped, so that the caller still reports every other defect. Parquet is read in batches, so
+    memory stays bounded when a split carries its images inline."""
     for path in record_files(source):
         if path.suffix == ".parquet":
-            yield from _parquet_records(path)
+            yield from _parquet_records(path, problems)
         elif path.suffix == ".jsonl":
-            problems: list[Problem] = []
             for line, obj in iter_jsonl(path, problems):
                 yield Record(obj, str(path), line)
-            if problems:
-                raise DataError(problems)
         else:
-            rows = read_json(path)
+            try:
+                rows = read_json(path)
+            except DataError as exc:
+                problems.extend(exc.problems)
+                continue
             if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-                raise DataError(Problem(str(path), "expected a JSON list of objects"))
+                problems.append(Problem(str(path), "expected a JSON list of objects"))
+                continue
             for i, row in enumerate(rows, 1):
                 yield Record(row, str(path), i)
 
 
-def _parquet_records(path: Path) -> Iterator[Record]:
+def _parquet_records(path: Path, problems: list[Problem]) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
     try:
         handle = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises its own error types for damaged files
-        raise DataError(Problem(str(path), f"not a readable Parquet file ({exc})")) from exc
+        problems.append(Problem(str(path), f"not a readable Parquet file ({exc})"))
+        return
     row = 0
     for batch in handle.iter_batches(batch_size=256):
         for obj in batch.to_pylist():
@@ -121,12 +131,36 @@ def safe_relative(path: str) -> PurePosixPath | None:
     return rel
 
 
+def source_file(root: Path, path: str) -> tuple[Path | None, str | None]:
+    """(the real file that `path` names below `root`, None) or (None, why not). Symlinks are followed, but the
+    file they lead to must still lie below `root`: a download must not make embedrl copy other files of this
+    machine into a task folder."""
+    rel = safe_relative(path)
+    if rel is None:
+        return None, f"{path!r} must be a relative path inside {root}"
+    try:
+        real = (root / rel).resolve(strict=True)
+        inside = real.is_relative_to(root.resolve(strict=True))
+        is_file = real.is_file()
+    except FileNotFoundError:
+        return None, f"{root / rel} does not exist"
+    except (OSError, RuntimeError, ValueError) as exc:  # too long a name, a symlink loop, a NUL byte
+        return None, f"{root / rel}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else 'unreadable'}"
+    if not inside:
+        return None, (f"{root / rel} leads outside {root} (a symlink to {real}); refused: place the files "
+                      "themselves in the folder (a hub download into --local-dir does)")
+    if not is_file:
+        return None, f"{root / rel} is not a file"
+    return real, None
+
+
 def place_file(source: Path, task_root: Path, rel: PurePosixPath) -> str:
-    """Put `source` at `task_root/rel` (hard link, else copy) and return `rel` as written in the task files. A
-    file already there with the same size is kept: that is what a rerun of an interrupted conversion finds."""
+    """Put the file `source` (a real file, see `source_file`) at `task_root/rel`, hard-linked or copied, and
+    return `rel` as written in the task files. What a rerun of an interrupted conversion finds there is kept only
+    if it is the same file or has the same bytes."""
     target = task_root / rel
-    size = source.stat().st_size
-    if target.is_file() and target.stat().st_size == size:
+    if target.is_file() and not target.is_symlink() and (
+            os.path.samefile(source, target) or filecmp.cmp(source, target, shallow=False)):
         return rel.as_posix()
     target.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
@@ -142,7 +176,8 @@ def place_file(source: Path, task_root: Path, rel: PurePosixPath) -> str:
 
 def place_bytes(data: bytes, task_root: Path, rel: PurePosixPath) -> str:
     target = task_root / rel
-    if target.is_file() and target.stat().st_size == len(data):
+    if target.is_file() and not target.is_symlink() and target.stat().st_size == len(data) \
+            and target.read_bytes() == data:
         return rel.as_posix()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")

@@ -34,9 +34,12 @@ from .upstream import (
     read_records,
     require,
     safe_relative,
+    source_file,
 )
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
+# Embed-RL's UVRB loader cuts "{prompt} {text}" to this many characters (`max_text_length`).
+MAX_TEXT_CHARS = 8192
 
 # Query prompts (GVE Table 5), by registry name.
 UVRB_QUERY_PROMPTS = {
@@ -98,7 +101,7 @@ def convert_uvrb_dataset(root: str | Path, dataset: str, out_dir: str | Path, *,
         return videos[value]
 
     candidates: dict[str, Item] = {}
-    for record in read_records(files["corpus"]):
+    for record in read_records(files["corpus"], problems):
         cid = _identifier(record, "id", problems)
         video = require(record, "video", str, problems, cid)
         if cid is None or video is None:
@@ -111,19 +114,25 @@ def convert_uvrb_dataset(root: str | Path, dataset: str, out_dir: str | Path, *,
             candidates[cid] = Item(id=cid, video=ref)
 
     queries: dict[str, Query] = {}
-    for record in read_records(files["queries"]):
+    text_limit = MAX_TEXT_CHARS - len(UVRB_QUERY_PROMPTS[name]) - 1
+    truncated = video_dropped = 0
+    for record in read_records(files["queries"], problems):
         qid = _identifier(record, "id", problems)
         if qid is None:
             continue
         if qid in queries:
             problems.append(record.problem("repeated query id", "id", qid))
             continue
-        text = require(record, "text", str, problems, qid, optional=True)
+        # Empty strings mean "absent", and an image query ignores a video, as Embed-RL's loader reads them.
+        text = (require(record, "text", str, problems, qid, optional=True) or "").strip()
         image = require(record, "image", str, problems, qid, optional=True)
-        has_video = require(record, "video", str, problems, qid, optional=True) is not None
+        has_video = bool(require(record, "video", str, problems, qid, optional=True)) and not image
+        video_dropped += bool(image and record.data.get("video"))
         if not (text or image or has_video):
             problems.append(record.problem("a query needs text, an image or a video", "text", qid))
             continue
+        if len(text) > text_limit:
+            text, truncated = text[:text_limit], truncated + 1
         images = []
         if image:
             placed = _place_image(record, image, root, building, problems, qid)
@@ -136,7 +145,7 @@ def convert_uvrb_dataset(root: str | Path, dataset: str, out_dir: str | Path, *,
         queries[qid] = Query(id=qid, text=text or None, images=images, video=ref)
 
     positives: dict[str, list[str]] = {}
-    for record in read_records(files["instances"]):
+    for record in read_records(files["instances"], problems):
         qid = _identifier(record, "qid", problems)
         pos = require(record, "pos", list, problems, qid)
         if qid is None or pos is None:
@@ -154,12 +163,17 @@ def convert_uvrb_dataset(root: str | Path, dataset: str, out_dir: str | Path, *,
     if not queries or not candidates:
         raise ConversionError(f"{name}: {files['queries' if not queries else 'corpus']} holds no records")
     without = sum(1 for qid in queries if not positives.get(qid))
+    notes = [f"{without} queries have no positive (they score 0)" if without else "",
+             f"{truncated} query texts cut to {MAX_TEXT_CHARS} characters with the prompt, as upstream"
+             if truncated else "",
+             f"{video_dropped} queries with an image and a video keep the image only, as upstream"
+             if video_dropped else ""]
     meta = TaskMeta(benchmark=UVRB, task=name, modality="video", eval_type="global",
                     primary_metric=spec.metric, k_list=[1, 5, 10, 50], query_instruction=UVRB_QUERY_PROMPTS[name],
                     num_frames=num_frames, frame_sampling="linspace_int",
                     source={"hf": "Alibaba-NLP/UVRB", "dataset": name, "revision": revision,
                             "converter": "embedrl.data.uvrb.convert_uvrb_dataset"},
-                    version_note=(f"{without} queries have no positive (they score 0)" if without else None))
+                    version_note="; ".join(n for n in notes if n) or None)
     qrels = [Qrel(qid, cid, 1) for qid, cids in positives.items() for cid in cids]
     return finish(Task(meta, list(queries.values()), list(candidates.values()), qrels), building, final)
 
@@ -182,26 +196,36 @@ def frame_folder(video: str) -> PurePosixPath | None:
 def _place_video(record: Record, video: str, root: Path, building: Path, num_frames: int,
                  problems: list[Problem], record_id: str) -> VideoRef | None:
     rel = frame_folder(video)
-    folder = root / "videos_frames" / rel if rel is not None else None
-    if folder is None or not folder.is_dir():
+    frames_root = root / "videos_frames"
+    folder = frames_root / rel if rel is not None else None
+    try:
+        names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES) \
+            if folder is not None and folder.is_dir() else None
+    except OSError:
+        names = None
+    if names is None:
         problems.append(record.problem(f"no frame folder {folder if folder is not None else video!r}", "video",
                                        record_id))
         return None
-    frames = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES)
-    if not frames:
+    if not names:
         problems.append(record.problem(f"{folder} holds no .jpg/.jpeg/.png frames", "video", record_id))
         return None
-    picked = [frames[i] for i in sample_indices(len(frames), num_frames)]
-    target = PurePosixPath("media", "frames", *rel.parts)
-    return VideoRef(id=video, frames=[place_file(f, building, target / f.name) for f in picked])
+    placed = []
+    for name in (names[i] for i in sample_indices(len(names), num_frames)):
+        source, why = source_file(root, f"videos_frames/{rel.as_posix()}/{name}")
+        if source is None:
+            problems.append(record.problem(why, "video", record_id))
+            return None
+        placed.append(place_file(source, building, PurePosixPath("media", "frames", *rel.parts, name)))
+    return VideoRef(id=video, frames=placed)
 
 
 def _place_image(record: Record, image: str, root: Path, building: Path, problems: list[Problem],
                  record_id: str) -> str | None:
     rel = safe_relative(image)
-    source = root / "images" / rel if rel is not None else None
-    if source is None or not source.is_file():
-        problems.append(record.problem(f"no image {source if source is not None else image!r}", "image",
-                                       record_id))
+    source, why = source_file(root, f"images/{rel.as_posix()}") if rel is not None else (None, f"{image!r} must be "
+                                                                                             "a relative path")
+    if source is None:
+        problems.append(record.problem(why, "image", record_id))
         return None
     return place_file(source, building, PurePosixPath("media", "images", *rel.parts))

@@ -19,6 +19,7 @@ from embedrl.data.mmeb_v2 import (
     TEXT_TO_IMAGE,
     candidate_name,
     convert_image_task,
+    convert_video_retrieval_task,
     convert_visdoc_task,
     strip_image_tokens,
 )
@@ -362,3 +363,53 @@ def test_uvrb_queries_are_read_as_upstream_reads_them(tmp_path: Path) -> None:
     assert len(prompt) + 1 + len(by_id["long"].text) == 8192 and long_text.startswith(by_id["long"].text)
     assert by_id["7"].video is None and by_id["7"].images == ["media/images/stills/s1.png"]
     assert "1 query texts cut to 8192" in task.meta.version_note and "keep the image only" in task.meta.version_note
+
+
+# -------------------------------------------------------------------------------------- video retrieval
+
+
+def _frames(folder: Path, count: int) -> None:
+    for t in range(count):
+        _picture(folder / f"frame_{t + 1}.jpg", (t * 10, 5, 5), size=16)  # natural order: 1, 2, ..., 10, 11
+
+
+def test_video_retrieval_rows_become_caption_queries_over_a_video_pool(tmp_path: Path) -> None:
+    frames = tmp_path / "frames" / "video_ret" / "DiDeMo"
+    _frames(frames / "v1", 11)
+    _frames(frames / "v2", 3)
+    rows = [{"video": "raw/v1.mp4", "caption": "a dog runs"}, {"video": "raw/v2.mp4", "caption": "a cat sits"},
+            {"video": "raw/v1.mp4", "caption": "the dog again"}]
+    assert main(["task", "convert", "mmeb-video", "--task", "didemo", "--records",
+                 str(_parquet(tmp_path / "DiDeMo" / "test.parquet", rows).parent), "--frames", str(frames),
+                 "--out", str(tmp_path / "tasks")]) == 0
+    task = read_task(tmp_path / "tasks" / "DiDeMo")
+    assert (task.meta.eval_type, task.meta.meta_task, task.meta.num_frames) == ("global", "V-RET", 8)
+    assert task.meta.query_instruction == "Find a video that includes the following described scenes:"
+    assert task.meta.candidate_instruction == "Understand the content of the provided video."
+    assert [c.id for c in task.candidates] == ["v1", "v2"]  # the pool holds each video once
+    v1 = task.candidates[0].video.frames
+    # 11 frames in natural order, linspace(0, 10, 8) -> 0, 1, 2, 4, 5, 7, 8, 10
+    assert [Path(f).name for f in v1] == [f"frame_{i + 1}.jpg" for i in (0, 1, 2, 4, 5, 7, 8, 10)]
+    assert len(task.candidates[1].video.frames) == 3  # fewer frames than 8: all of them
+    assert [(q.text, r.cid) for q, r in zip(task.queries, task.qrels)] == [
+        ("a dog runs", "v1"), ("a cat sits", "v2"), ("the dog again", "v1")]
+
+
+def test_video_retrieval_missing_frames_follow_the_upstream_loader(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    _frames(frames / "vid1", 2)
+    # MSVD skips a row without frames, as its official loader does; MSR-VTT reports it
+    msvd = [{"video_id": "vid1", "video": "vid1.avi", "caption": ["first caption", "second"]},
+            {"video_id": "gone", "video": "gone.avi", "caption": ["lost"]}]
+    task = read_task(convert_video_retrieval_task(_records(msvd), "MSVD", frames, tmp_path / "tasks"))
+    assert [q.text for q in task.queries] == ["first caption"] and "1 rows without frames skipped" in \
+        task.meta.version_note
+    msrvtt = [{"video_id": "vid1", "caption": "ok"}, {"video_id": "gone", "caption": "lost"},
+              {"video_id": "../vid1", "caption": "sneaky"}]
+    with pytest.raises(DataError) as caught:
+        convert_video_retrieval_task(_records(msrvtt), "MSR-VTT", frames, tmp_path / "tasks")
+    report = caught.value.report()
+    assert "rows.jsonl:2: record 'q00001': field 'video_id':" in report and "no frames" in report
+    assert "rows.jsonl:3: record 'q00002': field 'video_id': '../vid1' is not a usable video name" in report
+    with pytest.raises(ConversionError, match="only the video retrieval tasks"):
+        convert_video_retrieval_task(_records(msrvtt), "K700", frames, tmp_path / "tasks")

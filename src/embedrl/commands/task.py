@@ -45,6 +45,8 @@ each with file, row and field.
 examples:
   embedrl task convert mmeb-image --task ImageNet-1K \\
       --records MMEB_Test_Instruct/ImageNet-1K --images MMEB-V2/image-tasks --out tasks/MMEB-V2
+  embedrl task convert mmeb-video --task MSR-VTT --records MSR-VTT/test_1k \\
+      --frames MMEB-V2/video-tasks/frames/video_ret/MSR-VTT --out tasks/MMEB-V2
   embedrl task convert mmeb-visdoc --task ViDoRe_arxivqa --source arxivqa_test_subsampled_beir --out tasks/MMEB-V2
   embedrl task convert uvrb --dataset CRB_G --root UVRB/CRB_G --out tasks/UVRB
 """
@@ -54,8 +56,9 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
     convert = tsub.add_parser(
         "convert", help="turn a downloaded MMEB-V2 or UVRB task into a task folder",
         description="Convert upstream benchmark files (downloaded beforehand: embedrl never fetches data) into "
-        "the unified task format, ready for `embedrl eval`. MMEB-V2 image and VisDoc tasks and the 16 UVRB "
-        "datasets are supported; MMEB-V2 video tasks are not yet (their layouts differ per task).",
+        "the unified task format, ready for `embedrl eval`. Supported: the 36 MMEB-V2 image tasks, the 5 video "
+        "retrieval tasks, the 24 VisDoc tasks and the 16 UVRB datasets; the other 13 MMEB-V2 video tasks are not "
+        "yet.",
         epilog=CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     csub = convert.add_subparsers(dest="source_kind", metavar="SOURCE", required=True)
 
@@ -69,6 +72,22 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
     image.add_argument("--images", required=True, type=Path, metavar="DIR",
                        help="the unpacked image-tasks/ folder that qry_img_path and tgt_img_path are relative to")
     image.set_defaults(func=_convert_image)
+
+    video = csub.add_parser("mmeb-video", help="one of the 5 MMEB-V2 video retrieval tasks (MSR-VTT, MSVD, DiDeMo, "
+                            "VATEX, YouCook2)",
+                            description="Rows of the task's hub dataset (MSR-VTT: video_id, caption; MSVD: video_id, "
+                            "caption[]; DiDeMo: video, caption; VATEX: videoID, enCap[]; YouCook2: id, sentence) "
+                            "and the frame folders of the MMEB-V2 release, one per video. Each caption is a query "
+                            "whose positive is its video; frames are sampled to --num-frames in natural name order. "
+                            "The other video tasks have no converter yet.")
+    video.add_argument("--task", required=True, help="task name, e.g. MSR-VTT")
+    video.add_argument("--records", required=True, type=Path, metavar="PATH",
+                       help="the task's split: a .parquet/.jsonl/.json file or a folder of them")
+    video.add_argument("--frames", required=True, type=Path, metavar="DIR",
+                       help="the task's frame folders, e.g. MMEB-V2/video-tasks/frames/video_ret/MSR-VTT")
+    video.add_argument("--num-frames", type=positive_int, default=8, metavar="N",
+                       help="frames per video (default: 8, the benchmark's setting)")
+    video.set_defaults(func=_convert_video)
 
     visdoc = csub.add_parser("mmeb-visdoc", help="one of the 24 MMEB-V2 VisDoc tasks (BEIR-style splits)",
                              description="queries (query-id, query, language?), corpus (corpus-id, image) and "
@@ -91,7 +110,8 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
                       help="frames per video (default: 8, the benchmark's setting)")
     uvrb.set_defaults(func=_convert_uvrb)
 
-    for sub, example in ((image, "tasks/MMEB-V2"), (visdoc, "tasks/MMEB-V2"), (uvrb, "tasks/UVRB")):
+    for sub, example in ((image, "tasks/MMEB-V2"), (video, "tasks/MMEB-V2"), (visdoc, "tasks/MMEB-V2"),
+                         (uvrb, "tasks/UVRB")):
         sub.add_argument("--out", required=True, type=Path, metavar="DIR",
                          help=f"where OUT/<task>/ is written, e.g. {example}")
         sub.add_argument("--revision", metavar="REV",
@@ -111,6 +131,14 @@ def _convert_image(args: argparse.Namespace) -> int:
 
     return _report(convert_image_task(args.records, args.task, args.images, args.out, revision=args.revision,
                                       overwrite=args.overwrite))
+
+
+def _convert_video(args: argparse.Namespace) -> int:
+    from ..data.mmeb_v2 import convert_video_retrieval_task
+
+    return _report(convert_video_retrieval_task(args.records, args.task, args.frames, args.out,
+                                                num_frames=args.num_frames, revision=args.revision,
+                                                overwrite=args.overwrite))
 
 
 def _split(args: argparse.Namespace, name: str) -> Path:

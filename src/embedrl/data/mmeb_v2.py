@@ -10,8 +10,12 @@
   MMLongBench). Global tasks with graded qrels (`score > 0` kept; a repeated pair keeps its highest score);
   corpus images are written from the inline bytes into `media/corpus/`.
 
-The 18 video tasks are not converted here: their upstream layouts differ per task (benchmarks.md §3.1) and
-could not be checked against real data from this project's machines.
+- **Video retrieval tasks (5: MSR-VTT, MSVD, DiDeMo, VATEX, YouCook2)**: the rows of each task's hub dataset
+  with the frame folders of the MMEB-V2 release (`video-tasks/frames/video_ret/<task>/<video>/`). Text-to-video,
+  global pool of the tasks' videos, frames sampled to 8 in natural name order.
+
+The other 13 video tasks (classification, QA, moment retrieval) are not converted yet: each has a layout of its
+own (benchmarks.md §3.1), and classification needs the full label lists of the official harness.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import DataError, Problem
+from ..errors import DataError, MediaError, Problem
 from ..eval.registry import MMEB_V2, mmeb_task, resolve_task
-from .items import Item, Query
+from .items import Item, Query, VideoRef
+from .media import list_frames, sample_indices
 from .taskdir import Qrel, Task, TaskMeta
 from .upstream import (
     ConversionError,
@@ -212,6 +218,137 @@ def _place_image(record: Record, field: str, path: str, image_root: Path, buildi
         problems.append(record.problem(why, field, qid))
         return None
     return place_file(source, building, PurePosixPath("media") / safe_relative(path))
+
+
+# ----------------------------------------------------------------------------------- video retrieval
+
+VIDEO_CANDIDATE_INSTRUCTION = "Understand the content of the provided video."
+
+
+@dataclass(frozen=True)
+class VideoRetrievalLayout:
+    """How one video-retrieval task's rows name their video and caption (VLM2Vec's loader of that task)."""
+
+    hub: str
+    instruction: str
+    video_field: str               # the row field that names the video
+    caption_field: str
+    caption_is_list: bool = False  # the first caption is the query
+    name_from_path: bool = False   # the video name is the file name of `video_field` without its suffix
+    skip_missing: bool = False     # upstream skips a row whose frames are missing (else it is an error)
+
+    def video_name(self, value: str) -> str:
+        return PurePosixPath(value).stem if self.name_from_path else value
+
+
+VIDEO_RETRIEVAL = {
+    "MSR-VTT": VideoRetrievalLayout("VLM2Vec/MSR-VTT", "Find a video that contains the following visual content:",
+                                    "video_id", "caption"),
+    "MSVD": VideoRetrievalLayout("VLM2Vec/MSVD", "Find the video snippet that corresponds to the given summary:",
+                                 "video_id", "caption", caption_is_list=True, skip_missing=True),
+    "DiDeMo": VideoRetrievalLayout("VLM2Vec/DiDeMo", "Find a video that includes the following described scenes:",
+                                   "video", "caption", name_from_path=True),
+    "VATEX": VideoRetrievalLayout("VLM2Vec/VATEX", "Select a video that fits the description provided:",
+                                  "videoID", "enCap", caption_is_list=True),
+    "YouCook2": VideoRetrievalLayout("lmms-lab/YouCook2",
+                                     "Find a video that demonstrates the following action while making a recipe:",
+                                     "id", "sentence", skip_missing=True),
+}
+
+
+def convert_video_retrieval_task(records: str | Path | Iterable[Record], task: str, frames: str | Path,
+                                 out_dir: str | Path, *, num_frames: int = 8, revision: str | None = None,
+                                 overwrite: bool = False) -> Path:
+    """Write `OUT/<task>/` from the rows of one MMEB-V2 video-retrieval task and its frame folders
+    (`frames/<video name>/`, e.g. `video-tasks/frames/video_ret/MSR-VTT`). Each row is a caption query whose
+    positive is its own video; the pool holds every video once."""
+    name = _task_name(task, "video")
+    layout = VIDEO_RETRIEVAL.get(name)
+    if layout is None:
+        raise ConversionError(f"{name}: only the video retrieval tasks ({', '.join(VIDEO_RETRIEVAL)}) can be "
+                              "converted yet")
+    if num_frames < 1:
+        raise ConversionError(f"num_frames must be >= 1, got {num_frames}")
+    frame_root = Path(frames)
+    if not frame_root.is_dir():
+        raise ConversionError(f"{frame_root}: the frames folder does not exist")
+    spec = mmeb_task(name)
+    problems: list[Problem] = []
+    rows = read_records(records, problems) if isinstance(records, (str, Path)) else records
+    final, building = partial_folder(out_dir, name, overwrite)
+
+    queries: list[Query] = []
+    videos: dict[str, Item | None] = {}
+    qrels: list[Qrel] = []
+    skipped = 0
+    for position, record in enumerate(rows):
+        qid = f"q{position:05d}"
+        value = require(record, layout.video_field, (str, int), problems, qid)
+        caption = require(record, layout.caption_field, list if layout.caption_is_list else str, problems, qid)
+        if value is None or caption is None:
+            continue
+        if layout.caption_is_list:
+            if not caption or not isinstance(caption[0], str):
+                problems.append(record.problem("must be a list that starts with a caption string",
+                                               layout.caption_field, qid))
+                continue
+            caption = caption[0]
+        video = layout.video_name(str(value))
+        if layout.skip_missing and _plain_name(video) and not _is_folder(frame_root / video):
+            skipped += 1  # upstream skips a row whose frames are missing
+            continue
+        if video not in videos:
+            videos[video] = _video_candidate(record, layout, video, frame_root, building, num_frames, problems, qid)
+        if videos[video] is None:
+            continue
+        queries.append(Query(id=qid, text=caption, meta={"upstream_row": record.row, "video": video}))
+        qrels.append(Qrel(qid, video, 1))
+    if problems:
+        raise DataError(problems)
+    if not queries:
+        raise ConversionError(f"{name}: the source holds no usable rows")
+    meta = TaskMeta(benchmark=MMEB_V2, task=name, modality="video", meta_task=spec.meta_task,
+                    eval_type=spec.eval_type, primary_metric=spec.main_metric, query_instruction=layout.instruction,
+                    candidate_instruction=VIDEO_CANDIDATE_INSTRUCTION, num_frames=num_frames,
+                    source={"hf": layout.hub, "revision": revision,
+                            "converter": "embedrl.data.mmeb_v2.convert_video_retrieval_task"},
+                    version_note=(f"{skipped} rows without frames skipped, as upstream" if skipped else None))
+    pool = [item for item in videos.values() if item is not None]
+    return finish(Task(meta, queries, pool, qrels), building, final)
+
+
+def _plain_name(name: str) -> bool:
+    """A name usable as one folder name: not empty, no separators, not `.` or `..`."""
+    return bool(name) and "/" not in name and "\\" not in name and "\0" not in name and name not in (".", "..")
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _video_candidate(record: Record, layout: VideoRetrievalLayout, video: str, frame_root: Path, building: Path,
+                     num_frames: int, problems: list[Problem], qid: str) -> Item | None:
+    """The video as a candidate: its sampled frames placed under media/frames/<video>/."""
+    field = layout.video_field
+    if not _plain_name(video):
+        problems.append(record.problem(f"{video!r} is not a usable video name", field, qid))
+        return None
+    try:
+        names = [p.name for p in list_frames(frame_root / video)]
+    except (MediaError, OSError, ValueError) as exc:
+        problems.append(record.problem(f"{frame_root / video}: no frames ({exc})", field, qid))
+        return None
+    placed = []
+    for frame in (names[i] for i in sample_indices(len(names), num_frames)):
+        source, why = source_file(frame_root, f"{video}/{frame}")
+        if source is None:
+            problems.append(record.problem(why, field, qid))
+            return None
+        placed.append(place_file(source, building, PurePosixPath("media", "frames", video, frame)))
+    return Item(id=video, video=VideoRef(id=video, frames=placed))
 
 
 # --------------------------------------------------------------------------------------------- visdoc

@@ -249,3 +249,14 @@ def test_an_adapter_names_its_base_so_that_it_loads_from_anywhere(tiny_qwen3_emb
     assert base == str(tiny_qwen3_embedder.resolve())
     monkeypatch.chdir(tmp_path)
     assert Embedder.from_pretrained(folder).adapters == [str(folder)]
+
+
+def test_a_missing_local_checkpoint_is_named_as_such(tmp_path) -> None:
+    from embedrl.errors import ModelError
+    from embedrl.models.backbone import read_config
+
+    with pytest.raises(ModelError, match="no such checkpoint folder"):
+        read_config(tmp_path / "typo")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ModelError, match="a file, not a checkpoint folder"):
+        read_config(tmp_path / "file")

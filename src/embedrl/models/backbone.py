@@ -73,6 +73,12 @@ def read_config(path: str | Path) -> dict:
         if not cfg_file.is_file():
             raise ModelError(f"{local}: not a checkpoint folder (no config.json)")
         return json.loads(cfg_file.read_text())
+    text = str(path)
+    if local.exists():
+        raise ModelError(f"{path}: a file, not a checkpoint folder")
+    if text.startswith(("/", "./", "../", "~")) or text.count("/") > 1:
+        # a hub id is "name" or "org/name": anything else can only be a local path
+        raise ModelError(f"{path}: no such checkpoint folder")
     try:
         from transformers import AutoConfig
 

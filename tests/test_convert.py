@@ -202,7 +202,8 @@ def test_visdoc_defects_name_row_and_field(tmp_path: Path) -> None:
     report = caught.value.report()
     assert f"{corpus}:1: record 'p1': field 'image': the inline bytes are not an image" in report
     assert f"{qrels}:1: record 'q1': field 'score': graded relevance must be a whole number" in report
-    assert f"{qrels}:2: record 'q2': field 'query-id': unknown query-id 'q2'" in report
+    assert f"{qrels}:1: record 'q1': field 'corpus-id'" not in report  # the score is wrong first
+    assert "q2" not in report  # qrels of other queries are never read upstream: ignored, and counted
 
 
 # ------------------------------------------------------------------------------------------------- UVRB
@@ -337,9 +338,11 @@ def test_visdoc_edge_cases_follow_upstream(tmp_path: Path) -> None:
                                                     {"corpus-id": "p", "image": {"bytes": _png_bytes((2, 2, 2))}}])
     queries = _parquet(tmp_path / "queries.parquet", [{"query-id": "a", "query": "q"}])
     qrels = _parquet(tmp_path / "qrels.parquet", [{"query-id": "a", "corpus-id": "p", "score": 1.0},
-                                                  {"query-id": "a", "corpus-id": "gone", "score": 0.0}])
+                                                  {"query-id": "a", "corpus-id": "gone", "score": 0.0},
+                                                  {"query-id": "not-a-query", "corpus-id": "p", "score": 1.0}])
     task = read_task(convert_visdoc_task(queries, corpus, qrels, "ViDoRe_docvqa", tmp_path / "tasks"))
     assert [c.id for c in task.candidates] == ["p"] and "1 repeated corpus-ids" in task.meta.version_note
+    assert "1 qrels of queries not in the queries split ignored" in task.meta.version_note
     assert Image.open(task.root / task.candidates[0].images[0]).getpixel((0, 0)) == (1, 1, 1)  # the first kept
     _parquet(tmp_path / "nan.parquet", [{"query-id": "a", "corpus-id": "p", "score": float("nan")}])
     with pytest.raises(DataError, match="graded relevance must be a whole number, got nan"):
@@ -395,21 +398,65 @@ def test_video_retrieval_rows_become_caption_queries_over_a_video_pool(tmp_path:
         ("a dog runs", "v1"), ("a cat sits", "v2"), ("the dog again", "v1")]
 
 
-def test_video_retrieval_missing_frames_follow_the_upstream_loader(tmp_path: Path) -> None:
+def test_video_retrieval_defects_name_the_row(tmp_path: Path) -> None:
     frames = tmp_path / "frames"
     _frames(frames / "vid1", 2)
-    # MSVD skips a row without frames, as its official loader does; MSR-VTT reports it
-    msvd = [{"video_id": "vid1", "video": "vid1.avi", "caption": ["first caption", "second"]},
-            {"video_id": "gone", "video": "gone.avi", "caption": ["lost"]}]
-    task = read_task(convert_video_retrieval_task(_records(msvd), "MSVD", frames, tmp_path / "tasks"))
-    assert [q.text for q in task.queries] == ["first caption"] and "1 rows without frames skipped" in \
-        task.meta.version_note
-    msrvtt = [{"video_id": "vid1", "caption": "ok"}, {"video_id": "gone", "caption": "lost"},
-              {"video_id": "../vid1", "caption": "sneaky"}]
+    (frames / "vid1" / "thumb.webp").write_bytes(b"not a frame")  # the official loader reads .jpg/.jpeg/.png only
+    rows = [{"video_id": "vid1", "caption": ["first caption", "second"]}, {"video_id": "gone", "caption": ["lost"]},
+            {"video_id": "../vid1", "caption": ["sneaky"]}, {"video_id": "vid1", "caption": ["  "]}]
     with pytest.raises(DataError) as caught:
-        convert_video_retrieval_task(_records(msrvtt), "MSR-VTT", frames, tmp_path / "tasks")
+        convert_video_retrieval_task(_records(rows), "MSVD", frames, tmp_path / "tasks")
     report = caught.value.report()
-    assert "rows.jsonl:2: record 'q00001': field 'video_id':" in report and "no frames" in report
+    assert "rows.jsonl:2: record 'q00001': field 'video_id':" in report and "no frame folder" in report
     assert "rows.jsonl:3: record 'q00002': field 'video_id': '../vid1' is not a usable video name" in report
+    assert "rows.jsonl:4: record 'q00003': field 'caption': an empty caption" in report
+    task = read_task(convert_video_retrieval_task(_records(rows[:1]), "MSVD", frames, tmp_path / "tasks"))
+    assert [Path(f).name for f in task.candidates[0].video.frames] == ["frame_1.jpg", "frame_2.jpg"]
     with pytest.raises(ConversionError, match="only the video retrieval tasks"):
-        convert_video_retrieval_task(_records(msrvtt), "K700", frames, tmp_path / "tasks")
+        convert_video_retrieval_task(_records(rows), "K700", frames, tmp_path / "tasks")
+
+
+def test_one_split_is_converted_never_several(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    _frames(frames / "a", 2)
+    _frames(frames / "b", 2)
+    data = tmp_path / "YouCook2" / "data"
+    _parquet(data / "test-00000-of-00001.parquet", [{"id": "a", "video_path": "a.mp4", "sentence": "from test"}])
+    _parquet(data / "val-00000-of-00001.parquet", [{"id": "b", "video_path": "b.mp4", "sentence": "from val"}])
+    task = read_task(convert_video_retrieval_task(data, "YouCook2", frames, tmp_path / "tasks"))
+    assert [q.text for q in task.queries] == ["from val"] and task.meta.source["split"] == "val"  # as upstream
+    with pytest.raises(ConversionError, match="holds the splits test, val; pick one with --split"):
+        convert_video_retrieval_task(data, "MSR-VTT", frames, tmp_path / "tasks", split="train")
+
+
+def test_the_output_never_replaces_the_source_or_a_foreign_folder(tmp_path: Path, capsys) -> None:
+    root = _uvrb_fixture(tmp_path / "UVRB" / "MSRVTT")
+    args = ["task", "convert", "uvrb", "--dataset", "MSRVTT", "--root", str(root), "--out", str(tmp_path / "UVRB")]
+    assert main([*args, "--overwrite"]) == 2
+    assert "the source" in capsys.readouterr().err and (root / "jsonl" / "queries.jsonl").is_file()
+    foreign = tmp_path / "out" / "MSRVTT"
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("mine")
+    assert main([*args[:-1], str(tmp_path / "out"), "--overwrite"]) == 2
+    assert "is not a task folder" in capsys.readouterr().err and (foreign / "notes.txt").is_file()
+    (tmp_path / "file").write_text("x")
+    assert main([*args[:-1], str(tmp_path / "file")]) == 2
+    assert "cannot prepare the output folder" in capsys.readouterr().err
+
+
+def test_visdoc_pages_given_as_files_are_checked_and_named_by_content(tmp_path: Path) -> None:
+    (tmp_path / "pages").mkdir()
+    (tmp_path / "pages" / "p1").write_bytes(_png_bytes((5, 5, 5), "JPEG"))  # no suffix: the content names it
+    (tmp_path / "pages" / "p2.png").write_text("not an image")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"corpus-id": "p1", "image": "pages/p1"}) + "\n"
+                      + json.dumps({"corpus-id": "p2", "image": {"bytes": None, "path": "pages/p2.png"}}) + "\n")
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(json.dumps({"query-id": "q", "query": "what"}) + "\n")
+    qrels = tmp_path / "qrels.jsonl"
+    qrels.write_text(json.dumps({"query-id": "q", "corpus-id": "p1", "score": 1}) + "\n")
+    with pytest.raises(DataError, match=r"corpus.jsonl:2: record 'p2': field 'image': .*p2.png is not an image"):
+        convert_visdoc_task(queries, corpus, qrels, "ViDoRe_docvqa", tmp_path / "tasks")
+    corpus.write_text(corpus.read_text().splitlines()[0] + "\n")
+    task = read_task(convert_visdoc_task(queries, corpus, qrels, "ViDoRe_docvqa", tmp_path / "tasks"))
+    assert task.candidates[0].images == ["media/corpus/000000.jpg"]

@@ -38,7 +38,9 @@ CONVERT_EPILOG = """\
 Each converter writes OUT/<task>/ (the registry's task name) and prints a summary. It builds the folder as
 OUT/<task>.partial/ and renames it only once it validates: an interrupted run leaves no folder that looks
 finished, and a rerun reuses the media already placed. Media are hard-linked when the source is on the same
-file system, copied otherwise; a symlink that leads out of the source folder is refused. Every defect of the
+file system, copied otherwise; a symlink that leads out of the source folder is refused. A folder of records
+that holds several splits (test-*.parquet, val-*.parquet) is read for one split only (--split). --overwrite
+replaces only a task folder, and never one that holds the source. Every defect of the
 source (a missing image, an unknown id, a wrong field type, a malformed line) is reported together, one line
 each with file, row and field.
 
@@ -71,6 +73,8 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
                        help="the task's test split: a .parquet/.jsonl/.json file or a folder of them")
     image.add_argument("--images", required=True, type=Path, metavar="DIR",
                        help="the unpacked image-tasks/ folder that qry_img_path and tgt_img_path are relative to")
+    image.add_argument("--split", default="test", help="the split to read when --records holds several "
+                       "(default: test)")
     image.set_defaults(func=_convert_image)
 
     video = csub.add_parser("mmeb-video", help="one of the 5 MMEB-V2 video retrieval tasks (MSR-VTT, MSVD, DiDeMo, "
@@ -87,6 +91,8 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
                        help="the task's frame folders, e.g. MMEB-V2/video-tasks/frames/video_ret/MSR-VTT")
     video.add_argument("--num-frames", type=positive_int, default=8, metavar="N",
                        help="frames per video (default: 8, the benchmark's setting)")
+    video.add_argument("--split", help="the split to read when --records holds several (default: the one the "
+                       "official evaluation reads: val for YouCook2, test otherwise)")
     video.set_defaults(func=_convert_video)
 
     visdoc = csub.add_parser("mmeb-visdoc", help="one of the 24 MMEB-V2 VisDoc tasks (BEIR-style splits)",
@@ -97,7 +103,9 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
     visdoc.add_argument("--source", type=Path, metavar="DIR",
                         help="a download holding queries, corpus and qrels (folders or files of those names)")
     for split in ("queries", "corpus", "qrels"):
-        visdoc.add_argument(f"--{split}", type=Path, metavar="PATH", help=f"the {split} split (overrides --source)")
+        visdoc.add_argument(f"--{split}", type=Path, metavar="PATH", help=f"the {split} records: a file or a folder of shards (overrides --source)")
+    visdoc.add_argument("--split", help="the split to read when a folder holds several (default: train for "
+                        "VisRAG, test otherwise, as the official evaluation)")
     visdoc.set_defaults(func=_convert_visdoc)
 
     uvrb = csub.add_parser("uvrb", help="one of the 16 UVRB datasets (Alibaba-NLP/UVRB, extracted)",
@@ -129,19 +137,19 @@ def _report(folder: Path) -> int:
 def _convert_image(args: argparse.Namespace) -> int:
     from ..data.mmeb_v2 import convert_image_task
 
-    return _report(convert_image_task(args.records, args.task, args.images, args.out, revision=args.revision,
-                                      overwrite=args.overwrite))
+    return _report(convert_image_task(args.records, args.task, args.images, args.out, split=args.split,
+                                      revision=args.revision, overwrite=args.overwrite))
 
 
 def _convert_video(args: argparse.Namespace) -> int:
     from ..data.mmeb_v2 import convert_video_retrieval_task
 
     return _report(convert_video_retrieval_task(args.records, args.task, args.frames, args.out,
-                                                num_frames=args.num_frames, revision=args.revision,
-                                                overwrite=args.overwrite))
+                                                num_frames=args.num_frames, split=args.split,
+                                                revision=args.revision, overwrite=args.overwrite))
 
 
-def _split(args: argparse.Namespace, name: str) -> Path:
+def _split_path(args: argparse.Namespace, name: str) -> Path:
     given = getattr(args, name)
     if given is not None:
         return given
@@ -156,8 +164,8 @@ def _split(args: argparse.Namespace, name: str) -> Path:
 def _convert_visdoc(args: argparse.Namespace) -> int:
     from ..data.mmeb_v2 import convert_visdoc_task
 
-    splits = [_split(args, name) for name in ("queries", "corpus", "qrels")]
-    return _report(convert_visdoc_task(*splits, args.task, args.out, revision=args.revision,
+    paths = [_split_path(args, name) for name in ("queries", "corpus", "qrels")]
+    return _report(convert_visdoc_task(*paths, args.task, args.out, split=args.split, revision=args.revision,
                                        overwrite=args.overwrite))
 
 

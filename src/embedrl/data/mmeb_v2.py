@@ -26,10 +26,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import DataError, MediaError, Problem
+from ..errors import DataError, Problem
 from ..eval.registry import MMEB_V2, mmeb_task, resolve_task
 from .items import Item, Query, VideoRef
-from .media import list_frames, sample_indices
+from .media import natural_key, sample_indices
 from .taskdir import Qrel, Task, TaskMeta
 from .upstream import (
     ConversionError,
@@ -44,6 +44,7 @@ from .upstream import (
     require,
     safe_relative,
     source_file,
+    split_label,
 )
 
 IMAGE_TASKS_HF = "ziyjiang/MMEB_Test_Instruct"
@@ -123,7 +124,7 @@ def candidate_name(kind: str, text: str, image: str) -> str:
 
 
 def convert_image_task(records: str | Path | Iterable[Record], task: str, images: str | Path, out_dir: str | Path,
-                       *, revision: str | None = None, overwrite: bool = False) -> Path:
+                       *, split: str = "test", revision: str | None = None, overwrite: bool = False) -> Path:
     """Write `OUT/<task>/` from the rows of one MMEB-V2 image task. `images` is the unpacked `image-tasks/`
     folder the rows' paths are relative to. Returns the task folder.
 
@@ -136,8 +137,9 @@ def convert_image_task(records: str | Path | Iterable[Record], task: str, images
     if not image_root.is_dir():
         raise ConversionError(f"{image_root}: the images folder does not exist")
     problems: list[Problem] = []
-    rows = read_records(records, problems) if isinstance(records, (str, Path)) else records
-    final, building = partial_folder(out_dir, name, overwrite)
+    from_files = isinstance(records, (str, Path))
+    final, building = partial_folder(out_dir, name, overwrite, [image_root, *([records] if from_files else [])])
+    rows = read_records(records, problems, split) if from_files else records
 
     queries: list[Query] = []
     candidates: dict[str, Item] = {}
@@ -203,7 +205,8 @@ def convert_image_task(records: str | Path | Iterable[Record], task: str, images
     hub = "TIGER-Lab/MMEB-eval" if v1_rows else IMAGE_TASKS_HF
     meta = TaskMeta(benchmark=MMEB_V2, task=name, modality="image", meta_task=spec.meta_task,
                     eval_type=spec.eval_type, primary_metric=spec.main_metric,
-                    source={"hf": hub, "config": name, "split": "test", "revision": revision,
+                    source={"hf": hub, "config": name, "split": split_label(records if from_files else None, split),
+                            "revision": revision,
                             "converter": "embedrl.data.mmeb_v2.convert_image_task"},
                     version_note=(f"{repeated} queries listed a candidate twice; kept once, first position"
                                   if repeated else None))
@@ -223,6 +226,7 @@ def _place_image(record: Record, field: str, path: str, image_root: Path, buildi
 # ----------------------------------------------------------------------------------- video retrieval
 
 VIDEO_CANDIDATE_INSTRUCTION = "Understand the content of the provided video."
+VIDEO_FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 @dataclass(frozen=True)
@@ -235,7 +239,7 @@ class VideoRetrievalLayout:
     caption_field: str
     caption_is_list: bool = False  # the first caption is the query
     name_from_path: bool = False   # the video name is the file name of `video_field` without its suffix
-    skip_missing: bool = False     # upstream skips a row whose frames are missing (else it is an error)
+    split: str = "test"            # the split the official evaluation reads
 
     def video_name(self, value: str) -> str:
         return PurePosixPath(value).stem if self.name_from_path else value
@@ -245,20 +249,20 @@ VIDEO_RETRIEVAL = {
     "MSR-VTT": VideoRetrievalLayout("VLM2Vec/MSR-VTT", "Find a video that contains the following visual content:",
                                     "video_id", "caption"),
     "MSVD": VideoRetrievalLayout("VLM2Vec/MSVD", "Find the video snippet that corresponds to the given summary:",
-                                 "video_id", "caption", caption_is_list=True, skip_missing=True),
+                                 "video_id", "caption", caption_is_list=True),
     "DiDeMo": VideoRetrievalLayout("VLM2Vec/DiDeMo", "Find a video that includes the following described scenes:",
                                    "video", "caption", name_from_path=True),
     "VATEX": VideoRetrievalLayout("VLM2Vec/VATEX", "Select a video that fits the description provided:",
                                   "videoID", "enCap", caption_is_list=True),
     "YouCook2": VideoRetrievalLayout("lmms-lab/YouCook2",
                                      "Find a video that demonstrates the following action while making a recipe:",
-                                     "id", "sentence", skip_missing=True),
+                                     "id", "sentence", split="val"),
 }
 
 
 def convert_video_retrieval_task(records: str | Path | Iterable[Record], task: str, frames: str | Path,
-                                 out_dir: str | Path, *, num_frames: int = 8, revision: str | None = None,
-                                 overwrite: bool = False) -> Path:
+                                 out_dir: str | Path, *, num_frames: int = 8, split: str | None = None,
+                                 revision: str | None = None, overwrite: bool = False) -> Path:
     """Write `OUT/<task>/` from the rows of one MMEB-V2 video-retrieval task and its frame folders
     (`frames/<video name>/`, e.g. `video-tasks/frames/video_ret/MSR-VTT`). Each row is a caption query whose
     positive is its own video; the pool holds every video once."""
@@ -273,14 +277,15 @@ def convert_video_retrieval_task(records: str | Path | Iterable[Record], task: s
     if not frame_root.is_dir():
         raise ConversionError(f"{frame_root}: the frames folder does not exist")
     spec = mmeb_task(name)
+    split = split or layout.split
     problems: list[Problem] = []
-    rows = read_records(records, problems) if isinstance(records, (str, Path)) else records
-    final, building = partial_folder(out_dir, name, overwrite)
+    from_files = isinstance(records, (str, Path))
+    final, building = partial_folder(out_dir, name, overwrite, [frame_root, *([records] if from_files else [])])
+    rows = read_records(records, problems, split) if from_files else records
 
     queries: list[Query] = []
     videos: dict[str, Item | None] = {}
     qrels: list[Qrel] = []
-    skipped = 0
     for position, record in enumerate(rows):
         qid = f"q{position:05d}"
         value = require(record, layout.video_field, (str, int), problems, qid)
@@ -293,10 +298,10 @@ def convert_video_retrieval_task(records: str | Path | Iterable[Record], task: s
                                                layout.caption_field, qid))
                 continue
             caption = caption[0]
-        video = layout.video_name(str(value))
-        if layout.skip_missing and _plain_name(video) and not _is_folder(frame_root / video):
-            skipped += 1  # upstream skips a row whose frames are missing
+        if not caption.strip():
+            problems.append(record.problem("an empty caption", layout.caption_field, qid))
             continue
+        video = layout.video_name(str(value))
         if video not in videos:
             videos[video] = _video_candidate(record, layout, video, frame_root, building, num_frames, problems, qid)
         if videos[video] is None:
@@ -310,9 +315,9 @@ def convert_video_retrieval_task(records: str | Path | Iterable[Record], task: s
     meta = TaskMeta(benchmark=MMEB_V2, task=name, modality="video", meta_task=spec.meta_task,
                     eval_type=spec.eval_type, primary_metric=spec.main_metric, query_instruction=layout.instruction,
                     candidate_instruction=VIDEO_CANDIDATE_INSTRUCTION, num_frames=num_frames,
-                    source={"hf": layout.hub, "revision": revision,
-                            "converter": "embedrl.data.mmeb_v2.convert_video_retrieval_task"},
-                    version_note=(f"{skipped} rows without frames skipped, as upstream" if skipped else None))
+                    source={"hf": layout.hub, "split": split_label(records if from_files else None, split),
+                            "revision": revision,
+                            "converter": "embedrl.data.mmeb_v2.convert_video_retrieval_task"})
     pool = [item for item in videos.values() if item is not None]
     return finish(Task(meta, queries, pool, qrels), building, final)
 
@@ -322,13 +327,6 @@ def _plain_name(name: str) -> bool:
     return bool(name) and "/" not in name and "\\" not in name and "\0" not in name and name not in (".", "..")
 
 
-def _is_folder(path: Path) -> bool:
-    try:
-        return path.is_dir()
-    except OSError:
-        return False
-
-
 def _video_candidate(record: Record, layout: VideoRetrievalLayout, video: str, frame_root: Path, building: Path,
                      num_frames: int, problems: list[Problem], qid: str) -> Item | None:
     """The video as a candidate: its sampled frames placed under media/frames/<video>/."""
@@ -336,10 +334,15 @@ def _video_candidate(record: Record, layout: VideoRetrievalLayout, video: str, f
     if not _plain_name(video):
         problems.append(record.problem(f"{video!r} is not a usable video name", field, qid))
         return None
-    try:
-        names = [p.name for p in list_frames(frame_root / video)]
-    except (MediaError, OSError, ValueError) as exc:
-        problems.append(record.problem(f"{frame_root / video}: no frames ({exc})", field, qid))
+    folder = frame_root / video
+    try:  # the official loader's frames: .jpg / .jpeg / .png, in natural name order
+        names = sorted((p.name for p in folder.iterdir() if p.suffix.lower() in VIDEO_FRAME_SUFFIXES),
+                       key=natural_key)
+    except OSError as exc:
+        problems.append(record.problem(f"{folder}: no frame folder ({exc.strerror or exc})", field, qid))
+        return None
+    if not names:
+        problems.append(record.problem(f"{folder}: no .jpg/.jpeg/.png frames", field, qid))
         return None
     placed = []
     for frame in (names[i] for i in sample_indices(len(names), num_frames)):
@@ -355,18 +358,20 @@ def _video_candidate(record: Record, layout: VideoRetrievalLayout, video: str, f
 
 
 def convert_visdoc_task(queries: str | Path, corpus: str | Path, qrels: str | Path, task: str,
-                        out_dir: str | Path, *, revision: str | None = None, overwrite: bool = False) -> Path:
+                        out_dir: str | Path, *, split: str | None = None, revision: str | None = None,
+                        overwrite: bool = False) -> Path:
     """Write `OUT/<task>/` from the BEIR-style splits of one MMEB-V2 VisDoc task: `queries` (`query-id`,
     `query`, optional `language`), `corpus` (`corpus-id`, `image` as inline bytes or a path next to the record
     file) and `qrels` (`query-id`, `corpus-id`, `score`). Each argument is a record file or a folder of them."""
     name = _task_name(task, "visdoc")
     spec = mmeb_task(name)
-    final, building = partial_folder(out_dir, name, overwrite)
+    split = split or ("train" if name.startswith("VisRAG_") else "test")  # the split the official run reads
+    final, building = partial_folder(out_dir, name, overwrite, [queries, corpus, qrels])
     problems: list[Problem] = []
 
     candidates: dict[str, Item] = {}
     repeated_pages = 0
-    for record in read_records(corpus, problems):
+    for record in read_records(corpus, problems, split):
         cid = _identifier(record, "corpus-id", problems)
         if cid is None:
             continue
@@ -378,7 +383,7 @@ def convert_visdoc_task(queries: str | Path, corpus: str | Path, qrels: str | Pa
             candidates[cid] = Item(id=cid, images=[placed])
 
     query_items: dict[str, Query] = {}
-    for record in read_records(queries, problems):
+    for record in read_records(queries, problems, split):
         qid = _identifier(record, "query-id", problems)
         text = require(record, "query", str, problems, qid)
         if qid is None or text is None:
@@ -386,11 +391,15 @@ def convert_visdoc_task(queries: str | Path, corpus: str | Path, qrels: str | Pa
         if qid in query_items:
             problems.append(record.problem("repeated query-id", "query-id", qid))
             continue
+        if not text.strip():
+            problems.append(record.problem("an empty query", "query", qid))
+            continue
         language = record.data.get("language")
         query_items[qid] = Query(id=qid, text=text, meta={"language": language} if language else {})
 
     grades: dict[tuple[str, str], int] = {}
-    for record in read_records(qrels, problems):
+    extra_qrels = 0
+    for record in read_records(qrels, problems, split):
         qid = _identifier(record, "query-id", problems)
         cid = _identifier(record, "corpus-id", problems)
         score = require(record, "score", (int, float), problems, qid)
@@ -402,9 +411,11 @@ def convert_visdoc_task(queries: str | Path, corpus: str | Path, qrels: str | Pa
             continue
         if score <= 0:  # BEIR lists non-relevant pairs with score 0; upstream drops them before anything else
             continue
-        if qid not in query_items or cid not in candidates:
-            unknown = ("query-id", qid) if qid not in query_items else ("corpus-id", cid)
-            problems.append(record.problem(f"unknown {unknown[0]} {unknown[1]!r}", unknown[0], qid))
+        if qid not in query_items:  # upstream looks qrels up per query: rows of other queries are never read
+            extra_qrels += 1
+            continue
+        if cid not in candidates:
+            problems.append(record.problem(f"unknown corpus-id {cid!r}", "corpus-id", qid))
             continue
         grades[(qid, cid)] = max(grades.get((qid, cid), 0), int(score))
     if problems:
@@ -414,11 +425,12 @@ def convert_visdoc_task(queries: str | Path, corpus: str | Path, qrels: str | Pa
         raise ConversionError(f"{name}: the source holds no {missing}")
     unjudged = len(set(query_items) - {qid for qid, _ in grades})
     notes = [f"{unjudged} queries have no relevant page (they score 0)" if unjudged else "",
-             f"{repeated_pages} repeated corpus-ids; the first page of each kept" if repeated_pages else ""]
+             f"{repeated_pages} repeated corpus-ids; the first page of each kept" if repeated_pages else "",
+             f"{extra_qrels} qrels of queries not in the queries split ignored" if extra_qrels else ""]
     meta = TaskMeta(benchmark=MMEB_V2, task=name, modality="visdoc", meta_task=spec.meta_task,
                     eval_type=spec.eval_type, primary_metric=spec.main_metric,
                     query_instruction=VISDOC_QUERY_INSTRUCTION, candidate_instruction=VISDOC_CANDIDATE_INSTRUCTION,
-                    source={"hf": VISDOC_SOURCES.get(name), "revision": revision,
+                    source={"hf": VISDOC_SOURCES.get(name), "split": split_label(queries, split), "revision": revision,
                             "converter": "embedrl.data.mmeb_v2.convert_visdoc_task"},
                     version_note="; ".join(n for n in notes if n) or None)
     rels = [Qrel(qid, cid, grade) for (qid, cid), grade in grades.items()]
@@ -462,5 +474,8 @@ def _place_page(record: Record, index: int, building: Path, problems: list[Probl
     if source is None:
         problems.append(record.problem(why, "image", cid))
         return None
-    suffix = PurePosixPath(path).suffix.lower()
+    suffix = image_suffix(source)
+    if not suffix:
+        problems.append(record.problem(f"{source} is not an image", "image", cid))
+        return None
     return place_file(source, building, PurePosixPath("media", "corpus", f"{index:06d}{suffix}"))

@@ -14,6 +14,7 @@ import contextlib
 import filecmp
 import io
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 
 from ..errors import DataError, EmbedRLError, Problem
 from ..fileio import iter_jsonl, read_json
-from .taskdir import Task, read_task, write_task
+from .taskdir import TASK_FILE, Task, read_task, write_task
 
 RECORD_SUFFIXES = (".parquet", ".jsonl", ".json")
 
@@ -46,9 +47,19 @@ class Record:
         return Problem(message=message, **self.where(field, record))
 
 
-def record_files(source: str | Path) -> list[Path]:
+_SHARD = re.compile(r"^(?P<split>.+?)-\d{5}-of-\d{5}$")
+
+
+def split_of(path: Path) -> str | None:
+    """The split a hub shard belongs to (`val-00000-of-00001.parquet` -> "val"), None for other names."""
+    match = _SHARD.match(path.stem)
+    return match.group("split") if match else None
+
+
+def record_files(source: str | Path, split: str | None = None) -> list[Path]:
     """The record files of `source`: the file itself, or every .parquet / .jsonl / .json file under a folder in
-    name order (a hub snapshot keeps one split as `test-00000-of-00002.parquet`, `test-00001-...`)."""
+    name order (a hub snapshot keeps one split as `test-00000-of-00002.parquet`, `test-00001-...`). A folder
+    that holds the shards of several splits yields those of `split`; without it, that is an error."""
     source = Path(source)
     if source.is_file():
         if source.suffix not in RECORD_SUFFIXES:
@@ -65,14 +76,28 @@ def record_files(source: str | Path) -> list[Path]:
         shown = ", ".join(folders[:5]) + (", ..." if len(folders) > 5 else "")
         raise ConversionError(f"{source}: record files in {len(folders)} folders ({shown}); give the folder of "
                               "the one task or split to convert")
+    splits = sorted({split_of(p) or p.name for p in files})
+    if len(splits) > 1:  # never merge splits: test and val of one dataset are different benchmarks
+        if split not in splits:
+            raise ConversionError(f"{source}: holds the splits {', '.join(splits)}; pick one with --split")
+        files = [p for p in files if (split_of(p) or p.name) == split]
     return files
 
 
-def read_records(source: str | Path, problems: list[Problem]) -> Iterator[Record]:
-    """Rows of every record file of `source`, in order. A line or file that cannot be read is added to
-    `problems` and skipped, so that the caller still reports every other defect. Parquet is read in batches, so
-    memory stays bounded when a split carries its images inline."""
-    for path in record_files(source):
+def split_label(source: str | Path | None, split: str | None) -> str | None:
+    """The split the records of `source` belong to, as recorded in task.json: the shards' split when their names
+    tell it, else the split asked for."""
+    if source is None:
+        return split
+    names = {split_of(p) for p in record_files(source, split)}
+    return names.pop() if len(names) == 1 and None not in names else split
+
+
+def read_records(source: str | Path, problems: list[Problem], split: str | None = None) -> Iterator[Record]:
+    """Rows of every record file of `source` (of `split`, when the folder holds several), in order. A line or
+    file that cannot be read is added to `problems` and skipped, so that the caller still reports every other
+    defect. Parquet is read in batches, so memory stays bounded when a split carries its images inline."""
+    for path in record_files(source, split):
         if path.suffix == ".parquet":
             yield from _parquet_records(path, problems)
         elif path.suffix == ".jsonl":
@@ -186,12 +211,13 @@ def place_bytes(data: bytes, task_root: Path, rel: PurePosixPath) -> str:
     return rel.as_posix()
 
 
-def image_suffix(data: bytes) -> str:
-    """File suffix for encoded image bytes, from their content (an inline hub image has no trustworthy name)."""
+def image_suffix(data: bytes | Path) -> str:
+    """File suffix for an encoded image (bytes or a file), from its content (an inline hub image has no
+    trustworthy name); "" when it is not an image."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
             kind = (image.format or "").lower()
     except (UnidentifiedImageError, OSError):
         return ""
@@ -201,13 +227,33 @@ def image_suffix(data: bytes) -> str:
 # ------------------------------------------------------------------------------------------- the folder
 
 
-def partial_folder(out_dir: str | Path, name: str, overwrite: bool) -> tuple[Path, Path]:
-    """(final folder, folder to build in). A finished folder is refused unless `overwrite`."""
+def partial_folder(out_dir: str | Path, name: str, overwrite: bool,
+                   sources: Iterable[str | Path] = ()) -> tuple[Path, Path]:
+    """(final folder, folder to build in). A finished folder is replaced only with `overwrite`, and only when
+    it is a task folder that holds none of the `sources` (the download being converted)."""
     final = Path(out_dir) / name
-    if final.exists() and not overwrite:
-        raise ConversionError(f"{final} exists; pass --overwrite to replace it")
     building = final.with_name(final.name + ".partial")
-    building.mkdir(parents=True, exist_ok=True)
+    try:
+        real_final = final.resolve()
+        for source in sources:
+            real = Path(source).resolve()
+            if real == real_final or real.is_relative_to(real_final) or real == building.resolve() \
+                    or real.is_relative_to(building.resolve()):
+                raise ConversionError(f"{final} would hold the converted task, but the source {source} is in it; "
+                                      "write to another --out")
+        if final.is_symlink() or (final.exists() and not final.is_dir()):
+            raise ConversionError(f"{final} exists and is not a folder; remove it or use another --out")
+        if final.exists():
+            if not overwrite:
+                raise ConversionError(f"{final} exists; pass --overwrite to replace it")
+            if not (final / TASK_FILE).is_file():
+                raise ConversionError(f"{final} exists but is not a task folder (no {TASK_FILE}); --overwrite only "
+                                      "replaces task folders: remove it yourself or use another --out")
+        if building.is_symlink() or (building.exists() and not building.is_dir()):
+            raise ConversionError(f"{building} exists and is not a folder; remove it")
+        building.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConversionError(f"{final}: cannot prepare the output folder ({exc})") from None
     return final, building
 
 
@@ -216,9 +262,13 @@ def finish(task: Task, building: Path, final: Path) -> Path:
     `final`. A folder that does not validate stays at `building`, with every problem raised."""
     write_task(task, building)
     read_task(building)  # raises DataError listing every problem
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(building, final)
+    try:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(building, final)
+    except OSError as exc:
+        raise ConversionError(f"{final}: cannot move the finished task folder into place ({exc}); it is complete "
+                              f"in {building}") from None
     task.root = final
     return final
 

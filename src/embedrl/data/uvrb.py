@@ -90,7 +90,7 @@ def convert_uvrb_dataset(root: str | Path, dataset: str, out_dir: str | Path, *,
     if num_frames < 1:
         raise ConversionError(f"num_frames must be >= 1, got {num_frames}")
     files = {stem: _split_file(root, stem) for stem in ("queries", "corpus", "instances")}
-    final, building = partial_folder(out_dir, name, overwrite)
+    final, building = partial_folder(out_dir, name, overwrite, [root])
     problems: list[Problem] = []
     videos: dict[str, VideoRef | None] = {}
 

@@ -36,6 +36,7 @@ from .upstream import (
     Record,
     dedupe_in_order,
     finish,
+    identifier,
     image_suffix,
     partial_folder,
     place_bytes,
@@ -372,7 +373,7 @@ def convert_visdoc_task(queries: str | Path, corpus: str | Path, qrels: str | Pa
     candidates: dict[str, Item] = {}
     repeated_pages = 0
     for record in read_records(corpus, problems, split):
-        cid = _identifier(record, "corpus-id", problems)
+        cid = identifier(record, "corpus-id", problems)
         if cid is None:
             continue
         if cid in candidates:  # upstream dedups the pool by corpus-id: the first page is the one embedded
@@ -384,7 +385,7 @@ def convert_visdoc_task(queries: str | Path, corpus: str | Path, qrels: str | Pa
 
     query_items: dict[str, Query] = {}
     for record in read_records(queries, problems, split):
-        qid = _identifier(record, "query-id", problems)
+        qid = identifier(record, "query-id", problems)
         text = require(record, "query", str, problems, qid)
         if qid is None or text is None:
             continue
@@ -400,8 +401,8 @@ def convert_visdoc_task(queries: str | Path, corpus: str | Path, qrels: str | Pa
     grades: dict[tuple[str, str], int] = {}
     extra_qrels = 0
     for record in read_records(qrels, problems, split):
-        qid = _identifier(record, "query-id", problems)
-        cid = _identifier(record, "corpus-id", problems)
+        qid = identifier(record, "query-id", problems)
+        cid = identifier(record, "corpus-id", problems)
         score = require(record, "score", (int, float), problems, qid)
         if qid is None or cid is None or score is None:
             continue
@@ -435,16 +436,6 @@ def convert_visdoc_task(queries: str | Path, corpus: str | Path, qrels: str | Pa
                     version_note="; ".join(n for n in notes if n) or None)
     rels = [Qrel(qid, cid, grade) for (qid, cid), grade in grades.items()]
     return finish(Task(meta, list(query_items.values()), list(candidates.values()), rels), building, final)
-
-
-def _identifier(record: Record, key: str, problems: list[Problem]) -> str | None:
-    value = require(record, key, (str, int), problems)
-    if value is None:
-        return None
-    if str(value) == "":
-        problems.append(record.problem("must not be empty", key))
-        return None
-    return str(value)
 
 
 def _place_page(record: Record, index: int, building: Path, problems: list[Problem], cid: str) -> str | None:

@@ -145,6 +145,18 @@ def require(record: Record, key: str, kinds: type | tuple[type, ...], problems: 
     return value
 
 
+def identifier(record: Record, key: str, problems: list[Problem]) -> str | None:
+    """An id field (string or integer, as hub datasets store them) as a non-empty string, or None after adding a
+    problem."""
+    value = require(record, key, (str, int), problems)
+    if value is None:
+        return None
+    if str(value) == "":
+        problems.append(record.problem("must not be empty", key))
+        return None
+    return str(value)
+
+
 # ------------------------------------------------------------------------------------------------ media
 
 

@@ -29,6 +29,7 @@ from .upstream import (
     ConversionError,
     Record,
     finish,
+    identifier,
     partial_folder,
     place_file,
     read_records,
@@ -102,7 +103,7 @@ def convert_uvrb_dataset(root: str | Path, dataset: str, out_dir: str | Path, *,
 
     candidates: dict[str, Item] = {}
     for record in read_records(files["corpus"], problems):
-        cid = _identifier(record, "id", problems)
+        cid = identifier(record, "id", problems)
         video = require(record, "video", str, problems, cid)
         if cid is None or video is None:
             continue
@@ -117,7 +118,7 @@ def convert_uvrb_dataset(root: str | Path, dataset: str, out_dir: str | Path, *,
     text_limit = MAX_TEXT_CHARS - len(UVRB_QUERY_PROMPTS[name]) - 1
     truncated = video_dropped = 0
     for record in read_records(files["queries"], problems):
-        qid = _identifier(record, "id", problems)
+        qid = identifier(record, "id", problems)
         if qid is None:
             continue
         if qid in queries:
@@ -146,7 +147,7 @@ def convert_uvrb_dataset(root: str | Path, dataset: str, out_dir: str | Path, *,
 
     positives: dict[str, list[str]] = {}
     for record in read_records(files["instances"], problems):
-        qid = _identifier(record, "qid", problems)
+        qid = identifier(record, "qid", problems)
         pos = require(record, "pos", list, problems, qid)
         if qid is None or pos is None:
             continue
@@ -176,15 +177,6 @@ def convert_uvrb_dataset(root: str | Path, dataset: str, out_dir: str | Path, *,
                     version_note="; ".join(n for n in notes if n) or None)
     qrels = [Qrel(qid, cid, 1) for qid, cids in positives.items() for cid in cids]
     return finish(Task(meta, list(queries.values()), list(candidates.values()), qrels), building, final)
-
-
-def _identifier(record: Record, key: str, problems: list[Problem]) -> str | None:
-    value = require(record, key, (str, int), problems)
-    if value is None or str(value) == "":
-        if value is not None:
-            problems.append(record.problem("must not be empty", key))
-        return None
-    return str(value)
 
 
 def frame_folder(video: str) -> PurePosixPath | None:

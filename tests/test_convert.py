@@ -19,6 +19,7 @@ from embedrl.data.mmeb_v2 import (
     TEXT_TO_IMAGE,
     candidate_name,
     convert_image_task,
+    convert_video_classification_task,
     convert_video_retrieval_task,
     convert_visdoc_task,
     strip_image_tokens,
@@ -412,7 +413,7 @@ def test_video_retrieval_defects_name_the_row(tmp_path: Path) -> None:
     assert "rows.jsonl:4: record 'q00003': field 'caption': an empty caption" in report
     task = read_task(convert_video_retrieval_task(_records(rows[:1]), "MSVD", frames, tmp_path / "tasks"))
     assert [Path(f).name for f in task.candidates[0].video.frames] == ["frame_1.jpg", "frame_2.jpg"]
-    with pytest.raises(ConversionError, match="only the video retrieval tasks"):
+    with pytest.raises(ConversionError, match="not a video retrieval task"):
         convert_video_retrieval_task(_records(rows), "K700", frames, tmp_path / "tasks")
 
 
@@ -460,3 +461,48 @@ def test_visdoc_pages_given_as_files_are_checked_and_named_by_content(tmp_path: 
     corpus.write_text(corpus.read_text().splitlines()[0] + "\n")
     task = read_task(convert_visdoc_task(queries, corpus, qrels, "ViDoRe_docvqa", tmp_path / "tasks"))
     assert task.candidates[0].images == ["media/corpus/000000.jpg"]
+
+
+# -------------------------------------------------------------------------------- video classification
+
+
+def test_video_classification_ranks_videos_over_the_label_list(tmp_path: Path, capsys) -> None:
+    frames = tmp_path / "frames" / "video_cls" / "HMDB51"
+    for video in ("v1", "v2"):
+        _frames(frames / video, 3)
+    records = _parquet(tmp_path / "HMDB51" / "test-00000-of-00001.parquet",
+                       [{"video_id": "v1", "pos_text": "wave"}, {"video_id": "v2", "pos_text": "smile"}])
+    labels = tmp_path / "labels.txt"
+    labels.write_text("ride_bike\nwave\n\nsmile\ndive\n")
+    args = ["task", "convert", "mmeb-video", "--task", "HMDB51", "--records", str(records), "--frames", str(frames),
+            "--out", str(tmp_path / "tasks")]
+    assert main([*args, "--labels", str(labels)]) == 0
+    task = read_task(tmp_path / "tasks" / "HMDB51")
+    assert (task.meta.eval_type, task.meta.meta_task, task.meta.version_note) == ("global", "V-CLS", None)
+    assert [c.id for c in task.candidates] == ["ride_bike", "wave", "smile", "dive"]  # the official order
+    assert task.candidates[1].text == "wave" and task.queries[0].text is None
+    assert task.meta.query_instruction == "What actions or objects interactions are the person in the video doing?"
+    assert len(task.queries[0].video.frames) == 3 and [r.cid for r in task.qrels] == ["wave", "smile"]
+    # without the list the pool is what the rows use, and task.json says so
+    assert main([*args, "--overwrite"]) == 0
+    task = read_task(tmp_path / "tasks" / "HMDB51")
+    assert [c.id for c in task.candidates] == ["wave", "smile"] and "not the official full label list" in \
+        task.meta.version_note
+    labels.write_text("ride_bike\n")
+    capsys.readouterr()
+    assert main([*args, "--labels", str(labels), "--overwrite"]) == 2
+    assert "'wave' is not in the label list" in capsys.readouterr().err
+
+
+def test_smthsmthv2_ranks_each_video_against_its_own_options(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    _frames(frames / "11", 2)
+    rows = [{"video_id": 11, "pos_text": "Opening something", "neg_text": ["Closing something", "Opening something"]},
+            {"video_id": 11, "pos_text": "Folding something", "neg_text": ["Closing something"]}]
+    with pytest.raises(DataError, match="'Folding something' is not among the row's neg_text options"):
+        convert_video_classification_task(_records(rows), "SmthSmthV2", frames, tmp_path / "tasks")
+    task = read_task(convert_video_classification_task(_records(rows), "SmthSmthV2", frames, tmp_path / "tasks",
+                                                       max_rows=1))
+    assert task.meta.eval_type == "local" and len(task.queries) == 1 and task.meta.source["rows"] == 1
+    assert task.queries[0].candidate_ids == ["Closing something", "Opening something"]
+    assert [(r.qid, r.cid) for r in task.qrels] == [("q00000", "Opening something")]

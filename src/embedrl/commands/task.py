@@ -77,20 +77,30 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
                        "(default: test)")
     image.set_defaults(func=_convert_image)
 
-    video = csub.add_parser("mmeb-video", help="one of the 5 MMEB-V2 video retrieval tasks (MSR-VTT, MSVD, DiDeMo, "
-                            "VATEX, YouCook2)",
-                            description="Rows of the task's hub dataset (MSR-VTT: video_id, caption; MSVD: video_id, "
-                            "caption[]; DiDeMo: video, caption; VATEX: videoID, enCap[]; YouCook2: id, sentence) "
-                            "and the frame folders of the MMEB-V2 release, one per video. Each caption is a query "
-                            "whose positive is its video; frames are sampled to --num-frames in natural name order. "
-                            "The other video tasks have no converter yet.")
-    video.add_argument("--task", required=True, help="task name, e.g. MSR-VTT")
+    video = csub.add_parser("mmeb-video", help="one of the 10 MMEB-V2 video retrieval and classification tasks",
+                            description="Rows of the task's hub dataset and the frame folders of the MMEB-V2 release, "
+                            "one per video; frames are sampled to --num-frames in natural name order. Retrieval "
+                            "(MSR-VTT: video_id, caption; MSVD: video_id, caption[]; DiDeMo: video, caption; VATEX: "
+                            "videoID, enCap[]; YouCook2: id, sentence): each caption is a query whose positive is "
+                            "its video. Classification (K700, HMDB51, UCF101, Breakfast: video_id, pos_text; "
+                            "SmthSmthV2: also neg_text[]): each video is a query over label candidates; give the "
+                            "official label list with --labels (SmthSmthV2 uses each row's options and, as the "
+                            "official run, its first 1,000 rows). The QA and moment-retrieval tasks have no "
+                            "converter yet.")
+    video.add_argument("--task", required=True, help="task name, e.g. MSR-VTT or K700")
     video.add_argument("--records", required=True, type=Path, metavar="PATH",
                        help="the task's split: a .parquet/.jsonl/.json file or a folder of them")
     video.add_argument("--frames", required=True, type=Path, metavar="DIR",
                        help="the task's frame folders, e.g. MMEB-V2/video-tasks/frames/video_ret/MSR-VTT")
     video.add_argument("--num-frames", type=positive_int, default=8, metavar="N",
                        help="frames per video (default: 8, the benchmark's setting)")
+    video.add_argument("--labels", type=Path, metavar="FILE",
+                       help="classification: the task's full label list in the official order (one label per line, "
+                       "or a JSON list), e.g. from VLM2Vec's video_classification_utils.py. Without it the pool is "
+                       "the labels the rows use, and task.json says so")
+    video.add_argument("--max-rows", type=positive_int, metavar="N",
+                       help="classification: convert only the first N rows (default: all; 1000 for SmthSmthV2, as "
+                       "the official run)")
     video.add_argument("--split", help="the split to read when --records holds several (default: the one the "
                        "official evaluation reads: val for YouCook2, test otherwise)")
     video.set_defaults(func=_convert_video)
@@ -142,11 +152,24 @@ def _convert_image(args: argparse.Namespace) -> int:
 
 
 def _convert_video(args: argparse.Namespace) -> int:
-    from ..data.mmeb_v2 import convert_video_retrieval_task
+    from ..data.mmeb_v2 import (
+        VIDEO_CLASSIFICATION_INSTRUCTIONS,
+        convert_video_classification_task,
+        convert_video_retrieval_task,
+        read_labels,
+        task_name,
+    )
 
-    return _report(convert_video_retrieval_task(args.records, args.task, args.frames, args.out,
-                                                num_frames=args.num_frames, split=args.split,
-                                                revision=args.revision, overwrite=args.overwrite))
+    common = dict(num_frames=args.num_frames, revision=args.revision, overwrite=args.overwrite)
+    if task_name(args.task, "video") in VIDEO_CLASSIFICATION_INSTRUCTIONS:
+        labels = read_labels(args.labels) if args.labels is not None else None
+        return _report(convert_video_classification_task(args.records, args.task, args.frames, args.out,
+                                                         labels=labels, max_rows=args.max_rows,
+                                                         split=args.split or "test", **common))
+    if args.labels is not None or args.max_rows is not None:
+        raise EmbedRLError("--labels and --max-rows apply to the video classification tasks only")
+    return _report(convert_video_retrieval_task(args.records, args.task, args.frames, args.out, split=args.split,
+                                                **common))
 
 
 def _split_path(args: argparse.Namespace, name: str) -> Path:

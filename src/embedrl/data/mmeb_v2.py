@@ -13,13 +13,17 @@
 - **Video retrieval tasks (5: MSR-VTT, MSVD, DiDeMo, VATEX, YouCook2)**: the rows of each task's hub dataset
   with the frame folders of the MMEB-V2 release (`video-tasks/frames/video_ret/<task>/<video>/`). Text-to-video,
   global pool of the tasks' videos, frames sampled to 8 in natural name order.
+- **Video classification tasks (5: K700, SmthSmthV2, HMDB51, UCF101, Breakfast)**: rows (`video_id`,
+  `pos_text`, `neg_text[]`) with the frame folders of `video-tasks/frames/video_cls/<task>/`. Video queries over
+  label candidates: the whole label list (given by the user) or, for SmthSmthV2, each row's own options.
 
-The other 13 video tasks (classification, QA, moment retrieval) are not converted yet: each has a layout of its
-own (benchmarks.md §3.1), and classification needs the full label lists of the official harness.
+The 8 video QA and moment-retrieval tasks are not converted yet: each has a layout of its own (benchmarks.md
+§3.1).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable
@@ -81,7 +85,8 @@ def strip_image_tokens(text: str | None) -> str | None:
     return cleaned or None
 
 
-def _task_name(name: str, modality: str) -> str:
+def task_name(name: str, modality: str) -> str:
+    """The registry name of an MMEB-V2 task of `modality` given under any spelling; a clear error otherwise."""
     resolved = resolve_task(MMEB_V2, name)
     if resolved is None or mmeb_task(resolved).modality != modality:
         from ..eval.registry import MMEB_TASKS
@@ -131,7 +136,7 @@ def convert_image_task(records: str | Path | Iterable[Record], task: str, images
 
     Every defect of every row is collected and raised together as a DataError naming file, row and field;
     images already placed stay in `OUT/<task>.partial/` for the rerun."""
-    name = _task_name(task, "image")
+    name = task_name(task, "image")
     spec = mmeb_task(name)
     kind = image_task_kind(name)
     image_root = Path(images)
@@ -267,11 +272,12 @@ def convert_video_retrieval_task(records: str | Path | Iterable[Record], task: s
     """Write `OUT/<task>/` from the rows of one MMEB-V2 video-retrieval task and its frame folders
     (`frames/<video name>/`, e.g. `video-tasks/frames/video_ret/MSR-VTT`). Each row is a caption query whose
     positive is its own video; the pool holds every video once."""
-    name = _task_name(task, "video")
+    name = task_name(task, "video")
     layout = VIDEO_RETRIEVAL.get(name)
     if layout is None:
-        raise ConversionError(f"{name}: only the video retrieval tasks ({', '.join(VIDEO_RETRIEVAL)}) can be "
-                              "converted yet")
+        raise ConversionError(f"{name}: not a video retrieval task ({', '.join(VIDEO_RETRIEVAL)}); the video "
+                              "classification tasks have convert_video_classification_task, and the QA and "
+                              "moment-retrieval tasks no converter yet")
     if num_frames < 1:
         raise ConversionError(f"num_frames must be >= 1, got {num_frames}")
     frame_root = Path(frames)
@@ -304,7 +310,8 @@ def convert_video_retrieval_task(records: str | Path | Iterable[Record], task: s
             continue
         video = layout.video_name(str(value))
         if video not in videos:
-            videos[video] = _video_candidate(record, layout, video, frame_root, building, num_frames, problems, qid)
+            ref = _sampled_video(record, layout.video_field, video, frame_root, building, num_frames, problems, qid)
+            videos[video] = Item(id=video, video=ref) if ref is not None else None
         if videos[video] is None:
             continue
         queries.append(Query(id=qid, text=caption, meta={"upstream_row": record.row, "video": video}))
@@ -328,10 +335,9 @@ def _plain_name(name: str) -> bool:
     return bool(name) and "/" not in name and "\\" not in name and "\0" not in name and name not in (".", "..")
 
 
-def _video_candidate(record: Record, layout: VideoRetrievalLayout, video: str, frame_root: Path, building: Path,
-                     num_frames: int, problems: list[Problem], qid: str) -> Item | None:
-    """The video as a candidate: its sampled frames placed under media/frames/<video>/."""
-    field = layout.video_field
+def _sampled_video(record: Record, field: str, video: str, frame_root: Path, building: Path, num_frames: int,
+                   problems: list[Problem], qid: str) -> VideoRef | None:
+    """A video of the MMEB-V2 frame release: its sampled frames placed under media/frames/<video>/."""
     if not _plain_name(video):
         problems.append(record.problem(f"{video!r} is not a usable video name", field, qid))
         return None
@@ -352,7 +358,126 @@ def _video_candidate(record: Record, layout: VideoRetrievalLayout, video: str, f
             problems.append(record.problem(why, field, qid))
             return None
         placed.append(place_file(source, building, PurePosixPath("media", "frames", video, frame)))
-    return Item(id=video, video=VideoRef(id=video, frames=placed))
+    return VideoRef(id=video, frames=placed)
+
+
+# ------------------------------------------------------------------------------- video classification
+
+# The query instruction of each task in the official harness (video_classification_utils.DATASET_INSTRUCTION).
+VIDEO_CLASSIFICATION_INSTRUCTIONS = {
+    "K700": "Recognize the category of the video content.",
+    "SmthSmthV2": "What actions or object interactions are being performed by the person in the video?",
+    "HMDB51": "What actions or objects interactions are the person in the video doing?",
+    "UCF101": "What activities or sports are being performed by the person in the video?",
+    "Breakfast": "Recognize the breakfast type that the person is cooking in the video. ",
+}
+VIDEO_CLASSIFICATION_SOURCES = {"K700": "VLM2Vec/Kinetics-700", "SmthSmthV2": "VLM2Vec/SmthSmthV2",
+                                "HMDB51": "VLM2Vec/HMDB51", "UCF101": "VLM2Vec/UCF101", "Breakfast": "VLM2Vec/Breakfast"}
+# The official run scores only the first rows of some tasks (`num_sample_per_subset` in its video.yaml).
+VIDEO_CLASSIFICATION_ROWS = {"SmthSmthV2": 1000}
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """A label list: a JSON list of strings, or a text file with one label per line (blank lines skipped)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConversionError(f"{path}: cannot read the label list ({exc})") from None
+    if path.suffix == ".json":
+        try:
+            labels = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConversionError(f"{path}: not JSON ({exc})") from None
+        if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
+            raise ConversionError(f"{path}: expected a JSON list of non-empty strings")
+    else:
+        labels = [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+    if not labels:
+        raise ConversionError(f"{path}: no labels")
+    return dedupe_in_order(labels)
+
+
+def convert_video_classification_task(records: str | Path | Iterable[Record], task: str, frames: str | Path,
+                                      out_dir: str | Path, *, labels: Iterable[str] | None = None,
+                                      num_frames: int = 8, max_rows: int | None = None, split: str = "test",
+                                      revision: str | None = None, overwrite: bool = False) -> Path:
+    """Write `OUT/<task>/` from the rows of one MMEB-V2 video classification task (`video_id`, `pos_text`, and
+    `neg_text[]` for SmthSmthV2) and its frame folders (`frames/<video_id>/`). The query is the video; the
+    candidates are label texts.
+
+    K700, HMDB51, UCF101 and Breakfast rank every query against the task's whole label list: give it as
+    `labels`, in the official order. Without it the pool is the labels the rows use, which is smaller when a
+    class has no test video (noted in `version_note`). SmthSmthV2 ranks each video against its own `neg_text`
+    list, over the first 1,000 rows as the official run (`max_rows` overrides)."""
+    name = task_name(task, "video")
+    if name not in VIDEO_CLASSIFICATION_INSTRUCTIONS:
+        raise ConversionError(f"{name} is not a video classification task "
+                              f"({', '.join(VIDEO_CLASSIFICATION_INSTRUCTIONS)})")
+    if num_frames < 1:
+        raise ConversionError(f"num_frames must be >= 1, got {num_frames}")
+    frame_root = Path(frames)
+    if not frame_root.is_dir():
+        raise ConversionError(f"{frame_root}: the frames folder does not exist")
+    spec = mmeb_task(name)
+    local = spec.eval_type == "local"
+    label_list = list(labels) if labels is not None else None
+    known = set(label_list or ())
+    limit = max_rows if max_rows is not None else VIDEO_CLASSIFICATION_ROWS.get(name)
+    problems: list[Problem] = []
+    from_files = isinstance(records, (str, Path))
+    final, building = partial_folder(out_dir, name, overwrite, [frame_root, *([records] if from_files else [])])
+    rows = read_records(records, problems, split) if from_files else records
+
+    queries: list[Query] = []
+    qrels: list[Qrel] = []
+    seen_labels: dict[str, None] = {}
+    for position, record in enumerate(rows):
+        if limit is not None and position >= limit:
+            break
+        qid = f"q{position:05d}"
+        video = require(record, "video_id", (str, int), problems, qid)
+        label = require(record, "pos_text", str, problems, qid)
+        options = require(record, "neg_text", list, problems, qid) if local else None
+        if video is None or label is None or (local and options is None):
+            continue
+        if local:
+            if not options or not all(isinstance(o, str) and o for o in options):
+                problems.append(record.problem("must be a non-empty list of label strings", "neg_text", qid))
+                continue
+            options = dedupe_in_order(options)
+            if label not in options:
+                problems.append(record.problem(f"{label!r} is not among the row's neg_text options", "pos_text",
+                                               qid))
+                continue
+        elif label_list is not None and label not in known:
+            problems.append(record.problem(f"{label!r} is not in the label list", "pos_text", qid))
+            continue
+        ref = _sampled_video(record, "video_id", str(video), frame_root, building, num_frames, problems, qid)
+        if ref is None:
+            continue
+        for text in options or [label]:
+            seen_labels.setdefault(text)
+        queries.append(Query(id=qid, video=ref, candidate_ids=options, meta={"upstream_row": record.row}))
+        qrels.append(Qrel(qid, label, 1))
+    if problems:
+        raise DataError(problems)
+    if not queries:
+        raise ConversionError(f"{name}: the source holds no usable rows")
+    pool = label_list if label_list is not None and not local else list(seen_labels)
+    note = None
+    if not local and label_list is None:
+        note = (f"pool: the {len(pool)} labels the rows use, not the official full label list (give it with "
+                "--labels)")
+    meta = TaskMeta(benchmark=MMEB_V2, task=name, modality="video", meta_task=spec.meta_task,
+                    eval_type=spec.eval_type, primary_metric=spec.main_metric,
+                    query_instruction=VIDEO_CLASSIFICATION_INSTRUCTIONS[name], num_frames=num_frames,
+                    source={"hf": VIDEO_CLASSIFICATION_SOURCES[name],
+                            "split": split_label(records if from_files else None, split), "revision": revision,
+                            "rows": limit, "converter": "embedrl.data.mmeb_v2.convert_video_classification_task"},
+                    version_note=note)
+    candidates = [Item(id=text, text=text) for text in pool]
+    return finish(Task(meta, queries, candidates, qrels), building, final)
 
 
 # --------------------------------------------------------------------------------------------- visdoc
@@ -364,7 +489,7 @@ def convert_visdoc_task(queries: str | Path, corpus: str | Path, qrels: str | Pa
     """Write `OUT/<task>/` from the BEIR-style splits of one MMEB-V2 VisDoc task: `queries` (`query-id`,
     `query`, optional `language`), `corpus` (`corpus-id`, `image` as inline bytes or a path next to the record
     file) and `qrels` (`query-id`, `corpus-id`, `score`). Each argument is a record file or a folder of them."""
-    name = _task_name(task, "visdoc")
+    name = task_name(task, "visdoc")
     spec = mmeb_task(name)
     split = split or ("train" if name.startswith("VisRAG_") else "test")  # the split the official run reads
     final, building = partial_folder(out_dir, name, overwrite, [queries, corpus, qrels])

@@ -58,9 +58,9 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
     convert = tsub.add_parser(
         "convert", help="turn a downloaded MMEB-V2 or UVRB task into a task folder",
         description="Convert upstream benchmark files (downloaded beforehand: embedrl never fetches data) into "
-        "the unified task format, ready for `embedrl eval`. Supported: the 36 MMEB-V2 image tasks, the 5 video "
-        "retrieval tasks, the 24 VisDoc tasks and the 16 UVRB datasets; the other 13 MMEB-V2 video tasks are not "
-        "yet.",
+        "the unified task format, ready for `embedrl eval`. Supported: the 36 MMEB-V2 image tasks, the 10 video "
+        "retrieval and classification tasks, the 24 VisDoc tasks and the 16 UVRB datasets; the 8 video QA and "
+        "moment-retrieval tasks are not yet.",
         epilog=CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     csub = convert.add_subparsers(dest="source_kind", metavar="SOURCE", required=True)
 

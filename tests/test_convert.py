@@ -20,6 +20,7 @@ from embedrl.data.mmeb_v2 import (
     candidate_name,
     convert_image_task,
     convert_video_classification_task,
+    convert_video_qa_task,
     convert_video_retrieval_task,
     convert_visdoc_task,
     strip_image_tokens,
@@ -506,3 +507,60 @@ def test_smthsmthv2_ranks_each_video_against_its_own_options(tmp_path: Path) -> 
     assert task.meta.eval_type == "local" and len(task.queries) == 1 and task.meta.source["rows"] == 1
     assert task.queries[0].candidate_ids == ["Closing something", "Opening something"]
     assert [(r.qid, r.cid) for r in task.qrels] == [("q00000", "Opening something")]
+
+
+# ------------------------------------------------------------------------------------------- video QA
+
+
+def test_video_qa_options_are_built_and_named_as_each_official_loader(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    for folder in ("vm1", "4001", "v_act1", "action_antonym/clip.mp4", "ego7"):
+        _frames(frames / folder, 2)
+    out = tmp_path / "tasks"
+    # Video-MME: options "A. ..." named as given, embedded without the letter
+    mme = [{"videoID": "vm1", "question": "What color?", "options": ["A. red car.", "B. blue"], "answer": "B",
+            "question_id": "1", "domain": "x", "sub_category": "y"}]
+    task = read_task(convert_video_qa_task(_records(mme), "Video-MME", frames, out))
+    query = task.queries[0]
+    assert (task.meta.eval_type, task.meta.meta_task) == ("local", "V-QA")
+    assert task.meta.query_instruction.startswith("Given a video and a question, select the most accurate answer")
+    assert query.text == "What color?\nA. red car.\nB. blue" and query.candidate_ids == ["A. red car.", "B. blue"]
+    assert [c.text for c in task.candidates] == ["red car", "blue"] and task.qrels[0].cid == "B. blue"
+    assert len(query.video.frames) == 2
+    # NExTQA: a0-a4 with an answer index, lettered in the query only
+    nextqa = [{"video": 4001, "question": "why?", "answer": 2, "qid": 1, "type": "CW",
+               **{f"a{i}": f"opt{i}" for i in range(5)}}]
+    task = read_task(convert_video_qa_task(_records(nextqa), "NExTQA", frames, out))
+    assert task.queries[0].text == "why?\nOptions:\n(A) opt0\n(B) opt1\n(C) opt2\n(D) opt3\n(E) opt4"
+    assert task.queries[0].candidate_ids == [f"opt{i}" for i in range(5)] and task.qrels[0].cid == "opt2"
+    # MVBench: lettered options are both embedded and named; the subset names the frame folder
+    mvbench = [{"subset": "action_antonym", "video": "clip.mp4", "question": "What?", "candidates": ["up", "down"],
+                "answer": "down"}]
+    task = read_task(convert_video_qa_task(_records(mvbench), "MVBench", frames, out))
+    assert task.queries[0].candidate_ids == ["(A) up", "(B) down"] and task.qrels[0].cid == "(B) down"
+    assert task.candidates[0].text == "(A) up"
+    assert task.queries[0].video.frames[0].startswith("media/frames/action_antonym/clip.mp4/")
+    # ActivityNetQA: yes / no
+    act = [{"video_name": "act1", "question": "is it raining", "answer": "no", "question_id": "q"}]
+    task = read_task(convert_video_qa_task(_records(act), "ActivityNetQA", frames, out))
+    assert task.queries[0].text == "is it raining? (A) yes; (B) no." and task.qrels[0].cid == "no"
+    # EgoSchema: the question and the options are joined without a separator, as upstream
+    ego = [{"video_idx": "ego7", "question": "What did C do?", "answer": "1", "question_idx": "e",
+            "option": ["A. cook.", "B. read"]}]
+    task = read_task(convert_video_qa_task(_records(ego), "EgoSchema", frames, out))
+    assert task.queries[0].text == "What did C do?A. cook. B. read" and task.qrels[0].cid == "B. read"
+    assert [c.text for c in task.candidates] == ["cook", "read"]
+
+
+def test_video_qa_defects_name_row_and_field(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    _frames(frames / "vm1", 2)
+    rows = [{"videoID": "vm1", "question": "q", "options": ["A. x", "B. y"], "answer": "C"},
+            {"videoID": "vm1", "question": 5, "options": ["A. x"], "answer": "A"},
+            {"videoID": "nope", "question": "q", "options": ["A. x"], "answer": "A"}]
+    with pytest.raises(DataError) as caught:
+        convert_video_qa_task(_records(rows), "Video-MME", frames, tmp_path / "tasks")
+    report = caught.value.report()
+    assert "rows.jsonl:1: record 'q00000': field 'answer': 'C' is not the letter of one of the 2 options" in report
+    assert "rows.jsonl:2: record 'q00001': field 'question': has the wrong type (int)" in report
+    assert "rows.jsonl:3: record 'q00002': field 'video':" in report and "no frame folder" in report

@@ -58,8 +58,8 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
     convert = tsub.add_parser(
         "convert", help="turn a downloaded MMEB-V2 or UVRB task into a task folder",
         description="Convert upstream benchmark files (downloaded beforehand: embedrl never fetches data) into "
-        "the unified task format, ready for `embedrl eval`. Supported: the 36 MMEB-V2 image tasks, the 10 video "
-        "retrieval and classification tasks, the 24 VisDoc tasks and the 16 UVRB datasets; the 8 video QA and "
+        "the unified task format, ready for `embedrl eval`. Supported: the 36 MMEB-V2 image tasks, the 15 video "
+        "retrieval, classification and QA tasks, the 24 VisDoc tasks and the 16 UVRB datasets; the 3 video "
         "moment-retrieval tasks are not yet.",
         epilog=CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     csub = convert.add_subparsers(dest="source_kind", metavar="SOURCE", required=True)
@@ -77,7 +77,7 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
                        "(default: test)")
     image.set_defaults(func=_convert_image)
 
-    video = csub.add_parser("mmeb-video", help="one of the 10 MMEB-V2 video retrieval and classification tasks",
+    video = csub.add_parser("mmeb-video", help="one of the 15 MMEB-V2 video retrieval, classification and QA tasks",
                             description="Rows of the task's hub dataset and the frame folders of the MMEB-V2 release, "
                             "one per video; frames are sampled to --num-frames in natural name order. Retrieval "
                             "(MSR-VTT: video_id, caption; MSVD: video_id, caption[]; DiDeMo: video, caption; VATEX: "
@@ -85,9 +85,12 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
                             "its video. Classification (K700, HMDB51, UCF101, Breakfast: video_id, pos_text; "
                             "SmthSmthV2: also neg_text[]): each video is a query over label candidates; give the "
                             "official label list with --labels (SmthSmthV2 uses each row's options and, as the "
-                            "official run, its first 1,000 rows). The QA and moment-retrieval tasks have no "
-                            "converter yet.")
-    video.add_argument("--task", required=True, help="task name, e.g. MSR-VTT or K700")
+                            "official run, its first 1,000 rows). QA (Video-MME: videoID, question, options[], "
+                            "answer letter; NExTQA: video, question, a0-a4, answer index; EgoSchema: video_idx, "
+                            "question, option[], answer index; MVBench: subset, video, question, candidates[], "
+                            "answer; ActivityNetQA: video_name, question, yes/no answer): each question is ranked "
+                            "against its own options. The moment-retrieval tasks have no converter yet.")
+    video.add_argument("--task", required=True, help="task name, e.g. MSR-VTT, K700 or Video-MME")
     video.add_argument("--records", required=True, type=Path, metavar="PATH",
                        help="the task's split: a .parquet/.jsonl/.json file or a folder of them")
     video.add_argument("--frames", required=True, type=Path, metavar="DIR",
@@ -154,20 +157,26 @@ def _convert_image(args: argparse.Namespace) -> int:
 def _convert_video(args: argparse.Namespace) -> int:
     from ..data.mmeb_v2 import (
         VIDEO_CLASSIFICATION_INSTRUCTIONS,
+        VIDEO_QA,
         convert_video_classification_task,
+        convert_video_qa_task,
         convert_video_retrieval_task,
         read_labels,
         task_name,
     )
 
     common = dict(num_frames=args.num_frames, revision=args.revision, overwrite=args.overwrite)
-    if task_name(args.task, "video") in VIDEO_CLASSIFICATION_INSTRUCTIONS:
+    name = task_name(args.task, "video")
+    if name in VIDEO_CLASSIFICATION_INSTRUCTIONS:
         labels = read_labels(args.labels) if args.labels is not None else None
         return _report(convert_video_classification_task(args.records, args.task, args.frames, args.out,
                                                          labels=labels, max_rows=args.max_rows,
                                                          split=args.split or "test", **common))
     if args.labels is not None or args.max_rows is not None:
         raise EmbedRLError("--labels and --max-rows apply to the video classification tasks only")
+    if name in VIDEO_QA:
+        return _report(convert_video_qa_task(args.records, args.task, args.frames, args.out, split=args.split,
+                                             **common))
     return _report(convert_video_retrieval_task(args.records, args.task, args.frames, args.out, split=args.split,
                                                 **common))
 

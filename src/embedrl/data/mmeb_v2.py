@@ -17,8 +17,12 @@
   `pos_text`, `neg_text[]`) with the frame folders of `video-tasks/frames/video_cls/<task>/`. Video queries over
   label candidates: the whole label list (given by the user) or, for SmthSmthV2, each row's own options.
 
-The 8 video QA and moment-retrieval tasks are not converted yet: each has a layout of its own (benchmarks.md
-§3.1).
+- **Video QA tasks (5: Video-MME, NExTQA, EgoSchema, MVBench, ActivityNetQA)**: rows with the question, its
+  options and answer, and the frame folders of `video-tasks/frames/video_qa/<task>/`. Local: each question
+  ranked against its own options, built and named as each official loader does.
+
+The 3 video moment-retrieval tasks are not converted yet: their clip folders and MomentSeeker's mixed query
+types have layouts of their own (benchmarks.md §3.1).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from ..errors import DataError, Problem
 from ..eval.registry import MMEB_V2, mmeb_task, resolve_task
@@ -276,8 +281,8 @@ def convert_video_retrieval_task(records: str | Path | Iterable[Record], task: s
     layout = VIDEO_RETRIEVAL.get(name)
     if layout is None:
         raise ConversionError(f"{name}: not a video retrieval task ({', '.join(VIDEO_RETRIEVAL)}); the video "
-                              "classification tasks have convert_video_classification_task, and the QA and "
-                              "moment-retrieval tasks no converter yet")
+                              "classification and QA tasks have their own converters, and the moment-retrieval "
+                              "tasks none yet")
     if num_frames < 1:
         raise ConversionError(f"num_frames must be >= 1, got {num_frames}")
     frame_root = Path(frames)
@@ -337,8 +342,9 @@ def _plain_name(name: str) -> bool:
 
 def _sampled_video(record: Record, field: str, video: str, frame_root: Path, building: Path, num_frames: int,
                    problems: list[Problem], qid: str) -> VideoRef | None:
-    """A video of the MMEB-V2 frame release: its sampled frames placed under media/frames/<video>/."""
-    if not _plain_name(video):
+    """A video of the MMEB-V2 frame release (`video`: its folder below `frame_root`, one name or, for MVBench,
+    `subset/name`): its sampled frames placed under media/frames/<video>/."""
+    if not all(_plain_name(part) for part in video.split("/")):
         problems.append(record.problem(f"{video!r} is not a usable video name", field, qid))
         return None
     folder = frame_root / video
@@ -357,7 +363,7 @@ def _sampled_video(record: Record, field: str, video: str, frame_root: Path, bui
         if source is None:
             problems.append(record.problem(why, field, qid))
             return None
-        placed.append(place_file(source, building, PurePosixPath("media", "frames", video, frame)))
+        placed.append(place_file(source, building, PurePosixPath("media", "frames", *video.split("/"), frame)))
     return VideoRef(id=video, frames=placed)
 
 
@@ -478,6 +484,169 @@ def convert_video_classification_task(records: str | Path | Iterable[Record], ta
                     version_note=note)
     candidates = [Item(id=text, text=text) for text in pool]
     return finish(Task(meta, queries, candidates, qrels), building, final)
+
+
+# ------------------------------------------------------------------------------------------- video QA
+
+VIDEO_QA_PROMPT = ("Given a video and a question, select the most accurate answer from the provided candidates. "
+                   "Return only the exact text of your chosen answer. Question:")
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+class _RowDefect(Exception):
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class QARow:
+    """One multiple-choice question as the official loader builds it."""
+
+    video: str                  # frame folder below the task's frames folder
+    question: str               # the query text after the prompt
+    names: list[str]            # candidate names: what is shared and what a hit is matched on
+    texts: list[str]            # candidate texts: what is embedded
+    answer: str                 # the positive's name
+
+
+def _get(data: dict, key: str, kinds: type | tuple[type, ...]) -> Any:
+    value = data.get(key)
+    if value is None or isinstance(value, bool) or not isinstance(value, kinds):
+        raise _RowDefect(key, "missing" if key not in data else f"has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _strings(data: dict, key: str) -> list[str]:
+    values = _get(data, key, list)
+    if not values or not all(isinstance(v, str) for v in values):
+        raise _RowDefect(key, "must be a non-empty list of strings")
+    return values
+
+
+def _lettered(options: list[str]) -> list[str]:
+    return [f"({_LETTERS[i]}) {option}" for i, option in enumerate(options)]
+
+
+def _strip_letter(option: str) -> str:
+    """'A. red car' -> 'red car' (the official loaders' `o[o.find('. '):].strip('. ')`)."""
+    return option[option.find(". "):].strip(". ")
+
+
+def _video_mme(data: dict) -> QARow:
+    options = _strings(data, "options")
+    answer = _get(data, "answer", str)
+    if answer not in _LETTERS[:len(options)]:
+        raise _RowDefect("answer", f"{answer!r} is not the letter of one of the {len(options)} options")
+    return QARow(str(_get(data, "videoID", (str, int))), _get(data, "question", str) + "\n" + "\n".join(options),
+                 options, [_strip_letter(o) for o in options], options[_LETTERS.index(answer)])
+
+
+def _nextqa(data: dict) -> QARow:
+    options = [_get(data, f"a{i}", str) for i in range(5)]
+    answer = _get(data, "answer", int)
+    if not 0 <= answer < len(options):
+        raise _RowDefect("answer", f"{answer} is not an option index (0-4)")
+    question = _get(data, "question", str) + "\nOptions:\n" + "\n".join(_lettered(options))
+    return QARow(str(_get(data, "video", (str, int))), question, options, options, options[answer])
+
+
+def _egoschema(data: dict) -> QARow:
+    options = _strings(data, "option")
+    try:
+        answer = int(_get(data, "answer", (str, int)))
+    except ValueError:
+        raise _RowDefect("answer", "must be an option index") from None
+    if not 0 <= answer < len(options):
+        raise _RowDefect("answer", f"{answer} is not an option index")
+    # the official query joins the question and the options without a separator
+    return QARow(str(_get(data, "video_idx", (str, int))), _get(data, "question", str) + " ".join(options),
+                 options, [_strip_letter(o) for o in options], options[answer])
+
+
+def _mvbench(data: dict, file: str) -> QARow:
+    subset = data.get("subset") or Path(file).stem  # the hub keeps one JSON file per subset
+    candidates = _strings(data, "candidates")
+    answer = _get(data, "answer", str)
+    if answer not in candidates:
+        raise _RowDefect("answer", f"{answer!r} is not among the candidates")
+    options = _lettered(candidates)  # upstream embeds and names the lettered options
+    question = _get(data, "question", str) + "\nOptions:\n" + "\n".join(options)
+    return QARow(f"{subset}/{_get(data, 'video', str)}", question, options, options,
+                 options[candidates.index(answer)])
+
+
+def _activitynetqa(data: dict) -> QARow:
+    answer = _get(data, "answer", str)
+    if answer not in ("yes", "no"):
+        raise _RowDefect("answer", f"{answer!r} is not yes or no (the official set keeps yes/no questions only)")
+    return QARow(f"v_{_get(data, 'video_name', (str, int))}", _get(data, "question", str) + "? (A) yes; (B) no.",
+                 ["yes", "no"], ["yes", "no"], answer)
+
+
+VIDEO_QA = {
+    "Video-MME": ("VLM2Vec/Video-MME", "test", lambda data, file: _video_mme(data)),
+    "NExTQA": ("VLM2Vec/NExTQA", "test", lambda data, file: _nextqa(data)),
+    "EgoSchema": ("VLM2Vec/EgoSchema", "test", lambda data, file: _egoschema(data)),
+    "MVBench": ("OpenGVLab/MVBench", "train", _mvbench),
+    "ActivityNetQA": ("VLM2Vec/ActivityNetQA", "test", lambda data, file: _activitynetqa(data)),
+}
+
+
+def convert_video_qa_task(records: str | Path | Iterable[Record], task: str, frames: str | Path,
+                          out_dir: str | Path, *, num_frames: int = 8, split: str | None = None,
+                          revision: str | None = None, overwrite: bool = False) -> Path:
+    """Write `OUT/<task>/` from the rows of one MMEB-V2 video QA task and its frame folders. Each question is a
+    local query (the video, the shared QA prompt, the question with its options) ranked against its own
+    options, built and named as the official loader of the task does (Video-MME and EgoSchema embed the options
+    without their "A. " prefix but name them with it; MVBench embeds and names "(A) ..." options)."""
+    name = task_name(task, "video")
+    if name not in VIDEO_QA:
+        raise ConversionError(f"{name} is not a video QA task ({', '.join(VIDEO_QA)})")
+    if num_frames < 1:
+        raise ConversionError(f"num_frames must be >= 1, got {num_frames}")
+    frame_root = Path(frames)
+    if not frame_root.is_dir():
+        raise ConversionError(f"{frame_root}: the frames folder does not exist")
+    hub, default_split, parse_row = VIDEO_QA[name]
+    split = split or default_split
+    spec = mmeb_task(name)
+    problems: list[Problem] = []
+    from_files = isinstance(records, (str, Path))
+    final, building = partial_folder(out_dir, name, overwrite, [frame_root, *([records] if from_files else [])])
+    rows = read_records(records, problems, split) if from_files else records
+
+    queries: list[Query] = []
+    candidates: dict[str, Item] = {}
+    qrels: list[Qrel] = []
+    videos: dict[str, VideoRef | None] = {}
+    for position, record in enumerate(rows):
+        qid = f"q{position:05d}"
+        try:
+            row = parse_row(record.data, record.file)
+        except _RowDefect as defect:
+            problems.append(record.problem(str(defect), defect.field, qid))
+            continue
+        if row.video not in videos:
+            videos[row.video] = _sampled_video(record, "video", row.video, frame_root, building, num_frames,
+                                               problems, qid)
+        if videos[row.video] is None:
+            continue
+        for cid, text in zip(row.names, row.texts):
+            candidates.setdefault(cid, Item(id=cid, text=text))  # the first text of a name is the one embedded
+        queries.append(Query(id=qid, text=row.question, video=videos[row.video],
+                             candidate_ids=dedupe_in_order(row.names), meta={"upstream_row": record.row}))
+        qrels.append(Qrel(qid, row.answer, 1))
+    if problems:
+        raise DataError(problems)
+    if not queries:
+        raise ConversionError(f"{name}: the source holds no usable rows")
+    meta = TaskMeta(benchmark=MMEB_V2, task=name, modality="video", meta_task=spec.meta_task,
+                    eval_type=spec.eval_type, primary_metric=spec.main_metric, query_instruction=VIDEO_QA_PROMPT,
+                    num_frames=num_frames,
+                    source={"hf": hub, "split": split_label(records if from_files else None, split),
+                            "revision": revision, "converter": "embedrl.data.mmeb_v2.convert_video_qa_task"})
+    return finish(Task(meta, queries, list(candidates.values()), qrels), building, final)
 
 
 # --------------------------------------------------------------------------------------------- visdoc

@@ -19,6 +19,7 @@ from embedrl.data.mmeb_v2 import (
     TEXT_TO_IMAGE,
     candidate_name,
     convert_image_task,
+    convert_moment_retrieval_task,
     convert_video_classification_task,
     convert_video_qa_task,
     convert_video_retrieval_task,
@@ -564,3 +565,49 @@ def test_video_qa_defects_name_row_and_field(tmp_path: Path) -> None:
     assert "rows.jsonl:1: record 'q00000': field 'answer': 'C' is not the letter of one of the 2 options" in report
     assert "rows.jsonl:2: record 'q00001': field 'question': has the wrong type (int)" in report
     assert "rows.jsonl:3: record 'q00002': field 'video':" in report and "no frame folder" in report
+
+
+# ------------------------------------------------------------------------------------ moment retrieval
+
+
+def test_highlight_clips_are_the_sub_folders_and_positive_ones_are_relevant(tmp_path: Path) -> None:
+    frames = tmp_path / "frames" / "video_mret" / "QVHighlight"
+    for clip in ("query", "negative_1", "positive_0", "negative_2"):
+        _frames(frames / "vidA" / clip, 3)
+    rows = [{"query": "a man cooks", "video_path": "videos/vidA.mp4"}]
+    task = read_task(convert_moment_retrieval_task(_records(rows), "QVHighlight", frames, tmp_path / "tasks"))
+    query = task.queries[0]
+    assert (task.meta.eval_type, task.meta.meta_task) == ("local", "V-MRET")
+    assert task.meta.query_instruction == "Find the clip that corresponds to the described scene in the given video:"
+    assert query.text == "a man cooks" and query.video.frames[0] == "media/frames/vidA/query/frame_1.jpg"
+    assert query.candidate_ids == ["vidA/positive_0", "vidA/negative_1", "vidA/negative_2"]
+    assert [r.cid for r in task.qrels] == ["vidA/positive_0"]
+    assert task.candidates[0].instruction == "Understand the content of the provided video."
+    (frames / "vidA" / "positive_0").rename(frames / "vidA" / "other_0")
+    with pytest.raises(DataError, match="has no clip folder named positive"):
+        convert_moment_retrieval_task(_records(rows), "QVHighlight", frames, tmp_path / "t2")
+
+
+def test_momentseeker_queries_by_input_type_with_several_positives(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    for clip in ("movie_1_q", "movie_1_p1", "movie_1_p2", "movie_1_n1"):
+        _frames(frames / "video_frames" / clip, 2)
+    _picture(frames / "query_still_3.jpg", (1, 2, 3))
+    clip = lambda p: {"output_path": p}  # noqa: E731
+    rows = [{"query": "the dog jumps", "input_frames": "movie/1_q.mp4",
+             "positive_frames": [clip("movie/1_p1.mp4"), clip("movie/1_p2.mp4")],
+             "negative_frames": [clip("movie/1_n1.mp4")]},
+            {"query": "a red ball", "input_frames": "still_3.jpg", "positive_frames": [clip("movie/1_p1.mp4")],
+             "negative_frames": [clip("movie/1_n1.mp4")]},
+            {"query": "just text", "input_frames": "", "positive_frames": [clip("movie/1_p2.mp4")],
+             "negative_frames": []}]
+    task = read_task(convert_moment_retrieval_task(_records(rows), "MomentSeeker", frames, tmp_path / "tasks"))
+    video_q, image_q, text_q = task.queries
+    assert video_q.instruction == "Find the clip that corresponds to the given sentence and video segment:"
+    assert video_q.video.frames[0] == "media/frames/video_frames/movie_1_q/frame_1.jpg"
+    assert image_q.instruction == "Select the video clip that aligns with the given text and image:"
+    assert image_q.images == ["media/images/query_still_3.jpg"] and text_q.video is None and not text_q.images
+    assert text_q.instruction == "Find the clip that corresponds to the given text:"
+    assert [(r.qid, r.cid) for r in task.qrels if r.qid == video_q.id] == [
+        (video_q.id, "video_frames/movie_1_p1"), (video_q.id, "video_frames/movie_1_p2")]
+    assert task.candidates[0].instruction == "Understand the content of the provided video clip."

@@ -58,9 +58,8 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
     convert = tsub.add_parser(
         "convert", help="turn a downloaded MMEB-V2 or UVRB task into a task folder",
         description="Convert upstream benchmark files (downloaded beforehand: embedrl never fetches data) into "
-        "the unified task format, ready for `embedrl eval`. Supported: the 36 MMEB-V2 image tasks, the 15 video "
-        "retrieval, classification and QA tasks, the 24 VisDoc tasks and the 16 UVRB datasets; the 3 video "
-        "moment-retrieval tasks are not yet.",
+        "the unified task format, ready for `embedrl eval`: all 78 MMEB-V2 tasks (36 image, 18 video, 24 VisDoc) "
+        "and the 16 UVRB datasets.",
         epilog=CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     csub = convert.add_subparsers(dest="source_kind", metavar="SOURCE", required=True)
 
@@ -77,7 +76,7 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
                        "(default: test)")
     image.set_defaults(func=_convert_image)
 
-    video = csub.add_parser("mmeb-video", help="one of the 15 MMEB-V2 video retrieval, classification and QA tasks",
+    video = csub.add_parser("mmeb-video", help="one of the 18 MMEB-V2 video tasks",
                             description="Rows of the task's hub dataset and the frame folders of the MMEB-V2 release, "
                             "one per video; frames are sampled to --num-frames in natural name order. Retrieval "
                             "(MSR-VTT: video_id, caption; MSVD: video_id, caption[]; DiDeMo: video, caption; VATEX: "
@@ -89,8 +88,11 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
                             "answer letter; NExTQA: video, question, a0-a4, answer index; EgoSchema: video_idx, "
                             "question, option[], answer index; MVBench: subset, video, question, candidates[], "
                             "answer; ActivityNetQA: video_name, question, yes/no answer): each question is ranked "
-                            "against its own options. The moment-retrieval tasks have no converter yet.")
-    video.add_argument("--task", required=True, help="task name, e.g. MSR-VTT, K700 or Video-MME")
+                            "against its own options. Moment retrieval (QVHighlight, Charades-STA: query, video_path, "
+                            "with <video>/query/ and one sub-folder per clip, positive* the positives; MomentSeeker: "
+                            "query, input_frames, positive_frames[], negative_frames[]): each query is ranked "
+                            "against its own clips.")
+    video.add_argument("--task", required=True, help="task name, e.g. MSR-VTT, K700, Video-MME or QVHighlight")
     video.add_argument("--records", required=True, type=Path, metavar="PATH",
                        help="the task's split: a .parquet/.jsonl/.json file or a folder of them")
     video.add_argument("--frames", required=True, type=Path, metavar="DIR",
@@ -156,8 +158,10 @@ def _convert_image(args: argparse.Namespace) -> int:
 
 def _convert_video(args: argparse.Namespace) -> int:
     from ..data.mmeb_v2 import (
+        MOMENT_SOURCES,
         VIDEO_CLASSIFICATION_INSTRUCTIONS,
         VIDEO_QA,
+        convert_moment_retrieval_task,
         convert_video_classification_task,
         convert_video_qa_task,
         convert_video_retrieval_task,
@@ -177,6 +181,9 @@ def _convert_video(args: argparse.Namespace) -> int:
     if name in VIDEO_QA:
         return _report(convert_video_qa_task(args.records, args.task, args.frames, args.out, split=args.split,
                                              **common))
+    if name in MOMENT_SOURCES:
+        return _report(convert_moment_retrieval_task(args.records, args.task, args.frames, args.out,
+                                                     split=args.split or "test", **common))
     return _report(convert_video_retrieval_task(args.records, args.task, args.frames, args.out, split=args.split,
                                                 **common))
 

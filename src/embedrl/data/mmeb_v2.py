@@ -21,8 +21,8 @@
   options and answer, and the frame folders of `video-tasks/frames/video_qa/<task>/`. Local: each question
   ranked against its own options, built and named as each official loader does.
 
-The 3 video moment-retrieval tasks are not converted yet: their clip folders and MomentSeeker's mixed query
-types have layouts of their own (benchmarks.md §3.1).
+- **Video moment retrieval (3: QVHighlight, Charades-STA, MomentSeeker)**: rows with the query and its clips,
+  with `video-tasks/frames/video_mret/<task>/`. Local: each query over its own positive and negative clips.
 """
 
 from __future__ import annotations
@@ -281,8 +281,7 @@ def convert_video_retrieval_task(records: str | Path | Iterable[Record], task: s
     layout = VIDEO_RETRIEVAL.get(name)
     if layout is None:
         raise ConversionError(f"{name}: not a video retrieval task ({', '.join(VIDEO_RETRIEVAL)}); the video "
-                              "classification and QA tasks have their own converters, and the moment-retrieval "
-                              "tasks none yet")
+                              "classification, QA and moment-retrieval tasks have their own converters")
     if num_frames < 1:
         raise ConversionError(f"num_frames must be >= 1, got {num_frames}")
     frame_root = Path(frames)
@@ -647,6 +646,147 @@ def convert_video_qa_task(records: str | Path | Iterable[Record], task: str, fra
                     source={"hf": hub, "split": split_label(records if from_files else None, split),
                             "revision": revision, "converter": "embedrl.data.mmeb_v2.convert_video_qa_task"})
     return finish(Task(meta, queries, list(candidates.values()), qrels), building, final)
+
+
+# ------------------------------------------------------------------------------- moment retrieval
+
+MOMENT_INSTRUCTION = "Find the clip that corresponds to the described scene in the given video:"
+MOMENT_CANDIDATE_INSTRUCTION = "Understand the content of the provided video."
+MOMENTSEEKER_INSTRUCTIONS = {"text": "Find the clip that corresponds to the given text:",
+                             "image": "Select the video clip that aligns with the given text and image:",
+                             "video": "Find the clip that corresponds to the given sentence and video segment:"}
+MOMENTSEEKER_CANDIDATE_INSTRUCTION = "Understand the content of the provided video clip."
+MOMENT_SOURCES = {"QVHighlight": "VLM2Vec/QVHighlight", "Charades-STA": "VLM2Vec/Charades-STA",
+                  "MomentSeeker": "VLM2Vec/MomentSeeker"}
+
+
+def convert_moment_retrieval_task(records: str | Path | Iterable[Record], task: str, frames: str | Path,
+                                  out_dir: str | Path, *, num_frames: int = 8, split: str = "test",
+                                  revision: str | None = None, overwrite: bool = False) -> Path:
+    """Write `OUT/<task>/` from the rows of one MMEB-V2 moment-retrieval task and its frame folders. Local:
+    each query is ranked against its own clips; every positive clip is relevant.
+
+    - QVHighlight, Charades-STA: rows with `query` and `video_path`; `frames/<video>/query/` holds the query
+      video's frames and every other sub-folder of `frames/<video>/` is a candidate clip, positive when its name
+      starts with "positive" (clips in name order);
+    - MomentSeeker: rows with `query`, `input_frames` (a `.mp4` clip: a video query from
+      `frames/video_frames/<clip>/`; a `.jpg`: an image query `frames/query_<name>`; else text only),
+      `positive_frames` and `negative_frames` (lists of `{"output_path"}`, clips at
+      `frames/video_frames/<path with / as _, without .mp4>/`), each query type with its own instruction."""
+    name = task_name(task, "video")
+    if name not in MOMENT_SOURCES:
+        raise ConversionError(f"{name} is not a moment-retrieval task ({', '.join(MOMENT_SOURCES)})")
+    if num_frames < 1:
+        raise ConversionError(f"num_frames must be >= 1, got {num_frames}")
+    frame_root = Path(frames)
+    if not frame_root.is_dir():
+        raise ConversionError(f"{frame_root}: the frames folder does not exist")
+    spec = mmeb_task(name)
+    seeker = name == "MomentSeeker"
+    problems: list[Problem] = []
+    from_files = isinstance(records, (str, Path))
+    final, building = partial_folder(out_dir, name, overwrite, [frame_root, *([records] if from_files else [])])
+    rows = read_records(records, problems, split) if from_files else records
+    clip_instruction = MOMENTSEEKER_CANDIDATE_INSTRUCTION if seeker else MOMENT_CANDIDATE_INSTRUCTION
+
+    queries: list[Query] = []
+    clips: dict[str, Item | None] = {}
+    qrels: list[Qrel] = []
+    for position, record in enumerate(rows):
+        qid = f"q{position:05d}"
+        before = len(problems)
+        text = require(record, "query", str, problems, qid)
+        parsed = (_seeker_row if seeker else _highlight_row)(record, frame_root, problems, qid)
+        if text is None or parsed is None or len(problems) > before:
+            continue
+        kind, query_media, positives, negatives = parsed
+        query = Query(id=qid, text=text, instruction=MOMENTSEEKER_INSTRUCTIONS[kind] if seeker else None,
+                      candidate_ids=dedupe_in_order(positives + negatives), meta={"upstream_row": record.row})
+        if kind == "video":
+            query.video = _sampled_video(record, "input_frames" if seeker else "video_path", query_media, frame_root,
+                                         building, num_frames, problems, qid)
+        elif kind == "image":
+            source, why = source_file(frame_root, query_media)
+            if source is None:
+                problems.append(record.problem(why, "input_frames", qid))
+            else:
+                query.images = [place_file(source, building, PurePosixPath("media", "images", query_media))]
+        for clip in query.candidate_ids:
+            if clip not in clips:
+                field = "positive_frames" if clip in positives else "negative_frames" if seeker else "video_path"
+                ref = _sampled_video(record, field, clip, frame_root, building, num_frames, problems, qid)
+                clips[clip] = Item(id=clip, instruction=clip_instruction, video=ref) if ref is not None else None
+        if len(problems) > before or any(clips[c] is None for c in query.candidate_ids):
+            continue
+        queries.append(query)
+        qrels.extend(Qrel(qid, clip, 1) for clip in dedupe_in_order(positives))
+    if problems:
+        raise DataError(problems)
+    if not queries:
+        raise ConversionError(f"{name}: the source holds no usable rows")
+    meta = TaskMeta(benchmark=MMEB_V2, task=name, modality="video", meta_task=spec.meta_task,
+                    eval_type=spec.eval_type, primary_metric=spec.main_metric,
+                    query_instruction=None if seeker else MOMENT_INSTRUCTION, num_frames=num_frames,
+                    source={"hf": MOMENT_SOURCES[name], "split": split_label(records if from_files else None, split),
+                            "revision": revision, "converter": "embedrl.data.mmeb_v2.convert_moment_retrieval_task"})
+    pool = [item for item in clips.values() if item is not None]
+    return finish(Task(meta, queries, pool, qrels), building, final)
+
+
+def _highlight_row(record: Record, frame_root: Path, problems: list[Problem], qid: str):
+    """QVHighlight / Charades-STA: (kind, query frames folder, positive clips, negative clips), folders relative
+    to the frames folder."""
+    path = require(record, "video_path", str, problems, qid)
+    if path is None:
+        return None
+    video = PurePosixPath(path.replace("\\", "/")).stem
+    if not _plain_name(video):
+        problems.append(record.problem(f"{path!r} does not name a video", "video_path", qid))
+        return None
+    try:
+        clips = sorted(p.name for p in (frame_root / video).iterdir() if p.is_dir() and p.name != "query")
+    except OSError as exc:
+        problems.append(record.problem(f"{frame_root / video}: no frame folder ({exc.strerror or exc})",
+                                       "video_path", qid))
+        return None
+    positives = [f"{video}/{c}" for c in clips if c.startswith("positive")]
+    if not positives:
+        problems.append(record.problem(f"{frame_root / video} has no clip folder named positive*", "video_path",
+                                       qid))
+        return None
+    negatives = [f"{video}/{c}" for c in clips if not c.startswith("positive")]
+    return "video", f"{video}/query", positives, negatives
+
+
+def _seeker_clip(entry: object) -> str | None:
+    path = entry.get("output_path") if isinstance(entry, dict) else None
+    if not isinstance(path, str) or not path:
+        return None
+    return "video_frames/" + path.replace("/", "_").split(".mp4")[0]
+
+
+def _seeker_row(record: Record, frame_root: Path, problems: list[Problem], qid: str):
+    """MomentSeeker: (kind, query media, positive clips, negative clips), paths relative to the frames folder."""
+    given = require(record, "input_frames", str, problems, qid, optional=True) or ""
+    sides = {}
+    for field in ("positive_frames", "negative_frames"):
+        entries = require(record, field, list, problems, qid)
+        if entries is None:
+            return None
+        sides[field] = [_seeker_clip(e) for e in entries]
+        if None in sides[field]:
+            problems.append(record.problem('every entry must be {"output_path": "<clip>.mp4"}', field, qid))
+            return None
+    if not sides["positive_frames"]:
+        problems.append(record.problem("no positive clip", "positive_frames", qid))
+        return None
+    if given.endswith(".mp4"):
+        kind, media = "video", "video_frames/" + given.split(".mp4")[0].replace("/", "_")
+    elif given.endswith(".jpg"):
+        kind, media = "image", f"query_{given}"
+    else:
+        kind, media = "text", None
+    return kind, media, sides["positive_frames"], sides["negative_frames"]
 
 
 # --------------------------------------------------------------------------------------------- visdoc

@@ -485,8 +485,11 @@ def test_video_classification_ranks_videos_over_the_label_list(tmp_path: Path, c
     assert task.candidates[1].text == "wave" and task.queries[0].text is None
     assert task.meta.query_instruction == "What actions or objects interactions are the person in the video doing?"
     assert len(task.queries[0].video.frames) == 3 and [r.cid for r in task.qrels] == ["wave", "smile"]
-    # without the list the pool is what the rows use, and task.json says so
-    assert main([*args, "--overwrite"]) == 0
+    # without the list the conversion is refused, unless the smaller pool is asked for; task.json then says so
+    capsys.readouterr()
+    assert main([*args, "--overwrite"]) == 2
+    assert "HMDB51 ranks every video against its full label list (51 labels)" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--labels-from-rows"]) == 0
     task = read_task(tmp_path / "tasks" / "HMDB51")
     assert [c.id for c in task.candidates] == ["wave", "smile"] and "not the official full label list" in \
         task.meta.version_note
@@ -564,7 +567,10 @@ def test_video_qa_defects_name_row_and_field(tmp_path: Path) -> None:
     report = caught.value.report()
     assert "rows.jsonl:1: record 'q00000': field 'answer': 'C' is not the letter of one of the 2 options" in report
     assert "rows.jsonl:2: record 'q00001': field 'question': has the wrong type (int)" in report
-    assert "rows.jsonl:3: record 'q00002': field 'video':" in report and "no frame folder" in report
+    assert "rows.jsonl:3: record 'q00002': field 'videoID':" in report and "no frame folder" in report
+    rows[0]["answer"] = "AB"  # a substring of the letters is not a letter
+    with pytest.raises(DataError, match="'AB' is not the letter of one of the 2 options"):
+        convert_video_qa_task(_records(rows[:1]), "Video-MME", frames, tmp_path / "tasks")
 
 
 # ------------------------------------------------------------------------------------ moment retrieval
@@ -611,3 +617,39 @@ def test_momentseeker_queries_by_input_type_with_several_positives(tmp_path: Pat
     assert [(r.qid, r.cid) for r in task.qrels if r.qid == video_q.id] == [
         (video_q.id, "video_frames/movie_1_p1"), (video_q.id, "video_frames/movie_1_p2")]
     assert task.candidates[0].instruction == "Understand the content of the provided video clip."
+    rows[2]["query"] = " "
+    with pytest.raises(DataError, match="record 'q00002': field 'query': an empty text-only query"):
+        convert_moment_retrieval_task(_records(rows), "MomentSeeker", frames, tmp_path / "t2")
+
+
+def test_mvbench_reads_one_folder_per_subset(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    _frames(frames / "action_antonym" / "a.mp4", 2)
+    _frames(frames / "action_count" / "b.mp4", 2)
+    root = tmp_path / "MVBench"
+    _parquet(root / "action_antonym" / "train" / "0000.parquet",  # the hub layout: no subset column
+             [{"video": "a.mp4", "question": "which?", "candidates": ["2", "3", "2"], "answer": "2"}])
+    _parquet(root / "action_count" / "train" / "0000.parquet",
+             [{"video": "b.mp4", "question": "how many?", "candidates": ["1", "4"], "answer": "4"}])
+    task = read_task(convert_video_qa_task(root, "MVBench", frames, tmp_path / "tasks"))
+    assert task.meta.source["hf"] == "VLM2Vec/MVBench"
+    first, second = task.queries
+    assert first.video.frames[0].startswith("media/frames/action_antonym/a.mp4/")
+    assert second.video.frames[0].startswith("media/frames/action_count/b.mp4/")
+    # a repeated candidate: the official qa_template keeps the last match as the answer
+    assert first.candidate_ids == ["(A) 2", "(B) 3", "(C) 2"] and task.qrels[0].cid == "(C) 2"
+    bad = tmp_path / "loose.parquet"
+    _parquet(bad, [{"video": "a.mp4", "question": "?", "candidates": ["x"], "answer": "x"}])
+    with pytest.raises(DataError, match="field 'subset': missing, and no folder or file"):
+        convert_video_qa_task(bad, "MVBench", frames, tmp_path / "t2")
+
+
+def test_labels_given_through_the_api_are_checked(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    _frames(frames / "v1", 2)
+    rows = [{"video_id": "v1", "pos_text": "run"}]
+    task = read_task(convert_video_classification_task(_records(rows), "HMDB51", frames, tmp_path / "tasks",
+                                                       labels=["run", "walk", "run"]))
+    assert [c.id for c in task.candidates] == ["run", "walk"]
+    with pytest.raises(ConversionError, match="non-empty label strings"):
+        convert_video_classification_task(_records(rows), "HMDB51", frames, tmp_path / "t2", labels=["run", ""])

@@ -101,13 +101,16 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
                        help="frames per video (default: 8, the benchmark's setting)")
     video.add_argument("--labels", type=Path, metavar="FILE",
                        help="classification: the task's full label list in the official order (one label per line, "
-                       "or a JSON list), e.g. from VLM2Vec's video_classification_utils.py. Without it the pool is "
-                       "the labels the rows use, and task.json says so")
+                       "or a JSON list), e.g. from VLM2Vec's video_classification_utils.py; required for K700, "
+                       "HMDB51, UCF101 and Breakfast unless --labels-from-rows")
+    video.add_argument("--labels-from-rows", action="store_true",
+                       help="classification: rank against only the labels the rows use (a smaller pool than the "
+                       "official one, so higher scores; task.json says so)")
     video.add_argument("--max-rows", type=positive_int, metavar="N",
                        help="classification: convert only the first N rows (default: all; 1000 for SmthSmthV2, as "
                        "the official run)")
     video.add_argument("--split", help="the split to read when --records holds several (default: the one the "
-                       "official evaluation reads: val for YouCook2, test otherwise)")
+                       "official evaluation reads: val for YouCook2, train for MVBench, test otherwise)")
     video.set_defaults(func=_convert_video)
 
     visdoc = csub.add_parser("mmeb-visdoc", help="one of the 24 MMEB-V2 VisDoc tasks (BEIR-style splits)",
@@ -174,10 +177,12 @@ def _convert_video(args: argparse.Namespace) -> int:
     if name in VIDEO_CLASSIFICATION_INSTRUCTIONS:
         labels = read_labels(args.labels) if args.labels is not None else None
         return _report(convert_video_classification_task(args.records, args.task, args.frames, args.out,
-                                                         labels=labels, max_rows=args.max_rows,
-                                                         split=args.split or "test", **common))
-    if args.labels is not None or args.max_rows is not None:
-        raise EmbedRLError("--labels and --max-rows apply to the video classification tasks only")
+                                                         labels=labels, labels_from_rows=args.labels_from_rows,
+                                                         max_rows=args.max_rows, split=args.split or "test",
+                                                         **common))
+    if args.labels is not None or args.max_rows is not None or args.labels_from_rows:
+        raise EmbedRLError("--labels, --labels-from-rows and --max-rows apply to the video classification tasks "
+                           "only")
     if name in VIDEO_QA:
         return _report(convert_video_qa_task(args.records, args.task, args.frames, args.out, split=args.split,
                                              **common))

@@ -382,6 +382,14 @@ VIDEO_CLASSIFICATION_SOURCES = {"K700": "VLM2Vec/Kinetics-700", "SmthSmthV2": "V
 VIDEO_CLASSIFICATION_ROWS = {"SmthSmthV2": 1000}
 
 
+def check_labels(labels: Iterable[object], where: str = "the label list") -> list[str]:
+    """A label list as the pool: non-empty strings, each once, in the given order."""
+    labels = list(labels)
+    if not labels or not all(isinstance(x, str) and x.strip() for x in labels):
+        raise ConversionError(f"{where}: expected a non-empty list of non-empty label strings")
+    return dedupe_in_order(labels)
+
+
 def read_labels(path: str | Path) -> list[str]:
     """A label list: a JSON list of strings, or a text file with one label per line (blank lines skipped)."""
     path = Path(path)
@@ -394,27 +402,32 @@ def read_labels(path: str | Path) -> list[str]:
             labels = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConversionError(f"{path}: not JSON ({exc})") from None
-        if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
-            raise ConversionError(f"{path}: expected a JSON list of non-empty strings")
+        if not isinstance(labels, list):
+            raise ConversionError(f"{path}: expected a JSON list of label strings")
     else:
         labels = [line.rstrip("\r") for line in text.split("\n") if line.strip()]
-    if not labels:
-        raise ConversionError(f"{path}: no labels")
-    return dedupe_in_order(labels)
+    return check_labels(labels, str(path))
+
+
+def len_hint(task: str) -> str:
+    return {"K700": "700 labels", "HMDB51": "51 labels", "UCF101": "101 labels", "Breakfast": "10 labels"}.get(
+        task, "the task's labels")
 
 
 def convert_video_classification_task(records: str | Path | Iterable[Record], task: str, frames: str | Path,
                                       out_dir: str | Path, *, labels: Iterable[str] | None = None,
-                                      num_frames: int = 8, max_rows: int | None = None, split: str = "test",
+                                      labels_from_rows: bool = False, num_frames: int = 8,
+                                      max_rows: int | None = None, split: str = "test",
                                       revision: str | None = None, overwrite: bool = False) -> Path:
     """Write `OUT/<task>/` from the rows of one MMEB-V2 video classification task (`video_id`, `pos_text`, and
     `neg_text[]` for SmthSmthV2) and its frame folders (`frames/<video_id>/`). The query is the video; the
     candidates are label texts.
 
     K700, HMDB51, UCF101 and Breakfast rank every query against the task's whole label list: give it as
-    `labels`, in the official order. Without it the pool is the labels the rows use, which is smaller when a
-    class has no test video (noted in `version_note`). SmthSmthV2 ranks each video against its own `neg_text`
-    list, over the first 1,000 rows as the official run (`max_rows` overrides)."""
+    `labels`, in the official order. `labels_from_rows` uses the labels the rows use instead, a smaller pool
+    when a class has no test video, so scores come out higher than the official ones (noted in
+    `version_note`); one of the two is required. SmthSmthV2 ranks each video against its own `neg_text` list,
+    over the first 1,000 rows as the official run (`max_rows` overrides)."""
     name = task_name(task, "video")
     if name not in VIDEO_CLASSIFICATION_INSTRUCTIONS:
         raise ConversionError(f"{name} is not a video classification task "
@@ -426,7 +439,12 @@ def convert_video_classification_task(records: str | Path | Iterable[Record], ta
         raise ConversionError(f"{frame_root}: the frames folder does not exist")
     spec = mmeb_task(name)
     local = spec.eval_type == "local"
-    label_list = list(labels) if labels is not None else None
+    label_list = check_labels(labels, "labels") if labels is not None else None
+    if not local and label_list is None and not labels_from_rows:
+        raise ConversionError(f"{name} ranks every video against its full label list ({len_hint(name)}): give "
+                              "it with --labels FILE, in the official order (VLM2Vec's "
+                              "video_classification_utils.py), or pass --labels-from-rows to use only the labels "
+                              "the rows use (a smaller pool: higher scores than the official ones)")
     known = set(label_list or ())
     limit = max_rows if max_rows is not None else VIDEO_CLASSIFICATION_ROWS.get(name)
     problems: list[Problem] = []
@@ -503,6 +521,7 @@ class QARow:
     """One multiple-choice question as the official loader builds it."""
 
     video: str                  # frame folder below the task's frames folder
+    video_field: str            # the row field that names the video (for messages)
     question: str               # the query text after the prompt
     names: list[str]            # candidate names: what is shared and what a hit is matched on
     texts: list[str]            # candidate texts: what is embedded
@@ -535,10 +554,11 @@ def _strip_letter(option: str) -> str:
 def _video_mme(data: dict) -> QARow:
     options = _strings(data, "options")
     answer = _get(data, "answer", str)
-    if answer not in _LETTERS[:len(options)]:
+    if len(answer) != 1 or answer not in _LETTERS[:len(options)]:
         raise _RowDefect("answer", f"{answer!r} is not the letter of one of the {len(options)} options")
-    return QARow(str(_get(data, "videoID", (str, int))), _get(data, "question", str) + "\n" + "\n".join(options),
-                 options, [_strip_letter(o) for o in options], options[_LETTERS.index(answer)])
+    return QARow(str(_get(data, "videoID", (str, int))), "videoID",
+                 _get(data, "question", str) + "\n" + "\n".join(options), options,
+                 [_strip_letter(o) for o in options], options[_LETTERS.index(answer)])
 
 
 def _nextqa(data: dict) -> QARow:
@@ -547,7 +567,7 @@ def _nextqa(data: dict) -> QARow:
     if not 0 <= answer < len(options):
         raise _RowDefect("answer", f"{answer} is not an option index (0-4)")
     question = _get(data, "question", str) + "\nOptions:\n" + "\n".join(_lettered(options))
-    return QARow(str(_get(data, "video", (str, int))), question, options, options, options[answer])
+    return QARow(str(_get(data, "video", (str, int))), "video", question, options, options, options[answer])
 
 
 def _egoschema(data: dict) -> QARow:
@@ -559,36 +579,58 @@ def _egoschema(data: dict) -> QARow:
     if not 0 <= answer < len(options):
         raise _RowDefect("answer", f"{answer} is not an option index")
     # the official query joins the question and the options without a separator
-    return QARow(str(_get(data, "video_idx", (str, int))), _get(data, "question", str) + " ".join(options),
-                 options, [_strip_letter(o) for o in options], options[answer])
+    return QARow(str(_get(data, "video_idx", (str, int))), "video_idx",
+                 _get(data, "question", str) + " ".join(options), options, [_strip_letter(o) for o in options],
+                 options[answer])
+
+
+# MVBench's 20 subsets (the official loader's `subset_meta`); the hub keeps each as its own folder or file.
+MVBENCH_SUBSETS = frozenset({
+    "episodic_reasoning", "action_sequence", "action_prediction", "action_antonym", "fine_grained_action",
+    "unexpected_action", "object_existence", "object_interaction", "object_shuffle", "moving_direction",
+    "action_localization", "scene_transition", "action_count", "moving_count", "moving_attribute", "state_change",
+    "fine_grained_pose", "character_order", "egocentric_navigation", "counterfactual_inference"})
+
+
+def _mvbench_subset(data: dict, file: str) -> str:
+    """The row's `subset`, else the nearest folder or file named after one (upstream adds the column itself when
+    it loads one hub config per subset)."""
+    given = data.get("subset")
+    if isinstance(given, str) and given:
+        return given
+    for part in reversed(Path(file).with_suffix("").parts):
+        if part in MVBENCH_SUBSETS:
+            return part
+    raise _RowDefect("subset", "missing, and no folder or file of the row is named after an MVBench subset")
 
 
 def _mvbench(data: dict, file: str) -> QARow:
-    subset = data.get("subset") or Path(file).stem  # the hub keeps one JSON file per subset
+    subset = _mvbench_subset(data, file)
     candidates = _strings(data, "candidates")
     answer = _get(data, "answer", str)
     if answer not in candidates:
         raise _RowDefect("answer", f"{answer!r} is not among the candidates")
     options = _lettered(candidates)  # upstream embeds and names the lettered options
     question = _get(data, "question", str) + "\nOptions:\n" + "\n".join(options)
-    return QARow(f"{subset}/{_get(data, 'video', str)}", question, options, options,
-                 options[candidates.index(answer)])
+    last = len(candidates) - 1 - candidates[::-1].index(answer)  # qa_template keeps the last match
+    return QARow(f"{subset}/{_get(data, 'video', str)}", "video", question, options, options, options[last])
 
 
 def _activitynetqa(data: dict) -> QARow:
     answer = _get(data, "answer", str)
     if answer not in ("yes", "no"):
         raise _RowDefect("answer", f"{answer!r} is not yes or no (the official set keeps yes/no questions only)")
-    return QARow(f"v_{_get(data, 'video_name', (str, int))}", _get(data, "question", str) + "? (A) yes; (B) no.",
-                 ["yes", "no"], ["yes", "no"], answer)
+    return QARow(f"v_{_get(data, 'video_name', (str, int))}", "video_name",
+                 _get(data, "question", str) + "? (A) yes; (B) no.", ["yes", "no"], ["yes", "no"], answer)
 
 
+# task -> (hub dataset, its config, the split the official run reads, row parser)
 VIDEO_QA = {
-    "Video-MME": ("VLM2Vec/Video-MME", "test", lambda data, file: _video_mme(data)),
-    "NExTQA": ("VLM2Vec/NExTQA", "test", lambda data, file: _nextqa(data)),
-    "EgoSchema": ("VLM2Vec/EgoSchema", "test", lambda data, file: _egoschema(data)),
-    "MVBench": ("OpenGVLab/MVBench", "train", _mvbench),
-    "ActivityNetQA": ("VLM2Vec/ActivityNetQA", "test", lambda data, file: _activitynetqa(data)),
+    "Video-MME": ("VLM2Vec/Video-MME", None, "test", lambda data, file: _video_mme(data)),
+    "NExTQA": ("VLM2Vec/NExTQA", "MC", "test", lambda data, file: _nextqa(data)),
+    "EgoSchema": ("VLM2Vec/EgoSchema", "Subset", "test", lambda data, file: _egoschema(data)),
+    "MVBench": ("VLM2Vec/MVBench", None, "train", _mvbench),
+    "ActivityNetQA": ("VLM2Vec/ActivityNetQA", None, "test", lambda data, file: _activitynetqa(data)),
 }
 
 
@@ -607,13 +649,14 @@ def convert_video_qa_task(records: str | Path | Iterable[Record], task: str, fra
     frame_root = Path(frames)
     if not frame_root.is_dir():
         raise ConversionError(f"{frame_root}: the frames folder does not exist")
-    hub, default_split, parse_row = VIDEO_QA[name]
+    hub, config, default_split, parse_row = VIDEO_QA[name]
     split = split or default_split
     spec = mmeb_task(name)
+    parts = name == "MVBench"  # one folder per subset
     problems: list[Problem] = []
     from_files = isinstance(records, (str, Path))
     final, building = partial_folder(out_dir, name, overwrite, [frame_root, *([records] if from_files else [])])
-    rows = read_records(records, problems, split) if from_files else records
+    rows = read_records(records, problems, split, several_folders=parts) if from_files else records
 
     queries: list[Query] = []
     candidates: dict[str, Item] = {}
@@ -627,8 +670,8 @@ def convert_video_qa_task(records: str | Path | Iterable[Record], task: str, fra
             problems.append(record.problem(str(defect), defect.field, qid))
             continue
         if row.video not in videos:
-            videos[row.video] = _sampled_video(record, "video", row.video, frame_root, building, num_frames,
-                                               problems, qid)
+            videos[row.video] = _sampled_video(record, row.video_field, row.video, frame_root, building,
+                                               num_frames, problems, qid)
         if videos[row.video] is None:
             continue
         for cid, text in zip(row.names, row.texts):
@@ -643,7 +686,8 @@ def convert_video_qa_task(records: str | Path | Iterable[Record], task: str, fra
     meta = TaskMeta(benchmark=MMEB_V2, task=name, modality="video", meta_task=spec.meta_task,
                     eval_type=spec.eval_type, primary_metric=spec.main_metric, query_instruction=VIDEO_QA_PROMPT,
                     num_frames=num_frames,
-                    source={"hf": hub, "split": split_label(records if from_files else None, split),
+                    source={"hf": hub, "config": config,
+                            "split": split_label(records if from_files else None, split, several_folders=parts),
                             "revision": revision, "converter": "embedrl.data.mmeb_v2.convert_video_qa_task"})
     return finish(Task(meta, queries, list(candidates.values()), qrels), building, final)
 
@@ -711,9 +755,12 @@ def convert_moment_retrieval_task(records: str | Path | Iterable[Record], task: 
                 problems.append(record.problem(why, "input_frames", qid))
             else:
                 query.images = [place_file(source, building, PurePosixPath("media", "images", query_media))]
+        if kind == "text" and not text.strip():  # upstream would embed its instruction alone
+            problems.append(record.problem("an empty text-only query", "query", qid))
+            continue
         for clip in query.candidate_ids:
             if clip not in clips:
-                field = "positive_frames" if clip in positives else "negative_frames" if seeker else "video_path"
+                field = ("positive_frames" if clip in positives else "negative_frames") if seeker else "video_path"
                 ref = _sampled_video(record, field, clip, frame_root, building, num_frames, problems, qid)
                 clips[clip] = Item(id=clip, instruction=clip_instruction, video=ref) if ref is not None else None
         if len(problems) > before or any(clips[c] is None for c in query.candidate_ids):

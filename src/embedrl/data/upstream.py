@@ -56,10 +56,12 @@ def split_of(path: Path) -> str | None:
     return match.group("split") if match else None
 
 
-def record_files(source: str | Path, split: str | None = None) -> list[Path]:
+def record_files(source: str | Path, split: str | None = None, several_folders: bool = False) -> list[Path]:
     """The record files of `source`: the file itself, or every .parquet / .jsonl / .json file under a folder in
-    name order (a hub snapshot keeps one split as `test-00000-of-00002.parquet`, `test-00001-...`). A folder
-    that holds the shards of several splits yields those of `split`; without it, that is an error."""
+    name order (a hub snapshot keeps one split as `test-00000-of-00002.parquet`, `test-00001-...`). Files in
+    several sub-folders are refused (they are several tasks) unless `several_folders` (one task kept in parts,
+    as MVBench's subsets). A folder that holds the shards of several splits yields those of `split`; without it,
+    that is an error."""
     source = Path(source)
     if source.is_file():
         if source.suffix not in RECORD_SUFFIXES:
@@ -72,7 +74,7 @@ def record_files(source: str | Path, split: str | None = None) -> list[Path]:
     if not files:
         raise ConversionError(f"{source}: holds no {', '.join(RECORD_SUFFIXES)} files")
     folders = sorted({str(p.parent.relative_to(source)) for p in files})
-    if len(folders) > 1:  # e.g. the root of a hub snapshot, one sub-folder per task: never merge tasks
+    if len(folders) > 1 and not several_folders:  # e.g. a hub snapshot's root, one folder per task: never merge
         shown = ", ".join(folders[:5]) + (", ..." if len(folders) > 5 else "")
         raise ConversionError(f"{source}: record files in {len(folders)} folders ({shown}); give the folder of "
                               "the one task or split to convert")
@@ -84,20 +86,21 @@ def record_files(source: str | Path, split: str | None = None) -> list[Path]:
     return files
 
 
-def split_label(source: str | Path | None, split: str | None) -> str | None:
+def split_label(source: str | Path | None, split: str | None, several_folders: bool = False) -> str | None:
     """The split the records of `source` belong to, as recorded in task.json: the shards' split when their names
     tell it, else the split asked for."""
     if source is None:
         return split
-    names = {split_of(p) for p in record_files(source, split)}
+    names = {split_of(p) for p in record_files(source, split, several_folders)}
     return names.pop() if len(names) == 1 and None not in names else split
 
 
-def read_records(source: str | Path, problems: list[Problem], split: str | None = None) -> Iterator[Record]:
+def read_records(source: str | Path, problems: list[Problem], split: str | None = None,
+                 several_folders: bool = False) -> Iterator[Record]:
     """Rows of every record file of `source` (of `split`, when the folder holds several), in order. A line or
     file that cannot be read is added to `problems` and skipped, so that the caller still reports every other
     defect. Parquet is read in batches, so memory stays bounded when a split carries its images inline."""
-    for path in record_files(source, split):
+    for path in record_files(source, split, several_folders):
         if path.suffix == ".parquet":
             yield from _parquet_records(path, problems)
         elif path.suffix == ".jsonl":

@@ -19,12 +19,14 @@ from embedrl.data.mmeb_v2 import (
     TEXT_TO_IMAGE,
     candidate_name,
     convert_image_task,
+    convert_visdoc_task,
+    strip_image_tokens,
+)
+from embedrl.data.mmeb_v2_video import (
     convert_moment_retrieval_task,
     convert_video_classification_task,
     convert_video_qa_task,
     convert_video_retrieval_task,
-    convert_visdoc_task,
-    strip_image_tokens,
 )
 from embedrl.data.taskdir import read_task
 from embedrl.data.upstream import ConversionError

@@ -160,37 +160,13 @@ def _convert_image(args: argparse.Namespace) -> int:
 
 
 def _convert_video(args: argparse.Namespace) -> int:
-    from ..data.mmeb_v2 import (
-        MOMENT_SOURCES,
-        VIDEO_CLASSIFICATION_INSTRUCTIONS,
-        VIDEO_QA,
-        convert_moment_retrieval_task,
-        convert_video_classification_task,
-        convert_video_qa_task,
-        convert_video_retrieval_task,
-        read_labels,
-        task_name,
-    )
+    from ..data.mmeb_v2_video import convert_video_task, read_labels
 
-    common = dict(num_frames=args.num_frames, revision=args.revision, overwrite=args.overwrite)
-    name = task_name(args.task, "video")
-    if name in VIDEO_CLASSIFICATION_INSTRUCTIONS:
-        labels = read_labels(args.labels) if args.labels is not None else None
-        return _report(convert_video_classification_task(args.records, args.task, args.frames, args.out,
-                                                         labels=labels, labels_from_rows=args.labels_from_rows,
-                                                         max_rows=args.max_rows, split=args.split or "test",
-                                                         **common))
-    if args.labels is not None or args.max_rows is not None or args.labels_from_rows:
-        raise EmbedRLError("--labels, --labels-from-rows and --max-rows apply to the video classification tasks "
-                           "only")
-    if name in VIDEO_QA:
-        return _report(convert_video_qa_task(args.records, args.task, args.frames, args.out, split=args.split,
-                                             **common))
-    if name in MOMENT_SOURCES:
-        return _report(convert_moment_retrieval_task(args.records, args.task, args.frames, args.out,
-                                                     split=args.split or "test", **common))
-    return _report(convert_video_retrieval_task(args.records, args.task, args.frames, args.out, split=args.split,
-                                                **common))
+    labels = read_labels(args.labels) if args.labels is not None else None
+    return _report(convert_video_task(args.records, args.task, args.frames, args.out, labels=labels,
+                                      labels_from_rows=args.labels_from_rows, max_rows=args.max_rows,
+                                      split=args.split, num_frames=args.num_frames, revision=args.revision,
+                                      overwrite=args.overwrite))
 
 
 def _split_path(args: argparse.Namespace, name: str) -> Path:

@@ -655,3 +655,16 @@ def test_labels_given_through_the_api_are_checked(tmp_path: Path) -> None:
     assert [c.id for c in task.candidates] == ["run", "walk"]
     with pytest.raises(ConversionError, match="non-empty label strings"):
         convert_video_classification_task(_records(rows), "HMDB51", frames, tmp_path / "t2", labels=["run", ""])
+
+
+def test_convert_video_task_picks_the_family(tmp_path: Path, capsys) -> None:
+    frames = tmp_path / "frames"
+    _frames(frames / "v_act1", 2)
+    records = tmp_path / "rows.jsonl"
+    records.write_text(json.dumps({"video_name": "act1", "question": "is it", "answer": "yes"}) + "\n")
+    args = ["task", "convert", "mmeb-video", "--task", "activitynet-qa", "--records", str(records), "--frames",
+            str(frames), "--out", str(tmp_path / "tasks")]
+    assert main([*args, "--labels-from-rows"]) == 2
+    assert "apply to the video classification tasks only" in capsys.readouterr().err
+    assert main(args) == 0
+    assert read_task(tmp_path / "tasks" / "ActivityNetQA").meta.meta_task == "V-QA"

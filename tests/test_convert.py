@@ -261,7 +261,7 @@ def test_uvrb_defects_are_reported_together(tmp_path: Path, capsys) -> None:
     assert main(["task", "convert", "uvrb", "--dataset", "CRB_G", "--root", str(root), "--out",
                  str(tmp_path / "tasks")]) == 2
     err = capsys.readouterr().err
-    assert f"{corpus}:4: record 'c4': field 'video': no frame folder" in err
+    assert f"{corpus}:4: record 'c4': field 'video':" in err and "gone: no frame folder" in err
     assert f"{instances}:4: record 't1': field 'pos': unknown corpus id 'c9'" in err
 
 
@@ -430,7 +430,7 @@ def test_one_split_is_converted_never_several(tmp_path: Path) -> None:
     _parquet(data / "val-00000-of-00001.parquet", [{"id": "b", "video_path": "b.mp4", "sentence": "from val"}])
     task = read_task(convert_video_retrieval_task(data, "YouCook2", frames, tmp_path / "tasks"))
     assert [q.text for q in task.queries] == ["from val"] and task.meta.source["split"] == "val"  # as upstream
-    with pytest.raises(ConversionError, match="holds the splits test, val; pick one with --split"):
+    with pytest.raises(ConversionError, match="holds test, val, not train"):
         convert_video_retrieval_task(data, "MSR-VTT", frames, tmp_path / "tasks", split="train")
 
 
@@ -668,3 +668,54 @@ def test_convert_video_task_picks_the_family(tmp_path: Path, capsys) -> None:
     assert "apply to the video classification tasks only" in capsys.readouterr().err
     assert main(args) == 0
     assert read_task(tmp_path / "tasks" / "ActivityNetQA").meta.meta_task == "V-QA"
+
+
+# ------------------------------------------------------------------------------------- final review
+
+
+def test_split_names_come_from_shards_files_or_folders(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    _frames(frames / "a", 2)
+    _frames(frames / "b", 2)
+    converted = tmp_path / "MSR-VTT"  # the hub's converted layout: <split>/0000.parquet, 0001.parquet
+    _parquet(converted / "test" / "0000.parquet", [{"video_id": "a", "caption": "first"}])
+    _parquet(converted / "test" / "0001.parquet", [{"video_id": "b", "caption": "second"}])
+    _parquet(converted / "train" / "0000.parquet", [{"video_id": "a", "caption": "training"}])
+    task = read_task(convert_video_retrieval_task(converted, "MSR-VTT", frames, tmp_path / "tasks"))
+    assert [q.text for q in task.queries] == ["first", "second"] and task.meta.source["split"] == "test"
+    only_test = tmp_path / "YouCook2"
+    _parquet(only_test / "test-00000-of-00001.parquet", [{"id": "a", "video_path": "a.mp4", "sentence": "x"}])
+    with pytest.raises(ConversionError, match="holds test, not val"):  # the official run reads val
+        convert_video_retrieval_task(only_test, "YouCook2", frames, tmp_path / "t2")
+    task = read_task(convert_video_retrieval_task(only_test, "YouCook2", frames, tmp_path / "t3", split="test"))
+    assert task.meta.source["split"] == "test"
+
+
+def test_a_damaged_parquet_file_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    _frames(frames / "a", 2)
+    good = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist([{"video_id": "a", "caption": "x" * 5000}] * 50), good, compression="none")
+    data = bytearray(good.read_bytes())
+    data[len(data) // 4:len(data) // 4 + 64] = b"\xff" * 64  # damage the data, keep the footer
+    good.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="rows.parquet: unreadable Parquet data after row"):
+        convert_video_retrieval_task(good, "MSR-VTT", frames, tmp_path / "tasks")
+
+
+def test_a_rerun_drops_media_the_task_no_longer_uses(tmp_path: Path) -> None:
+    root = _uvrb_fixture(tmp_path / "MSRVTT", frames_per_video=12)
+    instances = root / "jsonl" / "instances.jsonl"
+    good = instances.read_text()
+    instances.write_text(good + json.dumps({"qid": "t1", "pos": ["nope"]}) + "\n")
+    with pytest.raises(DataError):
+        convert_uvrb_dataset(root, "MSRVTT", tmp_path / "tasks", num_frames=8)
+    assert len(list((tmp_path / "tasks" / "MSRVTT.partial" / "media" / "frames" / "v1").iterdir())) == 8
+    instances.write_text(good)
+    folder = convert_uvrb_dataset(root, "MSRVTT", tmp_path / "tasks", num_frames=4)
+    assert len(list((folder / "media" / "frames" / "v1").iterdir())) == 4  # the 8-frame attempt left nothing
+
+
+def test_smthsmthv2_refuses_a_label_list(tmp_path: Path) -> None:
+    with pytest.raises(ConversionError, match="own neg_text options: --labels and --labels-from-rows do not"):
+        convert_video_classification_task([], "SmthSmthV2", tmp_path, tmp_path / "tasks", labels=["x"])

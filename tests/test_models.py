@@ -260,3 +260,10 @@ def test_a_missing_local_checkpoint_is_named_as_such(tmp_path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ModelError, match="a file, not a checkpoint folder"):
         read_config(tmp_path / "file")
+
+
+def test_a_leading_tilde_is_the_home_folder(tiny_qwen3_embedder, monkeypatch) -> None:
+    from embedrl.models.backbone import read_config
+
+    monkeypatch.setenv("HOME", str(tiny_qwen3_embedder.parent))
+    assert read_config(f"~/{tiny_qwen3_embedder.name}")["model_type"] == read_config(tiny_qwen3_embedder)["model_type"]

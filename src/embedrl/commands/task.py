@@ -1,4 +1,5 @@
-"""`embedrl task validate DIR`, `embedrl task info DIR` and `embedrl task convert {mmeb-image,mmeb-visdoc,uvrb}`."""
+"""`embedrl task validate DIR`, `embedrl task info DIR` and `embedrl task convert {mmeb-image,mmeb-video,mmeb-visdoc,
+uvrb}`."""
 
 from __future__ import annotations
 
@@ -23,10 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "or escape the folder. Prints one line per defect (file:line: field: message) "
                           "and exits 1 if any were found.")
     val.add_argument("dirs", nargs="+", metavar="DIR", help="task folder(s)")
-    val.add_argument("--no-media", action="store_true", help="skip checking that media files exist")
-    val.add_argument("--decode", action="store_true",
-                     help="also decode every image, frame and video the way encoding loads them (slower: "
-                     "reads all media), so a corrupt file is found before a long evaluation")
+    media = val.add_mutually_exclusive_group()
+    media.add_argument("--no-media", action="store_true", help="skip checking that media files exist")
+    media.add_argument("--decode", action="store_true",
+                       help="also decode every image, frame and video the way encoding loads them (slower: reads "
+                       "all media), so a corrupt file is found before a long evaluation; runs once a folder has "
+                       "no other defect")
     val.set_defaults(func=_validate)
     info = tsub.add_parser("info", help="print a summary of a task folder as JSON")
     info.add_argument("dir", metavar="DIR")
@@ -38,8 +41,9 @@ CONVERT_EPILOG = """\
 Each converter writes OUT/<task>/ (the registry's task name) and prints a summary. It builds the folder as
 OUT/<task>.partial/ and renames it only once it validates: an interrupted run leaves no folder that looks
 finished, and a rerun reuses the media already placed. Media are hard-linked when the source is on the same
-file system, copied otherwise; a symlink that leads out of the source folder is refused. A folder of records
-that holds several splits (test-*.parquet, val-*.parquet) is read for one split only (--split). --overwrite
+file system, copied otherwise; a symlink that leads out of the source folder is refused. When the record names
+tell splits (test-00000-of-00001.parquet, val.jsonl, test/0000.parquet), only one split is read: --split, by
+default the one the official evaluation reads; a folder that holds only another split is refused. --overwrite
 replaces only a task folder, and never one that holds the source. Every defect of the
 source (a missing image, an unknown id, a wrong field type, a malformed line) is reported together, one line
 each with file, row and field.
@@ -72,8 +76,8 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
                        help="the task's test split: a .parquet/.jsonl/.json file or a folder of them")
     image.add_argument("--images", required=True, type=Path, metavar="DIR",
                        help="the unpacked image-tasks/ folder that qry_img_path and tgt_img_path are relative to")
-    image.add_argument("--split", default="test", help="the split to read when --records holds several "
-                       "(default: test)")
+    image.add_argument("--split", help="the split to read when the record names tell splits (default: test, the "
+                       "one the official evaluation reads)")
     image.set_defaults(func=_convert_image)
 
     video = csub.add_parser("mmeb-video", help="one of the 18 MMEB-V2 video tasks",
@@ -109,7 +113,7 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
     video.add_argument("--max-rows", type=positive_int, metavar="N",
                        help="classification: convert only the first N rows (default: all; 1000 for SmthSmthV2, as "
                        "the official run)")
-    video.add_argument("--split", help="the split to read when --records holds several (default: the one the "
+    video.add_argument("--split", help="the split to read when the record names tell splits (default: the one the "
                        "official evaluation reads: val for YouCook2, train for MVBench, test otherwise)")
     video.set_defaults(func=_convert_video)
 
@@ -122,7 +126,7 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
                         help="a download holding queries, corpus and qrels (folders or files of those names)")
     for split in ("queries", "corpus", "qrels"):
         visdoc.add_argument(f"--{split}", type=Path, metavar="PATH", help=f"the {split} records: a file or a folder of shards (overrides --source)")
-    visdoc.add_argument("--split", help="the split to read when a folder holds several (default: train for "
+    visdoc.add_argument("--split", help="the split to read when the record names tell splits (default: train for "
                         "VisRAG, test otherwise, as the official evaluation)")
     visdoc.set_defaults(func=_convert_visdoc)
 
@@ -200,7 +204,7 @@ def _validate(args: argparse.Namespace) -> int:
     failed = 0
     for directory in args.dirs:
         problems = validate_task(directory, check_media=not args.no_media)
-        if args.decode and not args.no_media and not problems:
+        if args.decode and not problems:
             problems = _undecodable(Path(directory))
         for problem in problems:
             print(problem)

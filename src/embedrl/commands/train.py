@@ -71,10 +71,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                             description="Checks every line of a pairs JSONL file (see embedrl.train.pairs) and "
                             "prints a per-dataset summary. Exit 1 if any defect was found.")
     check.add_argument("pairs")
-    check.add_argument("--no-media", action="store_true", help="skip checking that media files exist")
-    check.add_argument("--decode", action="store_true",
-                       help="also decode every image, frame and video the way training loads them (slower: reads "
-                       "all media), so a corrupt file is found before it stops a run")
+    media = check.add_mutually_exclusive_group()
+    media.add_argument("--no-media", action="store_true", help="skip checking that media files exist")
+    media.add_argument("--decode", action="store_true",
+                       help="also decode every image, frame and video of the valid pairs the way training loads "
+                       "them (slower: reads all media), so a corrupt file is found before it stops a run")
     check.set_defaults(func=_check_data)
 
     try:
@@ -227,7 +228,7 @@ def _check_data(args: argparse.Namespace) -> int:
     pairs, problems = load_pairs(Path(args.pairs), check_media=not args.no_media)
     if not pairs and not problems:  # training refuses such a file, so the check must too
         problems.append(Problem(args.pairs, "no training pairs"))
-    if args.decode and not args.no_media:
+    if args.decode:
         problems += _undecodable_pairs(args.pairs, pairs)
     for problem in problems:
         print(problem)

@@ -34,6 +34,7 @@ from .upstream import (
     partial_folder,
     place_bytes,
     place_file,
+    place_media,
     read_records,
     require,
     safe_relative,
@@ -119,7 +120,7 @@ def candidate_name(kind: str, text: str, image: str) -> str:
 
 
 def convert_image_task(records: str | Path | Iterable[Record], task: str, images: str | Path, out_dir: str | Path,
-                       *, split: str = "test", revision: str | None = None, overwrite: bool = False) -> Path:
+                       *, split: str | None = None, revision: str | None = None, overwrite: bool = False) -> Path:
     """Write `OUT/<task>/` from the rows of one MMEB-V2 image task. `images` is the unpacked `image-tasks/`
     folder the rows' paths are relative to. Returns the task folder.
 
@@ -127,6 +128,7 @@ def convert_image_task(records: str | Path | Iterable[Record], task: str, images
     images already placed stay in `OUT/<task>.partial/` for the rerun."""
     name = task_name(task, "image")
     spec = mmeb_task(name)
+    split = split or "test"  # the split the official evaluation reads
     kind = image_task_kind(name)
     image_root = Path(images)
     if not image_root.is_dir():
@@ -202,7 +204,7 @@ def convert_image_task(records: str | Path | Iterable[Record], task: str, images
                     eval_type=spec.eval_type, primary_metric=spec.main_metric,
                     source={"hf": hub, "config": name, "split": split_label(records if from_files else None, split),
                             "revision": revision,
-                            "converter": "embedrl.data.mmeb_v2.convert_image_task"},
+                            "converter": f"{__name__}.convert_image_task"},
                     version_note=(f"{repeated} queries listed a candidate twice; kept once, first position"
                                   if repeated else None))
     return finish(Task(meta, queries, list(candidates.values()), qrels), building, final)
@@ -210,12 +212,13 @@ def convert_image_task(records: str | Path | Iterable[Record], task: str, images
 
 def _place_image(record: Record, field: str, path: str, image_root: Path, building: Path,
                  problems: list[Problem], qid: str) -> str | None:
-    """The task-relative path of an upstream image, or None after adding a problem."""
-    source, why = source_file(image_root, path)
-    if source is None:
-        problems.append(record.problem(why, field, qid))
+    """The task-relative path of an upstream image (kept at its upstream path under media/), or None after
+    adding a problem."""
+    rel = safe_relative(path)
+    if rel is None:
+        problems.append(record.problem(f"{path!r} must be a relative path inside {image_root}", field, qid))
         return None
-    return place_file(source, building, PurePosixPath("media") / safe_relative(path))
+    return place_media(record, field, image_root, path, building, PurePosixPath("media") / rel, problems, qid)
 
 
 # --------------------------------------------------------------------------------------------- visdoc
@@ -295,7 +298,7 @@ def convert_visdoc_task(queries: str | Path, corpus: str | Path, qrels: str | Pa
                     eval_type=spec.eval_type, primary_metric=spec.main_metric,
                     query_instruction=VISDOC_QUERY_INSTRUCTION, candidate_instruction=VISDOC_CANDIDATE_INSTRUCTION,
                     source={"hf": VISDOC_SOURCES.get(name), "split": split_label(queries, split), "revision": revision,
-                            "converter": "embedrl.data.mmeb_v2.convert_visdoc_task"},
+                            "converter": f"{__name__}.convert_visdoc_task"},
                     version_note="; ".join(n for n in notes if n) or None)
     rels = [Qrel(qid, cid, grade) for (qid, cid), grade in grades.items()]
     return finish(Task(meta, list(query_items.values()), list(candidates.values()), rels), building, final)

@@ -5,7 +5,7 @@ sampled with `linspace` (all of them when there are fewer); only the sampled fra
 
 - **Video retrieval tasks (5: MSR-VTT, MSVD, DiDeMo, VATEX, YouCook2)**: the rows of each task's hub dataset
   with the frame folders of the MMEB-V2 release (`video-tasks/frames/video_ret/<task>/<video>/`). Text-to-video,
-  global pool of the tasks' videos, frames sampled to 8 in natural name order.
+  global pool of the tasks' videos.
 - **Video classification tasks (5: K700, SmthSmthV2, HMDB51, UCF101, Breakfast)**: rows (`video_id`,
   `pos_text`, `neg_text[]`) with the frame folders of `video-tasks/frames/video_cls/<task>/`. Video queries over
   label candidates: the whole label list (given by the user) or, for SmthSmthV2, each row's own options.
@@ -27,7 +27,7 @@ from typing import Any
 from ..errors import DataError, Problem
 from ..eval.registry import MMEB_V2, mmeb_task
 from .items import Item, Query, VideoRef
-from .media import natural_key, sample_indices
+from .media import natural_key
 from .mmeb_v2 import task_name
 from .taskdir import Qrel, Task, TaskMeta
 from .upstream import (
@@ -36,17 +36,17 @@ from .upstream import (
     dedupe_in_order,
     finish,
     partial_folder,
-    place_file,
+    place_frames,
+    place_media,
     read_records,
     require,
-    source_file,
+    safe_relative,
     split_label,
 )
 
 # ----------------------------------------------------------------------------------- video retrieval
 
 VIDEO_CANDIDATE_INSTRUCTION = "Understand the content of the provided video."
-VIDEO_FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def convert_video_retrieval_task(records: str | Path | Iterable[Record], task: s
                     candidate_instruction=VIDEO_CANDIDATE_INSTRUCTION, num_frames=num_frames,
                     source={"hf": layout.hub, "split": split_label(records if from_files else None, split),
                             "revision": revision,
-                            "converter": "embedrl.data.mmeb_v2.convert_video_retrieval_task"})
+                            "converter": f"{__name__}.convert_video_retrieval_task"})
     pool = [item for item in videos.values() if item is not None]
     return finish(Task(meta, queries, pool, qrels), building, final)
 
@@ -155,23 +155,11 @@ def _sampled_video(record: Record, field: str, video: str, frame_root: Path, bui
     if not all(_plain_name(part) for part in video.split("/")):
         problems.append(record.problem(f"{video!r} is not a usable video name", field, qid))
         return None
-    folder = frame_root / video
-    try:  # the official loader's frames: .jpg / .jpeg / .png, in natural name order
-        names = sorted((p.name for p in folder.iterdir() if p.suffix.lower() in VIDEO_FRAME_SUFFIXES),
-                       key=natural_key)
-    except OSError as exc:
-        problems.append(record.problem(f"{folder}: no frame folder ({exc.strerror or exc})", field, qid))
+    placed = place_frames(record, field, frame_root, PurePosixPath(video), building,
+                          PurePosixPath("media", "frames", *video.split("/")), num_frames, problems, qid,
+                          sort_key=natural_key)
+    if placed is None:
         return None
-    if not names:
-        problems.append(record.problem(f"{folder}: no .jpg/.jpeg/.png frames", field, qid))
-        return None
-    placed = []
-    for frame in (names[i] for i in sample_indices(len(names), num_frames)):
-        source, why = source_file(frame_root, f"{video}/{frame}")
-        if source is None:
-            problems.append(record.problem(why, field, qid))
-            return None
-        placed.append(place_file(source, building, PurePosixPath("media", "frames", *video.split("/"), frame)))
     return VideoRef(id=video, frames=placed)
 
 
@@ -226,7 +214,7 @@ def len_hint(task: str) -> str:
 def convert_video_classification_task(records: str | Path | Iterable[Record], task: str, frames: str | Path,
                                       out_dir: str | Path, *, labels: Iterable[str] | None = None,
                                       labels_from_rows: bool = False, num_frames: int = 8,
-                                      max_rows: int | None = None, split: str = "test",
+                                      max_rows: int | None = None, split: str | None = None,
                                       revision: str | None = None, overwrite: bool = False) -> Path:
     """Write `OUT/<task>/` from the rows of one MMEB-V2 video classification task (`video_id`, `pos_text`, and
     `neg_text[]` for SmthSmthV2) and its frame folders (`frames/<video_id>/`). The query is the video; the
@@ -247,7 +235,11 @@ def convert_video_classification_task(records: str | Path | Iterable[Record], ta
     if not frame_root.is_dir():
         raise ConversionError(f"{frame_root}: the frames folder does not exist")
     spec = mmeb_task(name)
+    split = split or "test"
     local = spec.eval_type == "local"
+    if local and (labels is not None or labels_from_rows):
+        raise ConversionError(f"{name} ranks each video against its own neg_text options: --labels and "
+                              "--labels-from-rows do not apply")
     label_list = check_labels(labels, "labels") if labels is not None else None
     if not local and label_list is None and not labels_from_rows:
         raise ConversionError(f"{name} ranks every video against its full label list ({len_hint(name)}): give "
@@ -306,7 +298,7 @@ def convert_video_classification_task(records: str | Path | Iterable[Record], ta
                     query_instruction=VIDEO_CLASSIFICATION_INSTRUCTIONS[name], num_frames=num_frames,
                     source={"hf": VIDEO_CLASSIFICATION_SOURCES[name],
                             "split": split_label(records if from_files else None, split), "revision": revision,
-                            "rows": limit, "converter": "embedrl.data.mmeb_v2.convert_video_classification_task"},
+                            "rows": limit, "converter": f"{__name__}.convert_video_classification_task"},
                     version_note=note)
     candidates = [Item(id=text, text=text) for text in pool]
     return finish(Task(meta, queries, candidates, qrels), building, final)
@@ -497,14 +489,13 @@ def convert_video_qa_task(records: str | Path | Iterable[Record], task: str, fra
                     num_frames=num_frames,
                     source={"hf": hub, "config": config,
                             "split": split_label(records if from_files else None, split, several_folders=parts),
-                            "revision": revision, "converter": "embedrl.data.mmeb_v2.convert_video_qa_task"})
+                            "revision": revision, "converter": f"{__name__}.convert_video_qa_task"})
     return finish(Task(meta, queries, list(candidates.values()), qrels), building, final)
 
 
 # ------------------------------------------------------------------------------- moment retrieval
 
 MOMENT_INSTRUCTION = "Find the clip that corresponds to the described scene in the given video:"
-MOMENT_CANDIDATE_INSTRUCTION = "Understand the content of the provided video."
 MOMENTSEEKER_INSTRUCTIONS = {"text": "Find the clip that corresponds to the given text:",
                              "image": "Select the video clip that aligns with the given text and image:",
                              "video": "Find the clip that corresponds to the given sentence and video segment:"}
@@ -514,7 +505,7 @@ MOMENT_SOURCES = {"QVHighlight": "VLM2Vec/QVHighlight", "Charades-STA": "VLM2Vec
 
 
 def convert_moment_retrieval_task(records: str | Path | Iterable[Record], task: str, frames: str | Path,
-                                  out_dir: str | Path, *, num_frames: int = 8, split: str = "test",
+                                  out_dir: str | Path, *, num_frames: int = 8, split: str | None = None,
                                   revision: str | None = None, overwrite: bool = False) -> Path:
     """Write `OUT/<task>/` from the rows of one MMEB-V2 moment-retrieval task and its frame folders. Local:
     each query is ranked against its own clips; every positive clip is relevant.
@@ -535,12 +526,13 @@ def convert_moment_retrieval_task(records: str | Path | Iterable[Record], task: 
     if not frame_root.is_dir():
         raise ConversionError(f"{frame_root}: the frames folder does not exist")
     spec = mmeb_task(name)
+    split = split or "test"
     seeker = name == "MomentSeeker"
     problems: list[Problem] = []
     from_files = isinstance(records, (str, Path))
     final, building = partial_folder(out_dir, name, overwrite, [frame_root, *([records] if from_files else [])])
     rows = read_records(records, problems, split) if from_files else records
-    clip_instruction = MOMENTSEEKER_CANDIDATE_INSTRUCTION if seeker else MOMENT_CANDIDATE_INSTRUCTION
+    clip_instruction = MOMENTSEEKER_CANDIDATE_INSTRUCTION if seeker else VIDEO_CANDIDATE_INSTRUCTION
 
     queries: list[Query] = []
     clips: dict[str, Item | None] = {}
@@ -559,11 +551,12 @@ def convert_moment_retrieval_task(records: str | Path | Iterable[Record], task: 
             query.video = _sampled_video(record, "input_frames" if seeker else "video_path", query_media, frame_root,
                                          building, num_frames, problems, qid)
         elif kind == "image":
-            source, why = source_file(frame_root, query_media)
-            if source is None:
-                problems.append(record.problem(why, "input_frames", qid))
-            else:
-                query.images = [place_file(source, building, PurePosixPath("media", "images", query_media))]
+            rel = safe_relative(query_media)
+            placed = place_media(record, "input_frames", frame_root, query_media, building,
+                                 PurePosixPath("media", "images", *rel.parts), problems, qid) if rel else None
+            if rel is None:
+                problems.append(record.problem(f"{query_media!r} must be a relative path", "input_frames", qid))
+            query.images = [placed] if placed else []
         if kind == "text" and not text.strip():  # upstream would embed its instruction alone
             problems.append(record.problem("an empty text-only query", "query", qid))
             continue
@@ -584,7 +577,7 @@ def convert_moment_retrieval_task(records: str | Path | Iterable[Record], task: 
                     eval_type=spec.eval_type, primary_metric=spec.main_metric,
                     query_instruction=None if seeker else MOMENT_INSTRUCTION, num_frames=num_frames,
                     source={"hf": MOMENT_SOURCES[name], "split": split_label(records if from_files else None, split),
-                            "revision": revision, "converter": "embedrl.data.mmeb_v2.convert_moment_retrieval_task"})
+                            "revision": revision, "converter": f"{__name__}.convert_moment_retrieval_task"})
     pool = [item for item in clips.values() if item is not None]
     return finish(Task(meta, queries, pool, qrels), building, final)
 
@@ -657,12 +650,12 @@ def convert_video_task(records: str | Path | Iterable[Record], task: str, frames
     if name in VIDEO_CLASSIFICATION_INSTRUCTIONS:
         return convert_video_classification_task(records, name, frames, out_dir, labels=labels,
                                                  labels_from_rows=labels_from_rows, max_rows=max_rows,
-                                                 split=split or "test", **common)
+                                                 split=split, **common)
     if labels is not None or labels_from_rows or max_rows is not None:
         raise ConversionError("--labels, --labels-from-rows and --max-rows apply to the video classification "
                               "tasks only")
     if name in VIDEO_QA:
         return convert_video_qa_task(records, name, frames, out_dir, split=split, **common)
     if name in MOMENT_SOURCES:
-        return convert_moment_retrieval_task(records, name, frames, out_dir, split=split or "test", **common)
+        return convert_moment_retrieval_task(records, name, frames, out_dir, split=split, **common)
     return convert_video_retrieval_task(records, name, frames, out_dir, split=split, **common)

@@ -50,18 +50,27 @@ class Record:
 _SHARD = re.compile(r"^(?P<split>.+?)-\d{5}-of-\d{5}$")
 
 
+SPLIT_NAMES = frozenset({"train", "test", "val", "validation", "dev"})
+
+
 def split_of(path: Path) -> str | None:
-    """The split a hub shard belongs to (`val-00000-of-00001.parquet` -> "val"), None for other names."""
+    """The split a record file belongs to when its name tells: a hub shard's prefix
+    (`val-00000-of-00001.parquet`), a file named after a split (`test.jsonl`) or a folder named after one
+    (`test/0000.parquet`, the hub's converted layout); None otherwise."""
     match = _SHARD.match(path.stem)
-    return match.group("split") if match else None
+    if match:
+        return match.group("split")
+    if path.stem in SPLIT_NAMES:
+        return path.stem
+    return path.parent.name if path.parent.name in SPLIT_NAMES else None
 
 
 def record_files(source: str | Path, split: str | None = None, several_folders: bool = False) -> list[Path]:
     """The record files of `source`: the file itself, or every .parquet / .jsonl / .json file under a folder in
-    name order (a hub snapshot keeps one split as `test-00000-of-00002.parquet`, `test-00001-...`). Files in
-    several sub-folders are refused (they are several tasks) unless `several_folders` (one task kept in parts,
-    as MVBench's subsets). A folder that holds the shards of several splits yields those of `split`; without it,
-    that is an error."""
+    name order. Files in several sub-folders are refused (they are several tasks) unless `several_folders` (one
+    task kept in parts, as MVBench's subsets); a folder named after a split does not count as one. When the
+    names tell the split, only `split`'s files are read: never two splits merged, and never another split than
+    the one asked for."""
     source = Path(source)
     if source.is_file():
         if source.suffix not in RECORD_SUFFIXES:
@@ -73,22 +82,30 @@ def record_files(source: str | Path, split: str | None = None, several_folders: 
                    and not any(part.startswith(".") for part in p.relative_to(source).parts))
     if not files:
         raise ConversionError(f"{source}: holds no {', '.join(RECORD_SUFFIXES)} files")
-    folders = sorted({str(p.parent.relative_to(source)) for p in files})
+    def task_folder(path: Path) -> str:
+        folder = path.parent.parent if path.parent != source and path.parent.name in SPLIT_NAMES else path.parent
+        return str(folder.relative_to(source))
+
+    folders = sorted({task_folder(p) for p in files})
     if len(folders) > 1 and not several_folders:  # e.g. a hub snapshot's root, one folder per task: never merge
         shown = ", ".join(folders[:5]) + (", ..." if len(folders) > 5 else "")
         raise ConversionError(f"{source}: record files in {len(folders)} folders ({shown}); give the folder of "
-                              "the one task or split to convert")
-    splits = sorted({split_of(p) or p.name for p in files})
-    if len(splits) > 1:  # never merge splits: test and val of one dataset are different benchmarks
-        if split not in splits:
-            raise ConversionError(f"{source}: holds the splits {', '.join(splits)}; pick one with --split")
-        files = [p for p in files if (split_of(p) or p.name) == split]
+                              "the one task to convert")
+    splits = {split_of(p) for p in files}
+    named = sorted(x for x in splits if x is not None)
+    if split is not None and split in splits:
+        return [p for p in files if split_of(p) == split]
+    if named and (split is not None or len(splits) > 1):
+        listed = ", ".join(named) + (" and files of no split" if None in splits else "")
+        wanted = f"not {split} (the split to convert; pass --split to choose another)" if split else \
+            "pick one with --split"
+        raise ConversionError(f"{source}: holds {listed}, {wanted}")
     return files
 
 
 def split_label(source: str | Path | None, split: str | None, several_folders: bool = False) -> str | None:
-    """The split the records of `source` belong to, as recorded in task.json: the shards' split when their names
-    tell it, else the split asked for."""
+    """The split the records of `source` belong to, as recorded in task.json: the one their names tell, else the
+    split asked for."""
     if source is None:
         return split
     names = {split_of(p) for p in record_files(source, split, several_folders)}
@@ -128,10 +145,13 @@ def _parquet_records(path: Path, problems: list[Problem]) -> Iterator[Record]:
         problems.append(Problem(str(path), f"not a readable Parquet file ({exc})"))
         return
     row = 0
-    for batch in handle.iter_batches(batch_size=256):
-        for obj in batch.to_pylist():
-            row += 1
-            yield Record(obj, str(path), row)
+    try:
+        for batch in handle.iter_batches(batch_size=256):
+            for obj in batch.to_pylist():
+                row += 1
+                yield Record(obj, str(path), row)
+    except Exception as exc:  # a damaged page part-way through the file
+        problems.append(Problem(str(path), f"unreadable Parquet data after row {row} ({exc})"))
 
 
 def require(record: Record, key: str, kinds: type | tuple[type, ...], problems: list[Problem],
@@ -226,6 +246,49 @@ def place_bytes(data: bytes, task_root: Path, rel: PurePosixPath) -> str:
     return rel.as_posix()
 
 
+# What the official loaders read as video frames.
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def place_media(record: Record, field: str, root: Path, path: str, building: Path, target: PurePosixPath,
+                problems: list[Problem], record_id: str | None) -> str | None:
+    """Place the file `path` (below `root`) at `target` in the task folder being built; None after adding a
+    problem that names the row and field."""
+    source, why = source_file(root, path)
+    if source is None:
+        problems.append(record.problem(why, field, record_id))
+        return None
+    return place_file(source, building, target)
+
+
+def place_frames(record: Record, field: str, root: Path, folder: PurePosixPath, building: Path,
+                 target: PurePosixPath, num_frames: int, problems: list[Problem], record_id: str | None,
+                 sort_key: Any = None) -> list[str] | None:
+    """The frames of the folder `folder` (below `root`) as a video: its .jpg/.jpeg/.png files in name order
+    (`sort_key`: natural order for MMEB-V2, plain for UVRB, as each official loader), sampled with `linspace` to
+    `num_frames` (all of them when there are fewer) and placed under `target`. None after adding a problem."""
+    from .media import sample_indices
+
+    path = root / folder
+    try:
+        names = sorted((p.name for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES), key=sort_key)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        problems.append(record.problem(f"{path}: no frame folder ({reason})", field, record_id))
+        return None
+    if not names:
+        problems.append(record.problem(f"{path}: no .jpg/.jpeg/.png frames", field, record_id))
+        return None
+    placed = []
+    for name in (names[i] for i in sample_indices(len(names), num_frames)):
+        rel = place_media(record, field, root, f"{folder.as_posix()}/{name}", building, target / name, problems,
+                          record_id)
+        if rel is None:
+            return None
+        placed.append(rel)
+    return placed
+
+
 def image_suffix(data: bytes | Path) -> str:
     """File suffix for an encoded image (bytes or a file), from its content (an inline hub image has no
     trustworthy name); "" when it is not an image."""
@@ -275,6 +338,7 @@ def partial_folder(out_dir: str | Path, name: str, overwrite: bool,
 def finish(task: Task, building: Path, final: Path) -> Path:
     """Write the task files into `building`, validate the whole folder (media included) and move it to
     `final`. A folder that does not validate stays at `building`, with every problem raised."""
+    _drop_unused_media(task, building)
     write_task(task, building)
     read_task(building)  # raises DataError listing every problem
     try:
@@ -286,6 +350,26 @@ def finish(task: Task, building: Path, final: Path) -> Path:
                               f"in {building}") from None
     task.root = final
     return final
+
+
+def _drop_unused_media(task: Task, building: Path) -> None:
+    """Remove what an earlier attempt placed but this task does not use (other frames, another frame count)."""
+    used = set()
+    for item in (*task.queries, *task.candidates):
+        used.update(str(m) for m in item.images)
+        if item.video is not None:
+            used.update(str(f) for f in item.video.frames or ())
+            if item.video.path is not None:
+                used.add(str(item.video.path))
+    media = building / "media"
+    if not media.is_dir():
+        return
+    for path in sorted(media.rglob("*"), reverse=True):  # files before the folders that hold them
+        if path.is_dir() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only when empty
+        elif path.relative_to(building).as_posix() not in used:
+            path.unlink()
 
 
 def dedupe_in_order(values: Iterable[str]) -> list[str]:

@@ -23,7 +23,6 @@ from pathlib import Path, PurePosixPath
 from ..errors import DataError, Problem
 from ..eval.registry import UVRB, UVRB_DATASETS, resolve_task, uvrb_dataset
 from .items import Item, Query, VideoRef
-from .media import sample_indices
 from .taskdir import Qrel, Task, TaskMeta
 from .upstream import (
     ConversionError,
@@ -31,14 +30,13 @@ from .upstream import (
     finish,
     identifier,
     partial_folder,
-    place_file,
+    place_frames,
+    place_media,
     read_records,
     require,
     safe_relative,
-    source_file,
 )
 
-FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Embed-RL's UVRB loader cuts "{prompt} {text}" to this many characters (`max_text_length`).
 MAX_TEXT_CHARS = 8192
 
@@ -173,7 +171,7 @@ def convert_uvrb_dataset(root: str | Path, dataset: str, out_dir: str | Path, *,
                     primary_metric=spec.metric, k_list=[1, 5, 10, 50], query_instruction=UVRB_QUERY_PROMPTS[name],
                     num_frames=num_frames, frame_sampling="linspace_int",
                     source={"hf": "Alibaba-NLP/UVRB", "dataset": name, "revision": revision,
-                            "converter": "embedrl.data.uvrb.convert_uvrb_dataset"},
+                            "converter": f"{__name__}.convert_uvrb_dataset"},
                     version_note="; ".join(n for n in notes if n) or None)
     qrels = [Qrel(qid, cid, 1) for qid, cids in positives.items() for cid in cids]
     return finish(Task(meta, list(queries.values()), list(candidates.values()), qrels), building, final)
@@ -188,36 +186,19 @@ def frame_folder(video: str) -> PurePosixPath | None:
 def _place_video(record: Record, video: str, root: Path, building: Path, num_frames: int,
                  problems: list[Problem], record_id: str) -> VideoRef | None:
     rel = frame_folder(video)
-    frames_root = root / "videos_frames"
-    folder = frames_root / rel if rel is not None else None
-    try:
-        names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES) \
-            if folder is not None and folder.is_dir() else None
-    except OSError:
-        names = None
-    if names is None:
-        problems.append(record.problem(f"no frame folder {folder if folder is not None else video!r}", "video",
-                                       record_id))
+    if rel is None:
+        problems.append(record.problem(f"{video!r} must be a relative path", "video", record_id))
         return None
-    if not names:
-        problems.append(record.problem(f"{folder} holds no .jpg/.jpeg/.png frames", "video", record_id))
-        return None
-    placed = []
-    for name in (names[i] for i in sample_indices(len(names), num_frames)):
-        source, why = source_file(root, f"videos_frames/{rel.as_posix()}/{name}")
-        if source is None:
-            problems.append(record.problem(why, "video", record_id))
-            return None
-        placed.append(place_file(source, building, PurePosixPath("media", "frames", *rel.parts, name)))
-    return VideoRef(id=video, frames=placed)
+    placed = place_frames(record, "video", root, PurePosixPath("videos_frames") / rel, building,
+                          PurePosixPath("media", "frames", *rel.parts), num_frames, problems, record_id)
+    return VideoRef(id=video, frames=placed) if placed is not None else None
 
 
 def _place_image(record: Record, image: str, root: Path, building: Path, problems: list[Problem],
                  record_id: str) -> str | None:
     rel = safe_relative(image)
-    source, why = source_file(root, f"images/{rel.as_posix()}") if rel is not None else (None, f"{image!r} must be "
-                                                                                             "a relative path")
-    if source is None:
-        problems.append(record.problem(why, "image", record_id))
+    if rel is None:
+        problems.append(record.problem(f"{image!r} must be a relative path", "image", record_id))
         return None
-    return place_file(source, building, PurePosixPath("media", "images", *rel.parts))
+    return place_media(record, "image", root, f"images/{rel.as_posix()}", building,
+                       PurePosixPath("media", "images", *rel.parts), problems, record_id)

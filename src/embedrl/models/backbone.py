@@ -65,8 +65,14 @@ def torchvision_available() -> bool:
     return True
 
 
+def checkpoint_path(path: str | Path) -> str | Path:
+    """`path` with a leading `~` expanded (a shell leaves `--embedder=~/ckpt` as it is); hub ids unchanged."""
+    return Path(path).expanduser() if str(path).startswith("~") else path
+
+
 def read_config(path: str | Path) -> dict:
     """config.json of a local folder or hub id (the latter needs a network or a filled HF cache)."""
+    path = checkpoint_path(path)
     local = Path(path)
     if local.is_dir():
         cfg_file = local / "config.json"
@@ -166,6 +172,7 @@ def load_processor(path: str | Path, family: Family | None = None, options: Load
     from .imageprep import FastQwen2VLImageProcessorPil
 
     options = options or LoadOptions()
+    path = checkpoint_path(path)
     family = family or detect_family(path)
     pixel_kwargs = {k: v for k, v in (("min_pixels", options.min_pixels), ("max_pixels", options.max_pixels))
                     if v is not None}
@@ -229,6 +236,7 @@ def load_model(path: str | Path, family: Family | None = None, options: LoadOpti
         kwargs["attn_implementation"] = options.attn_implementation
     # A local folder is loaded by its absolute path: the model remembers it, and a LoRA adapter saved from it
     # names that as its base, which must still resolve when the adapter is loaded from another directory.
+    path = checkpoint_path(path)
     source = Path(path).resolve() if Path(path).is_dir() else path
     try:
         model = cls.from_pretrained(str(source), **kwargs)

@@ -32,6 +32,7 @@ from ..errors import ConfigError, ModelError
 from ..tcot import EvidenceConfig, evidence, strip_special_tokens
 from .backbone import (
     LoadOptions,
+    checkpoint_path,
     detect_family,
     image_rope_positions,
     language_model,
@@ -243,6 +244,7 @@ class Embedder:
         """Load an Embedder from a checkpoint: an official Embed-RL one (`emb_token_ids` in its config), one
         saved by embedrl, or a plain Qwen-VL model (then `<emb>` is added). `adapter`: a LoRA folder."""
         options = options or LoadOptions()
+        path = checkpoint_path(path)
         folder = Path(path)
         if adapter is None and (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
             # An adapter-only folder (`save_pretrained(merge=False)`, stage 1 with merge_lora off): load the base

@@ -125,7 +125,8 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
     visdoc.add_argument("--source", type=Path, metavar="DIR",
                         help="a download holding queries, corpus and qrels (folders or files of those names)")
     for split in ("queries", "corpus", "qrels"):
-        visdoc.add_argument(f"--{split}", type=Path, metavar="PATH", help=f"the {split} records: a file or a folder of shards (overrides --source)")
+        visdoc.add_argument(f"--{split}", type=Path, metavar="PATH",
+                            help=f"the {split} records: a file or a folder of shards (overrides --source)")
     visdoc.add_argument("--split", help="the split to read when the record names tell splits (default: train for "
                         "VisRAG, test otherwise, as the official evaluation)")
     visdoc.set_defaults(func=_convert_visdoc)

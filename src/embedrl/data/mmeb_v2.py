@@ -40,6 +40,7 @@ from .upstream import (
     safe_relative,
     source_file,
     split_label,
+    start_conversion,
 )
 
 IMAGE_TASKS_HF = "ziyjiang/MMEB_Test_Instruct"
@@ -134,16 +135,14 @@ def convert_image_task(records: str | Path | Iterable[Record], task: str, images
     if not image_root.is_dir():
         raise ConversionError(f"{image_root}: the images folder does not exist")
     problems: list[Problem] = []
-    from_files = isinstance(records, (str, Path))
-    final, building = partial_folder(out_dir, name, overwrite, [image_root, *([records] if from_files else [])])
-    rows = read_records(records, problems, split) if from_files else records
+    run = start_conversion(records, out_dir, name, overwrite, problems, split=split, media_sources=[image_root])
 
     queries: list[Query] = []
     candidates: dict[str, Item] = {}
     qrels: list[Qrel] = []
     repeated = 0
     v1_rows = False
-    for position, record in enumerate(rows):
+    for position, record in enumerate(run.rows):
         qid = f"q{position:05d}"  # by upstream position, so a row's id does not depend on others' defects
         before = len(problems)
         texts = require(record, "tgt_text", list, problems, qid)
@@ -168,7 +167,8 @@ def convert_image_task(records: str | Path | Iterable[Record], task: str, images
             continue
         placed_query = None
         if query_image and kind != TEXT_TO_IMAGE:  # text-to-image queries are text only upstream
-            placed_query = _place_image(record, "qry_img_path", query_image, image_root, building, problems, qid)
+            placed_query = _place_image(record, "qry_img_path", query_image, image_root, run.building, problems,
+                                        qid)
         with_captions = bool(texts[0].strip())
         names = []
         for index, (text, path) in enumerate(zip(texts, paths)):
@@ -183,7 +183,8 @@ def convert_image_task(records: str | Path | Iterable[Record], task: str, images
             if kind == TEXT_CANDIDATES:
                 candidates[cid] = Item(id=cid, text=text)
                 continue
-            placed = _place_image(record, f"tgt_img_path[{index}]", path, image_root, building, problems, qid)
+            placed = _place_image(record, f"tgt_img_path[{index}]", path, image_root, run.building, problems,
+                                  qid)
             if placed is not None:
                 candidates[cid] = Item(id=cid, text=strip_image_tokens(text) if with_captions else None,
                                        instruction=strip_image_tokens(target_instruction), images=[placed])
@@ -202,12 +203,12 @@ def convert_image_task(records: str | Path | Iterable[Record], task: str, images
     hub = "TIGER-Lab/MMEB-eval" if v1_rows else IMAGE_TASKS_HF
     meta = TaskMeta(benchmark=MMEB_V2, task=name, modality="image", meta_task=spec.meta_task,
                     eval_type=spec.eval_type, primary_metric=spec.main_metric,
-                    source={"hf": hub, "config": name, "split": split_label(records if from_files else None, split),
+                    source={"hf": hub, "config": name, "split": run.split,
                             "revision": revision,
                             "converter": f"{__name__}.convert_image_task"},
                     version_note=(f"{repeated} queries listed a candidate twice; kept once, first position"
                                   if repeated else None))
-    return finish(Task(meta, queries, list(candidates.values()), qrels), building, final)
+    return finish(Task(meta, queries, list(candidates.values()), qrels), run.building, run.final)
 
 
 def _place_image(record: Record, field: str, path: str, image_root: Path, building: Path,

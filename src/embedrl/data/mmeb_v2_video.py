@@ -35,13 +35,12 @@ from .upstream import (
     Record,
     dedupe_in_order,
     finish,
-    partial_folder,
+    frames_folder,
     place_frames,
     place_media,
-    read_records,
     require,
     safe_relative,
-    split_label,
+    start_conversion,
 )
 
 # ----------------------------------------------------------------------------------- video retrieval
@@ -91,22 +90,16 @@ def convert_video_retrieval_task(records: str | Path | Iterable[Record], task: s
     if layout is None:
         raise ConversionError(f"{name}: not a video retrieval task ({', '.join(VIDEO_RETRIEVAL)}); the video "
                               "classification, QA and moment-retrieval tasks have their own converters")
-    if num_frames < 1:
-        raise ConversionError(f"num_frames must be >= 1, got {num_frames}")
-    frame_root = Path(frames)
-    if not frame_root.is_dir():
-        raise ConversionError(f"{frame_root}: the frames folder does not exist")
+    frame_root = frames_folder(frames, num_frames)
     spec = mmeb_task(name)
     split = split or layout.split
     problems: list[Problem] = []
-    from_files = isinstance(records, (str, Path))
-    final, building = partial_folder(out_dir, name, overwrite, [frame_root, *([records] if from_files else [])])
-    rows = read_records(records, problems, split) if from_files else records
+    run = start_conversion(records, out_dir, name, overwrite, problems, split=split, media_sources=[frame_root])
 
     queries: list[Query] = []
     videos: dict[str, Item | None] = {}
     qrels: list[Qrel] = []
-    for position, record in enumerate(rows):
+    for position, record in enumerate(run.rows):
         qid = f"q{position:05d}"
         value = require(record, layout.video_field, (str, int), problems, qid)
         caption = require(record, layout.caption_field, list if layout.caption_is_list else str, problems, qid)
@@ -123,7 +116,8 @@ def convert_video_retrieval_task(records: str | Path | Iterable[Record], task: s
             continue
         video = layout.video_name(str(value))
         if video not in videos:
-            ref = _sampled_video(record, layout.video_field, video, frame_root, building, num_frames, problems, qid)
+            ref = _sampled_video(record, layout.video_field, video, frame_root, run.building, num_frames,
+                                 problems, qid)
             videos[video] = Item(id=video, video=ref) if ref is not None else None
         if videos[video] is None:
             continue
@@ -136,11 +130,11 @@ def convert_video_retrieval_task(records: str | Path | Iterable[Record], task: s
     meta = TaskMeta(benchmark=MMEB_V2, task=name, modality="video", meta_task=spec.meta_task,
                     eval_type=spec.eval_type, primary_metric=spec.main_metric, query_instruction=layout.instruction,
                     candidate_instruction=VIDEO_CANDIDATE_INSTRUCTION, num_frames=num_frames,
-                    source={"hf": layout.hub, "split": split_label(records if from_files else None, split),
+                    source={"hf": layout.hub, "split": run.split,
                             "revision": revision,
                             "converter": f"{__name__}.convert_video_retrieval_task"})
     pool = [item for item in videos.values() if item is not None]
-    return finish(Task(meta, queries, pool, qrels), building, final)
+    return finish(Task(meta, queries, pool, qrels), run.building, run.final)
 
 
 def _plain_name(name: str) -> bool:
@@ -229,11 +223,7 @@ def convert_video_classification_task(records: str | Path | Iterable[Record], ta
     if name not in VIDEO_CLASSIFICATION_INSTRUCTIONS:
         raise ConversionError(f"{name} is not a video classification task "
                               f"({', '.join(VIDEO_CLASSIFICATION_INSTRUCTIONS)})")
-    if num_frames < 1:
-        raise ConversionError(f"num_frames must be >= 1, got {num_frames}")
-    frame_root = Path(frames)
-    if not frame_root.is_dir():
-        raise ConversionError(f"{frame_root}: the frames folder does not exist")
+    frame_root = frames_folder(frames, num_frames)
     spec = mmeb_task(name)
     split = split or "test"
     local = spec.eval_type == "local"
@@ -249,14 +239,12 @@ def convert_video_classification_task(records: str | Path | Iterable[Record], ta
     known = set(label_list or ())
     limit = max_rows if max_rows is not None else VIDEO_CLASSIFICATION_ROWS.get(name)
     problems: list[Problem] = []
-    from_files = isinstance(records, (str, Path))
-    final, building = partial_folder(out_dir, name, overwrite, [frame_root, *([records] if from_files else [])])
-    rows = read_records(records, problems, split) if from_files else records
+    run = start_conversion(records, out_dir, name, overwrite, problems, split=split, media_sources=[frame_root])
 
     queries: list[Query] = []
     qrels: list[Qrel] = []
     seen_labels: dict[str, None] = {}
-    for position, record in enumerate(rows):
+    for position, record in enumerate(run.rows):
         if limit is not None and position >= limit:
             break
         qid = f"q{position:05d}"
@@ -277,7 +265,7 @@ def convert_video_classification_task(records: str | Path | Iterable[Record], ta
         elif label_list is not None and label not in known:
             problems.append(record.problem(f"{label!r} is not in the label list", "pos_text", qid))
             continue
-        ref = _sampled_video(record, "video_id", str(video), frame_root, building, num_frames, problems, qid)
+        ref = _sampled_video(record, "video_id", str(video), frame_root, run.building, num_frames, problems, qid)
         if ref is None:
             continue
         for text in options or [label]:
@@ -297,11 +285,11 @@ def convert_video_classification_task(records: str | Path | Iterable[Record], ta
                     eval_type=spec.eval_type, primary_metric=spec.main_metric,
                     query_instruction=VIDEO_CLASSIFICATION_INSTRUCTIONS[name], num_frames=num_frames,
                     source={"hf": VIDEO_CLASSIFICATION_SOURCES[name],
-                            "split": split_label(records if from_files else None, split), "revision": revision,
+                            "split": run.split, "revision": revision,
                             "rows": limit, "converter": f"{__name__}.convert_video_classification_task"},
                     version_note=note)
     candidates = [Item(id=text, text=text) for text in pool]
-    return finish(Task(meta, queries, candidates, qrels), building, final)
+    return finish(Task(meta, queries, candidates, qrels), run.building, run.final)
 
 
 # ------------------------------------------------------------------------------------------- video QA
@@ -445,25 +433,20 @@ def convert_video_qa_task(records: str | Path | Iterable[Record], task: str, fra
     name = task_name(task, "video")
     if name not in VIDEO_QA:
         raise ConversionError(f"{name} is not a video QA task ({', '.join(VIDEO_QA)})")
-    if num_frames < 1:
-        raise ConversionError(f"num_frames must be >= 1, got {num_frames}")
-    frame_root = Path(frames)
-    if not frame_root.is_dir():
-        raise ConversionError(f"{frame_root}: the frames folder does not exist")
+    frame_root = frames_folder(frames, num_frames)
     hub, config, default_split, parse_row = VIDEO_QA[name]
     split = split or default_split
     spec = mmeb_task(name)
     parts = name == "MVBench"  # one folder per subset
     problems: list[Problem] = []
-    from_files = isinstance(records, (str, Path))
-    final, building = partial_folder(out_dir, name, overwrite, [frame_root, *([records] if from_files else [])])
-    rows = read_records(records, problems, split, several_folders=parts) if from_files else records
+    run = start_conversion(records, out_dir, name, overwrite, problems, split=split, media_sources=[frame_root],
+                           several_folders=parts)
 
     queries: list[Query] = []
     candidates: dict[str, Item] = {}
     qrels: list[Qrel] = []
     videos: dict[str, VideoRef | None] = {}
-    for position, record in enumerate(rows):
+    for position, record in enumerate(run.rows):
         qid = f"q{position:05d}"
         try:
             row = parse_row(record.data, record.file)
@@ -471,7 +454,7 @@ def convert_video_qa_task(records: str | Path | Iterable[Record], task: str, fra
             problems.append(record.problem(str(defect), defect.field, qid))
             continue
         if row.video not in videos:
-            videos[row.video] = _sampled_video(record, row.video_field, row.video, frame_root, building,
+            videos[row.video] = _sampled_video(record, row.video_field, row.video, frame_root, run.building,
                                                num_frames, problems, qid)
         if videos[row.video] is None:
             continue
@@ -488,9 +471,9 @@ def convert_video_qa_task(records: str | Path | Iterable[Record], task: str, fra
                     eval_type=spec.eval_type, primary_metric=spec.main_metric, query_instruction=VIDEO_QA_PROMPT,
                     num_frames=num_frames,
                     source={"hf": hub, "config": config,
-                            "split": split_label(records if from_files else None, split, several_folders=parts),
+                            "split": run.split,
                             "revision": revision, "converter": f"{__name__}.convert_video_qa_task"})
-    return finish(Task(meta, queries, list(candidates.values()), qrels), building, final)
+    return finish(Task(meta, queries, list(candidates.values()), qrels), run.building, run.final)
 
 
 # ------------------------------------------------------------------------------- moment retrieval
@@ -520,24 +503,18 @@ def convert_moment_retrieval_task(records: str | Path | Iterable[Record], task: 
     name = task_name(task, "video")
     if name not in MOMENT_SOURCES:
         raise ConversionError(f"{name} is not a moment-retrieval task ({', '.join(MOMENT_SOURCES)})")
-    if num_frames < 1:
-        raise ConversionError(f"num_frames must be >= 1, got {num_frames}")
-    frame_root = Path(frames)
-    if not frame_root.is_dir():
-        raise ConversionError(f"{frame_root}: the frames folder does not exist")
+    frame_root = frames_folder(frames, num_frames)
     spec = mmeb_task(name)
     split = split or "test"
     seeker = name == "MomentSeeker"
     problems: list[Problem] = []
-    from_files = isinstance(records, (str, Path))
-    final, building = partial_folder(out_dir, name, overwrite, [frame_root, *([records] if from_files else [])])
-    rows = read_records(records, problems, split) if from_files else records
+    run = start_conversion(records, out_dir, name, overwrite, problems, split=split, media_sources=[frame_root])
     clip_instruction = MOMENTSEEKER_CANDIDATE_INSTRUCTION if seeker else VIDEO_CANDIDATE_INSTRUCTION
 
     queries: list[Query] = []
     clips: dict[str, Item | None] = {}
     qrels: list[Qrel] = []
-    for position, record in enumerate(rows):
+    for position, record in enumerate(run.rows):
         qid = f"q{position:05d}"
         before = len(problems)
         text = require(record, "query", str, problems, qid)
@@ -549,10 +526,10 @@ def convert_moment_retrieval_task(records: str | Path | Iterable[Record], task: 
                       candidate_ids=dedupe_in_order(positives + negatives), meta={"upstream_row": record.row})
         if kind == "video":
             query.video = _sampled_video(record, "input_frames" if seeker else "video_path", query_media, frame_root,
-                                         building, num_frames, problems, qid)
+                                         run.building, num_frames, problems, qid)
         elif kind == "image":
             rel = safe_relative(query_media)
-            placed = place_media(record, "input_frames", frame_root, query_media, building,
+            placed = place_media(record, "input_frames", frame_root, query_media, run.building,
                                  PurePosixPath("media", "images", *rel.parts), problems, qid) if rel else None
             if rel is None:
                 problems.append(record.problem(f"{query_media!r} must be a relative path", "input_frames", qid))
@@ -563,7 +540,7 @@ def convert_moment_retrieval_task(records: str | Path | Iterable[Record], task: 
         for clip in query.candidate_ids:
             if clip not in clips:
                 field = ("positive_frames" if clip in positives else "negative_frames") if seeker else "video_path"
-                ref = _sampled_video(record, field, clip, frame_root, building, num_frames, problems, qid)
+                ref = _sampled_video(record, field, clip, frame_root, run.building, num_frames, problems, qid)
                 clips[clip] = Item(id=clip, instruction=clip_instruction, video=ref) if ref is not None else None
         if len(problems) > before or any(clips[c] is None for c in query.candidate_ids):
             continue
@@ -576,10 +553,10 @@ def convert_moment_retrieval_task(records: str | Path | Iterable[Record], task: 
     meta = TaskMeta(benchmark=MMEB_V2, task=name, modality="video", meta_task=spec.meta_task,
                     eval_type=spec.eval_type, primary_metric=spec.main_metric,
                     query_instruction=None if seeker else MOMENT_INSTRUCTION, num_frames=num_frames,
-                    source={"hf": MOMENT_SOURCES[name], "split": split_label(records if from_files else None, split),
+                    source={"hf": MOMENT_SOURCES[name], "split": run.split,
                             "revision": revision, "converter": f"{__name__}.convert_moment_retrieval_task"})
     pool = [item for item in clips.values() if item is not None]
-    return finish(Task(meta, queries, pool, qrels), building, final)
+    return finish(Task(meta, queries, pool, qrels), run.building, run.final)
 
 
 def _highlight_row(record: Record, frame_root: Path, problems: list[Problem], qid: str):

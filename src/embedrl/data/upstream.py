@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import DataError, EmbedRLError, Problem
 from ..fileio import iter_jsonl, read_json
+from .media import sample_indices
 from .taskdir import TASK_FILE, Task, read_task, write_task
 
 RECORD_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -110,6 +111,39 @@ def split_label(source: str | Path | None, split: str | None, several_folders: b
         return split
     names = {split_of(p) for p in record_files(source, split, several_folders)}
     return names.pop() if len(names) == 1 and None not in names else split
+
+
+@dataclass
+class Conversion:
+    """What a converter writes into and reads from, opened by `start_conversion`."""
+
+    final: Path                  # OUT/<task>
+    building: Path               # OUT/<task>.partial
+    rows: Iterable[Record]
+    split: str | None            # the split the rows belong to, as recorded in task.json
+
+
+def start_conversion(records: str | Path | Iterable[Record], out_dir: str | Path, name: str, overwrite: bool,
+                     problems: list[Problem], *, split: str | None, media_sources: Iterable[str | Path] = (),
+                     several_folders: bool = False) -> Conversion:
+    """The common opening of a converter: the rows (`records`: a record file or folder, or rows already read)
+    and the folder to build in, which may not hold any source."""
+    if isinstance(records, (str, Path)):
+        label = split_label(records, split, several_folders)  # fails before any folder is made
+        final, building = partial_folder(out_dir, name, overwrite, [*media_sources, records])
+        return Conversion(final, building, read_records(records, problems, split, several_folders), label)
+    final, building = partial_folder(out_dir, name, overwrite, media_sources)
+    return Conversion(final, building, records, split)
+
+
+def frames_folder(frames: str | Path, num_frames: int) -> Path:
+    """The folder of a task's frame folders, checked with the frame count before any work."""
+    if num_frames < 1:
+        raise ConversionError(f"num_frames must be >= 1, got {num_frames}")
+    root = Path(frames)
+    if not root.is_dir():
+        raise ConversionError(f"{root}: the frames folder does not exist")
+    return root
 
 
 def read_records(source: str | Path, problems: list[Problem], split: str | None = None,
@@ -267,8 +301,6 @@ def place_frames(record: Record, field: str, root: Path, folder: PurePosixPath, 
     """The frames of the folder `folder` (below `root`) as a video: its .jpg/.jpeg/.png files in name order
     (`sort_key`: natural order for MMEB-V2, plain for UVRB, as each official loader), sampled with `linspace` to
     `num_frames` (all of them when there are fewer) and placed under `target`. None after adding a problem."""
-    from .media import sample_indices
-
     path = root / folder
     try:
         names = sorted((p.name for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES), key=sort_key)

@@ -101,8 +101,6 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
                        help="the task's split: a .parquet/.jsonl/.json file or a folder of them")
     video.add_argument("--frames", required=True, type=Path, metavar="DIR",
                        help="the task's frame folders, e.g. MMEB-V2/video-tasks/frames/video_ret/MSR-VTT")
-    video.add_argument("--num-frames", type=positive_int, default=8, metavar="N",
-                       help="frames per video (default: 8, the benchmark's setting)")
     video.add_argument("--labels", type=Path, metavar="FILE",
                        help="classification: the task's full label list in the official order (one label per line, "
                        "or a JSON list), e.g. from VLM2Vec's video_classification_utils.py; required for K700, "
@@ -137,10 +135,11 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
                            "file-name order; only those frames are placed in the task folder.")
     uvrb.add_argument("--dataset", required=True, help="dataset name, e.g. CRB_G, MSRVTT or LoVR-TH")
     uvrb.add_argument("--root", required=True, type=Path, metavar="DIR", help="the extracted dataset folder")
-    uvrb.add_argument("--num-frames", type=positive_int, default=8, metavar="N",
-                      help="frames per video (default: 8, the benchmark's setting)")
     uvrb.set_defaults(func=_convert_uvrb)
 
+    for sub in (video, uvrb):
+        sub.add_argument("--num-frames", type=positive_int, default=8, metavar="N",
+                         help="frames per video (default: 8, the benchmark's setting)")
     for sub, example in ((image, "tasks/MMEB-V2"), (video, "tasks/MMEB-V2"), (visdoc, "tasks/MMEB-V2"),
                          (uvrb, "tasks/UVRB")):
         sub.add_argument("--out", required=True, type=Path, metavar="DIR",

@@ -78,12 +78,13 @@ def evaluate_task(task_dir: str | Path, embedder: Any, reasoner: Any = None, *, 
     `num_frames`, whatever the models' own setting."""
     settings = settings or EvalSettings()
     task = read_task(task_dir)
-    sampling = frames_per_video(task.meta.num_frames, embedder, reasoner) if has_video(task) else nullcontext()
-    with sampling:
-        return _evaluate(task, embedder, reasoner, Path(out_dir), settings)
+    frames = task.meta.num_frames if has_video(task) else None
+    with frames_per_video(frames, embedder, reasoner) if frames is not None else nullcontext():
+        return _evaluate(task, embedder, reasoner, Path(out_dir), settings, frames)
 
 
-def _evaluate(task: Task, embedder: Any, reasoner: Any, out_dir: Path, settings: EvalSettings) -> dict:
+def _evaluate(task: Task, embedder: Any, reasoner: Any, out_dir: Path, settings: EvalSettings,
+              frames: int | None) -> dict:
     from .scoring import score_task
 
     target = result_path(out_dir, task)
@@ -122,7 +123,7 @@ def _evaluate(task: Task, embedder: Any, reasoner: Any, out_dir: Path, settings:
         "embedder": getattr(embedder, "name_or_path", None),
         "reasoner": getattr(reasoner, "name", None),
         "reasoning": identity["reasoning"],
-        "frames_per_video": task.meta.num_frames if has_video(task) else None,
+        "frames_per_video": frames,
         "seconds": round(time.perf_counter() - start, 2),
         "identity": identity,
         "unparsed_tcots": _unparsed(queries.tcots) + _unparsed(cands.tcots),

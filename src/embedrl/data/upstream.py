@@ -41,11 +41,8 @@ class Record:
     file: str
     row: int  # 1-based: the line of a JSONL file, the row of a Parquet file
 
-    def where(self, field: str | None = None, record: str | None = None) -> dict:
-        return {"file": self.file, "line": self.row, "field": field, "record": record}
-
     def problem(self, message: str, field: str | None = None, record: str | None = None) -> Problem:
-        return Problem(message=message, **self.where(field, record))
+        return Problem(self.file, message, line=self.row, field=field, record=record)
 
 
 _SHARD = re.compile(r"^(?P<split>.+?)-\d{5}-of-\d{5}$")

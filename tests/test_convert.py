@@ -568,7 +568,7 @@ def test_video_qa_defects_name_row_and_field(tmp_path: Path) -> None:
         convert_video_qa_task(_records(rows), "Video-MME", frames, tmp_path / "tasks")
     report = caught.value.report()
     assert "rows.jsonl:1: record 'q00000': field 'answer': 'C' is not the letter of one of the 2 options" in report
-    assert "rows.jsonl:2: record 'q00001': field 'question': has the wrong type (int)" in report
+    assert "rows.jsonl:2: record 'q00001': field 'question': must be str, got int" in report
     assert "rows.jsonl:3: record 'q00002': field 'videoID':" in report and "no frame folder" in report
     rows[0]["answer"] = "AB"  # a substring of the letters is not a letter
     with pytest.raises(DataError, match="'AB' is not the letter of one of the 2 options"):

@@ -34,6 +34,7 @@ from .upstream import (
     ConversionError,
     Record,
     dedupe_in_order,
+    field_defect,
     finish,
     frames_folder,
     place_frames,
@@ -318,10 +319,10 @@ class QARow:
 
 
 def _get(data: dict, key: str, kinds: type | tuple[type, ...]) -> Any:
-    value = data.get(key)
-    if value is None or isinstance(value, bool) or not isinstance(value, kinds):
-        raise _RowDefect(key, "missing" if key not in data else f"has the wrong type ({type(value).__name__})")
-    return value
+    defect = field_defect(data, key, kinds)
+    if defect is not None:
+        raise _RowDefect(key, defect)
+    return data[key]
 
 
 def _strings(data: dict, key: str) -> list[str]:

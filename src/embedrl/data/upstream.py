@@ -185,18 +185,25 @@ def _parquet_records(path: Path, problems: list[Problem]) -> Iterator[Record]:
         problems.append(Problem(str(path), f"unreadable Parquet data after row {row} ({exc})"))
 
 
+def field_defect(data: dict, key: str, kinds: type | tuple[type, ...]) -> str | None:
+    """What is wrong with `data[key]` for a field of type `kinds` (a bool is never a number), or None."""
+    value = data.get(key)
+    if value is not None and isinstance(value, kinds) and not isinstance(value, bool):
+        return None
+    names = " or ".join(k.__name__ for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
+    return "missing" if key not in data else f"must be {names}, got {type(value).__name__}"
+
+
 def require(record: Record, key: str, kinds: type | tuple[type, ...], problems: list[Problem],
             record_id: str | None = None, optional: bool = False) -> Any:
     """`record.data[key]` when it has one of `kinds`; otherwise a problem is added and None returned."""
-    value = record.data.get(key)
-    if value is None and optional:
+    if record.data.get(key) is None and optional:
         return None
-    if value is None or not isinstance(value, kinds) or isinstance(value, bool):
-        names = " or ".join(k.__name__ for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
-        message = "missing" if key not in record.data else f"must be {names}, got {type(value).__name__}"
-        problems.append(record.problem(message, key, record_id))
+    defect = field_defect(record.data, key, kinds)
+    if defect is not None:
+        problems.append(record.problem(defect, key, record_id))
         return None
-    return value
+    return record.data[key]
 
 
 def identifier(record: Record, key: str, problems: list[Problem]) -> str | None:

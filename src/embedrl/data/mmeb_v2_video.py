@@ -172,6 +172,8 @@ VIDEO_CLASSIFICATION_SOURCES = {"K700": "VLM2Vec/Kinetics-700", "SmthSmthV2": "V
                                 "HMDB51": "VLM2Vec/HMDB51", "UCF101": "VLM2Vec/UCF101", "Breakfast": "VLM2Vec/Breakfast"}
 # The official run scores only the first rows of some tasks (`num_sample_per_subset` in its video.yaml).
 VIDEO_CLASSIFICATION_ROWS = {"SmthSmthV2": 1000}
+# Sizes of the official label lists of the globally ranked tasks (for messages).
+VIDEO_CLASSIFICATION_LABELS = {"K700": 700, "HMDB51": 51, "UCF101": 101, "Breakfast": 10}
 
 
 def check_labels(labels: Iterable[object], where: str = "the label list") -> list[str]:
@@ -201,11 +203,6 @@ def read_labels(path: str | Path) -> list[str]:
     return check_labels(labels, str(path))
 
 
-def len_hint(task: str) -> str:
-    return {"K700": "700 labels", "HMDB51": "51 labels", "UCF101": "101 labels", "Breakfast": "10 labels"}.get(
-        task, "the task's labels")
-
-
 def convert_video_classification_task(records: str | Path | Iterable[Record], task: str, frames: str | Path,
                                       out_dir: str | Path, *, labels: Iterable[str] | None = None,
                                       labels_from_rows: bool = False, num_frames: int = 8,
@@ -233,7 +230,7 @@ def convert_video_classification_task(records: str | Path | Iterable[Record], ta
                               "--labels-from-rows do not apply")
     label_list = check_labels(labels, "labels") if labels is not None else None
     if not local and label_list is None and not labels_from_rows:
-        raise ConversionError(f"{name} ranks every video against its full label list ({len_hint(name)}): give "
+        raise ConversionError(f"{name} ranks every video against its full label list ({VIDEO_CLASSIFICATION_LABELS[name]} labels): give "
                               "it with --labels FILE, in the official order (VLM2Vec's "
                               "video_classification_utils.py), or pass --labels-from-rows to use only the labels "
                               "the rows use (a smaller pool: higher scores than the official ones)")

@@ -11,7 +11,7 @@ import pytest
 from embedrl.cli import main
 from embedrl.data.synthetic import write_benchmark
 from embedrl.eval.runner import EvalSettings, TaskFailed, evaluate_task
-from embedrl.models import embedder as embedder_module
+from embedrl.models import embedder_input as embedder_module
 from embedrl.models.embedder import Embedder
 
 

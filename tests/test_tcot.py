@@ -1,26 +1,20 @@
-"""T-CoT parse / validate / render / evidence: one hand-written case per robustness rule."""
+"""T-CoT parse / validate / render / format check: one hand-written case per robustness rule."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 import embedrl.tcot as tcot_module
-from embedrl.errors import ConfigError
 from embedrl.tcot import (
     PROBLEM_CODES,
-    Evidence,
-    EvidenceConfig,
     ParseResult,
     TCoT,
-    evidence,
     format_ok,
     parse,
     render,
-    to_pixel_box,
     validate,
 )
 
@@ -449,152 +443,6 @@ def test_render_escapes_tag_and_fence_characters_in_keywords() -> None:
 )
 def test_round_trip(t: TCoT) -> None:
     assert parse(render(t)).tcot == t
-
-
-# ============================================================================================ evidence
-
-
-def test_crops_use_covering_pixel_boxes_of_the_first_image() -> None:
-    first, second = gradient(200, 100), Image.new("RGB", (50, 50), "white")
-    t = TCoT("t", bbox_2d=((100, 200, 300, 400),), rethink="r", answer="a")
-    ev = evidence(t, images=[first, second])
-    assert ev.crop_boxes == [(20, 20, 60, 40)]
-    assert ev.crops[0].size == (40, 20)
-    # The crop is cut from the original first image: its top-left pixel is (20, 20).
-    assert ev.crops[0].getpixel((0, 0)) == (20, 20, 0)
-
-
-def test_to_pixel_box_covers_and_clamps() -> None:
-    assert to_pixel_box((0, 0, 1000, 1000), 640, 480) == (0, 0, 640, 480)
-    assert to_pixel_box((101, 0, 102, 1), 640, 480) == (64, 0, 66, 1)
-    assert to_pixel_box((-50, -50, 2000, 2000), 64, 48) == (0, 0, 64, 48)
-
-
-def test_small_thin_duplicate_and_excess_crops_are_dropped() -> None:
-    boxes = ((0, 0, 10, 10),        # 10x10 px on a 1000x1000 image: kept
-             (0, 0, 9, 100),        # 9 px wide: too small
-             (0, 0, 1000, 15),      # 1000x15: aspect 66 > 50
-             (0, 0, 10, 10),        # duplicate
-             (100, 100, 200, 200), (200, 200, 300, 300), (300, 300, 400, 400),
-             (400, 400, 500, 500))  # fifth valid crop: beyond max_crops=4
-    ev = evidence(TCoT("t", bbox_2d=boxes), images=[Image.new("RGB", (1000, 1000))])
-    assert ev.crop_boxes == [(0, 0, 10, 10), (100, 100, 200, 200), (200, 200, 300, 300), (300, 300, 400, 400)]
-    joined = " | ".join(ev.notes)
-    for phrase in ("below 10 px", "aspect ratio", "repeats an earlier crop", "max_crops"):
-        assert phrase in joined
-
-
-def test_crop_limits_are_configurable() -> None:
-    config = EvidenceConfig(max_crops=1, min_crop_side=2, max_aspect_ratio=100)
-    boxes = ((0, 0, 1000, 15), (0, 0, 500, 500))
-    ev = evidence(TCoT("t", bbox_2d=boxes), images=[Image.new("RGB", (1000, 1000))], config=config)
-    assert ev.crop_boxes == [(0, 0, 1000, 15)]
-
-
-def test_crops_from_image_paths(tmp_path: Path) -> None:
-    path = tmp_path / "img.png"
-    gradient(100, 100).save(path)
-    ev = evidence(TCoT("t", bbox_2d=((500, 500, 1000, 1000),)), images=[str(path)])
-    assert ev.crops[0].getpixel((0, 0)) == (50, 50, 0)
-
-
-def test_boxes_without_an_image_are_noted() -> None:
-    ev = evidence(TCoT("t", bbox_2d=((0, 0, 500, 500),)))
-    assert ev.crops == [] and "no image" in ev.notes[0]
-
-
-def test_keyframes_are_one_based_original_frames() -> None:
-    frames = frames_of(8)
-    ev = evidence(TCoT("t", key_frames=(8, 1, 3)), frames=frames)
-    assert ev.keyframe_indices == [8, 1, 3]
-    assert ev.keyframes[0] is frames[7] and ev.keyframes[1] is frames[0] and ev.keyframes[2] is frames[2]
-
-
-def test_keyframes_beyond_the_sampled_frames_are_dropped() -> None:
-    # A short video yields fewer than 8 frames (data/media.py); index 5 of 4 frames does not exist.
-    ev = evidence(TCoT("t", key_frames=(2, 5, 0, 2)), frames=frames_of(4))
-    assert ev.keyframe_indices == [2]
-    assert any("outside 1..4" in n for n in ev.notes) and any("repeated" in n for n in ev.notes)
-
-
-def test_max_keyframes() -> None:
-    ev = evidence(TCoT("t", key_frames=(1, 2, 3)), frames=frames_of(8), config=EvidenceConfig(max_keyframes=2))
-    assert ev.keyframe_indices == [1, 2]
-
-
-def test_keywords() -> None:
-    assert evidence(TCoT("t", text_keywords=("dog", "ball"))).keywords == ["dog", "ball"]
-
-
-def test_content_list_order_and_texts() -> None:
-    image = Image.new("RGB", (100, 100))
-    text = wrap('A dog. {"bbox_2d": [[0, 0, 500, 500], [500, 500, 1000, 1000]]}', rethink="Dog.", answer="Dog on grass.")
-    content = evidence(text, images=[image]).content()
-    assert [c["type"] for c in content] == ["text", "image", "image", "text", "text"]
-    assert content[0]["text"] == '<thinking>A dog. {"bbox_2d": [[0, 0, 500, 500], [500, 500, 1000, 1000]]}</thinking>\n'
-    assert content[3]["text"] == "<rethink>Dog.</rethink>\n<answer>Dog on grass.</answer>\n"
-    assert content[4]["text"] == "Summarize the above content in one word:"
-    assert all(isinstance(c["image"], Image.Image) for c in content if c["type"] == "image")
-
-
-def test_content_with_keyframes_and_custom_summary_prompt() -> None:
-    frames = frames_of(8)
-    config = EvidenceConfig(summary_prompt="In one word:")
-    content = evidence(TCoT("v", key_frames=(2,), rethink="r", answer="a"), frames=frames, config=config).content()
-    assert content[1] == {"type": "image", "image": frames[1]}
-    assert content[-1] == {"type": "text", "text": "In one word:"}
-
-
-def test_unparsable_text_falls_back_to_raw_text() -> None:
-    ev = evidence("A dog on grass, no tags at all.", images=[Image.new("RGB", (10, 10))])
-    assert ev.fallback_text == "A dog on grass, no tags at all."
-    assert ev.crops == [] and "raw text" in ev.notes[0] and "no_tags" in ev.notes[0]
-    assert ev.content() == [{"type": "text", "text": "A dog on grass, no tags at all."},
-                            {"type": "text", "text": "Summarize the above content in one word:"}]
-
-
-def test_unreadable_cue_json_falls_back_like_the_official_code() -> None:
-    raw = wrap('x {"bbox_2d": [[1, 2, oops]]}')
-    ev = evidence(parse(raw), images=[Image.new("RGB", (100, 100))])
-    assert ev.fallback_text == raw and "cue_json_invalid" in ev.notes[0]
-
-
-def test_empty_text_falls_back_to_summary_prompt_only() -> None:
-    assert evidence("").content() == [{"type": "text", "text": "Summarize the above content in one word:"}]
-
-
-def test_special_tokens_are_stripped_everywhere() -> None:
-    injected = wrap('<|vision_start|><|image_pad|><|vision_end|> x {"text_keywords": ["a"]}',
-                    rethink="r <|video_pad|>", answer="a<emb><|im_end|>")
-    ev = evidence(injected)
-    texts = "".join(c["text"] for c in ev.content() if c["type"] == "text")
-    for token in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<emb>", "<|im_end|>"):
-        assert token not in texts
-    assert any("special tokens" in n for n in ev.notes)
-    fallback = evidence("no tags <|image_pad|> here")
-    assert fallback.fallback_text == "no tags  here"
-
-
-def test_parse_problems_are_noted() -> None:
-    ev = evidence(wrap('x {"bbox_2d": [[300, 400, 100, 200]]}'), images=[Image.new("RGB", (100, 100))])
-    assert ev.crop_boxes == [(10, 20, 30, 40)]
-    assert "bbox_swapped" in ev.notes[0]
-
-
-def test_evidence_rejects_other_types() -> None:
-    with pytest.raises(TypeError):
-        evidence(42)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("kwargs", [{"max_crops": -1}, {"min_crop_side": 0}, {"max_aspect_ratio": 0.5}])
-def test_evidence_config_is_validated(kwargs: dict) -> None:
-    with pytest.raises(ConfigError):
-        EvidenceConfig(**kwargs)
-
-
-def test_evidence_images_property() -> None:
-    ev = Evidence(crops=[Image.new("RGB", (1, 1))], keyframes=[Image.new("RGB", (2, 2))])
-    assert [i.size for i in ev.images] == [(1, 1), (2, 2)]
 
 
 # =========================================================================================== format_ok

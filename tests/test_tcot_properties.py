@@ -16,15 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from embedrl.models.evidence import EVIDENCE_STYLES, EvidenceRules, pixel_box, read_evidence
 from embedrl.tcot import (
     PROBLEM_CODES,
-    EvidenceConfig,
     ParseResult,
     TCoT,
-    evidence,
     parse,
     render,
-    to_pixel_box,
 )
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "250"))
@@ -96,57 +94,65 @@ def test_parse_of_render_is_identity(tcot: TCoT) -> None:
     assert render(result.tcot) == render(tcot)
 
 
+def _boxed(boxes: list) -> str:
+    import json
+
+    return f'<thinking>t {json.dumps({"bbox_2d": [list(b) for b in boxes]})}</thinking><rethink>r</rethink>'
+
+
 @PROPERTY
 @given(
     st.lists(st.tuples(any_coordinate, any_coordinate, any_coordinate, any_coordinate), max_size=8),
     image_sizes,
-    st.integers(0, 5),
-    st.integers(1, 30),
-    st.floats(1, 80),
+    st.one_of(st.none(), st.integers(0, 5)),
+    st.booleans(),
 )
 def test_crops_lie_inside_the_image_and_respect_the_limits(
-    boxes: list, size: tuple[int, int], max_crops: int, min_side: int, max_aspect: float
+    boxes: list, size: tuple[int, int], max_crops: int | None, drop_repeats: bool
 ) -> None:
     image = Image.new("RGB", size)
-    config = EvidenceConfig(max_crops=max_crops, min_crop_side=min_side, max_aspect_ratio=max_aspect)
-    ev = evidence(TCoT("t", bbox_2d=tuple(boxes)), images=[image], config=config)
+    rules = EvidenceRules(max_crops=max_crops, drop_repeats=drop_repeats)
+    ev = read_evidence(_boxed(boxes), crop_source=image, num_frames=0, rules=rules)
     width, height = size
-    assert len(ev.crops) == len(ev.crop_boxes) <= max_crops
-    assert len(set(ev.crop_boxes)) == len(ev.crop_boxes)
+    assert ev is not None and ev.fallback_text is None
+    assert len(ev.crops) == len(ev.crop_boxes) <= (len(boxes) if max_crops is None else max_crops)
+    if drop_repeats:
+        assert len(set(ev.crop_boxes)) == len(ev.crop_boxes)
     for (left, top, right, bottom), crop in zip(ev.crop_boxes, ev.crops):
         assert 0 <= left < right <= width and 0 <= top < bottom <= height
         crop_w, crop_h = right - left, bottom - top
-        assert min(crop_w, crop_h) >= min_side
-        assert max(crop_w / crop_h, crop_h / crop_w) <= max_aspect
+        assert min(crop_w, crop_h) >= 10
+        assert max(crop_w / crop_h, crop_h / crop_w) <= 50
         assert crop.size == (crop_w, crop_h)
-    assert len(ev.content()) == 3 + len(ev.crops)
 
 
 @PROPERTY
 @given(st.tuples(coordinate_floats, coordinate_floats, coordinate_floats, coordinate_floats), image_sizes)
-def test_pixel_box_covers_the_relative_box(box: tuple, size: tuple[int, int]) -> None:
-    x1, y1, x2, y2 = box
+def test_pixel_box_truncates_the_scaled_box_and_clamps(box: tuple, size: tuple[int, int]) -> None:
     width, height = size
-    left, top, right, bottom = to_pixel_box(box, width, height)
-    # Covering: the pixel box contains the exact scaled box (up to float rounding), and stays in the image.
-    assert left <= x1 * width / 1000 + 1e-9 and top <= y1 * height / 1000 + 1e-9
-    assert right >= min(x2 * width / 1000, width) - 1e-9 and bottom >= min(y2 * height / 1000, height) - 1e-9
-    assert 0 <= left <= width and 0 <= right <= width and 0 <= top <= height and 0 <= bottom <= height
+    left, top, right, bottom = pixel_box(list(box), width, height)
+    # Each coordinate is the scaled value truncated toward zero (so at most one pixel below it), in the image.
+    for value, scale, got in zip(box, (width, height, width, height), (left, top, right, bottom)):
+        exact = min(value * scale / 1000, scale)
+        assert exact - 1 < got <= exact + 1e-9 and 0 <= got <= scale
 
 
 @PROPERTY
-@given(st.lists(st.integers(-3, 20), max_size=12), st.integers(0, 10), st.integers(0, 10))
-def test_keyframe_indices_map_to_existing_frames(indices: list[int], num_frames: int, max_keyframes: int) -> None:
-    frames = [Image.new("L", (4, 4), i) for i in range(num_frames)]
-    ev = evidence(TCoT("t", key_frames=tuple(indices)), frames=frames,
-                  config=EvidenceConfig(max_keyframes=max_keyframes))
-    assert len(ev.keyframes) == len(ev.keyframe_indices) <= max_keyframes
-    assert len(set(ev.keyframe_indices)) == len(ev.keyframe_indices)
-    for index, frame in zip(ev.keyframe_indices, ev.keyframes):
-        assert 1 <= index <= num_frames
-        assert frame is frames[index - 1]
-    kept_in_order = [i for i in dict.fromkeys(indices) if 1 <= i <= num_frames][:max_keyframes]
-    assert ev.keyframe_indices == kept_in_order
+@given(st.lists(st.integers(-3, 20), max_size=12), st.integers(2, 10), st.sampled_from(sorted(EVIDENCE_STYLES)))
+def test_keyframe_indices_map_to_existing_frames(indices: list[int], num_frames: int, style: str) -> None:
+    import json
+
+    rules = EvidenceRules.preset(style)
+    text = f'<thinking>t {json.dumps({"key_frames": indices})}</thinking><rethink>r</rethink>'
+    ev = read_evidence(text, crop_source=None, num_frames=num_frames, rules=rules)
+    base = rules.keyframe_base
+    valid = [i - base for i in indices if base <= i < num_frames + base]
+    if rules.drop_repeats:
+        valid = list(dict.fromkeys(valid))
+    if rules.max_keyframes is not None:
+        valid = valid[:rules.max_keyframes]
+    assert ev is not None and ev.keyframe_indices == valid
+    assert all(0 <= i < num_frames for i in ev.keyframe_indices)
 
 
 # ================================================================================================= fuzz
@@ -185,19 +191,18 @@ def test_fuzz_parse_and_evidence(text: str, sizes: list[tuple[int, int]], num_fr
         assert all(k >= 1 for k in result.tcot.key_frames or ())
 
     images = [Image.new("RGB", size) for size in sizes]
-    frames = [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(num_frames)]
-    ev = evidence(result, images=images, frames=frames)
-    content = ev.content()
-    assert content[-1] == {"type": "text", "text": EvidenceConfig().summary_prompt}
-    texts = [c["text"] for c in content if c["type"] == "text"]
-    assert not any(token in t for t in texts for token in ("<|image_pad|>", "<|vision_start|>", "<emb>"))
-    if ev.fallback_text is not None:
-        assert not ev.crops and not ev.keyframes
-        assert len(content) <= 2
-    else:
-        assert content[0]["text"].startswith("<thinking>")
-        assert [c["type"] for c in content].count("image") == len(ev.crops) + len(ev.keyframes)
-        for (left, top, right, bottom) in ev.crop_boxes:
-            width, height = images[0].size
-            assert 0 <= left < right <= width and 0 <= top < bottom <= height
-        assert all(1 <= i <= num_frames for i in ev.keyframe_indices)
+    for rules in EVIDENCE_STYLES.values():
+        ev = read_evidence(result, crop_source=images[0] if images else None, num_frames=num_frames, rules=rules)
+        if ev is None:
+            assert not text.strip()
+            continue
+        pieces = [ev.fallback_text or "", ev.thinking_text, ev.tail_text]
+        assert not any(token in t for t in pieces for token in ("<|image_pad|>", "<|vision_start|>", "<emb>"))
+        if ev.fallback_text is not None:
+            assert not ev.crops and not ev.keyframe_indices and not ev.thinking_text
+        else:
+            assert ev.thinking_text.startswith("<thinking>") and ev.thinking_text.endswith("</thinking>\n")
+            for (left, top, right, bottom) in ev.crop_boxes:
+                width, height = images[0].size
+                assert 0 <= left < right <= width and 0 <= top < bottom <= height
+            assert all(0 <= i < num_frames for i in ev.keyframe_indices)

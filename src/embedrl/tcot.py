@@ -19,9 +19,8 @@ video      ``key_frames``     list of **1-based** indices into the sampled frame
 
 `parse` never raises on any string: it returns a `ParseResult` holding the T-CoT (or a best-effort partial)
 and a list of `TCoTProblem`, each with a stable machine-readable ``code``. `render` writes the canonical text,
-and ``parse(render(t)).tcot == t`` for every valid T-CoT. `evidence` turns a T-CoT plus the item's media into
-crops, keyframes, keywords and the Embedder content list (method.md §1.4). `format_ok` is the check behind
-the format reward.
+and ``parse(render(t)).tcot == t`` for every valid T-CoT. `format_ok` is the check behind the format reward.
+How the Embedder reads a T-CoT (crops, keyframes, its text pieces) is `embedrl.models.evidence`.
 
 Problem codes
 -------------
@@ -82,14 +81,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
-
-from PIL import Image
-
-from .errors import ConfigError
 
 CueKind = Literal["text_keywords", "bbox_2d", "key_frames"]
 Modality = Literal["text", "image", "video"]
@@ -98,7 +91,6 @@ CUE_KEYS: tuple[str, ...] = ("text_keywords", "bbox_2d", "key_frames")
 CUE_FOR_MODALITY: dict[str, str] = {"text": "text_keywords", "image": "bbox_2d", "video": "key_frames"}
 DEFAULT_NUM_FRAMES = 8
 COORDINATE_MAX = 1000
-DEFAULT_SUMMARY_PROMPT = "Summarize the above content in one word:"
 
 PROBLEM_CODES: dict[str, str] = {
     "empty_input": "the text is empty or blank",
@@ -993,194 +985,6 @@ _SPECIAL_TOKENS = re.compile(r"<\|[A-Za-z0-9_]{1,40}\|>|<emb>")
 
 def strip_special_tokens(text: str) -> str:
     return _SPECIAL_TOKENS.sub("", text)
-
-
-@dataclass
-class EvidenceConfig:
-    """Limits of `evidence` (method.md §1.4: crops need both sides ≥ 10 px and an aspect ratio ≤ 50)."""
-
-    max_crops: int = 4
-    max_keyframes: int = 8
-    min_crop_side: int = 10
-    max_aspect_ratio: float = 50.0
-    summary_prompt: str = DEFAULT_SUMMARY_PROMPT
-
-    def __post_init__(self) -> None:
-        if self.max_crops < 0 or self.max_keyframes < 0:
-            raise ConfigError("max_crops and max_keyframes must be >= 0")
-        if self.min_crop_side < 1:
-            raise ConfigError(f"min_crop_side must be >= 1, got {self.min_crop_side}")
-        if not self.max_aspect_ratio >= 1:
-            raise ConfigError(f"max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}")
-
-
-@dataclass
-class Evidence:
-    """What the Embedder receives from one T-CoT, plus an account of what was dropped.
-
-    `content()` gives the user-turn pieces that follow the item's own media and text, in the order of
-    method.md §1.4: thinking block, one image per crop or keyframe, rethink and answer, summary prompt.
-    """
-
-    crops: list[Image.Image] = field(default_factory=list)
-    crop_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
-    keyframes: list[Image.Image] = field(default_factory=list)
-    keyframe_indices: list[int] = field(default_factory=list)
-    keywords: list[str] = field(default_factory=list)
-    fallback_text: str | None = None
-    notes: list[str] = field(default_factory=list)
-    thinking_text: str = ""
-    """``"<thinking>…</thinking>\\n"`` (with the cue JSON), already stripped of special tokens."""
-    tail_text: str = ""
-    """``"<rethink>…</rethink>\\n<answer>…</answer>\\n"``, already stripped of special tokens."""
-    summary_prompt: str = DEFAULT_SUMMARY_PROMPT
-
-    @property
-    def images(self) -> list[Image.Image]:
-        return [*self.crops, *self.keyframes]
-
-    def content(self) -> list[dict]:
-        """The Embedder content list in the transformers chat-content format."""
-        items: list[dict] = []
-        if self.fallback_text is not None:
-            if self.fallback_text:
-                items.append({"type": "text", "text": self.fallback_text})
-        else:
-            items.append({"type": "text", "text": self.thinking_text})
-            items.extend({"type": "image", "image": image} for image in self.images)
-            items.append({"type": "text", "text": self.tail_text})
-        items.append({"type": "text", "text": self.summary_prompt})
-        return items
-
-
-def to_pixel_box(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
-    """Scale a 0–1000 box to pixels, covering every pixel the box touches, clamped to the image."""
-    x1, y1, x2, y2 = box
-    left = min(max(math.floor(x1 * width / COORDINATE_MAX), 0), width)
-    top = min(max(math.floor(y1 * height / COORDINATE_MAX), 0), height)
-    right = min(max(math.ceil(x2 * width / COORDINATE_MAX), 0), width)
-    bottom = min(max(math.ceil(y2 * height / COORDINATE_MAX), 0), height)
-    return left, top, right, bottom
-
-
-def evidence(
-    tcot: TCoT | ParseResult | str,
-    *,
-    images: Sequence[Image.Image] = (),
-    frames: Sequence[Image.Image] = (),
-    config: EvidenceConfig | None = None,
-) -> Evidence:
-    """Crops, keyframes and keywords of a T-CoT, and the Embedder content list.
-
-    Boxes are relative to the **first** image in `images`, and crops are cut from that original image.
-    `frames` are the item's sampled video frames; ``key_frames`` value ``i`` selects ``frames[i-1]``
-    (method.md §11c). Images may also be given as paths. A string is parsed first. A T-CoT that could not be
-    parsed (no tags, or an unreadable cue JSON) falls back to appending its raw text, as the official code
-    does; `Evidence.fallback_text` is then set and a note says so.
-    """
-    config = config or EvidenceConfig()
-    notes: list[str] = []
-    if isinstance(tcot, str):
-        tcot = parse(tcot)
-    if isinstance(tcot, ParseResult):
-        result = tcot
-        if result.tcot is None or result.has("cue_json_invalid"):
-            return _fallback(result, config)
-        if result.problems:
-            notes.append("parse problems: " + ", ".join(dict.fromkeys(result.codes)))
-        value = result.tcot
-    elif isinstance(tcot, TCoT):
-        value = tcot
-    else:
-        raise TypeError(f"evidence() needs a TCoT, ParseResult or str, got {type(tcot).__name__}")
-
-    out = Evidence(summary_prompt=config.summary_prompt, notes=notes)
-    thinking = render_thinking(value) + "\n"
-    tail = f"<rethink>{value.rethink}</rethink>\n<answer>{value.answer}</answer>\n"
-    out.thinking_text, out.tail_text = strip_special_tokens(thinking), strip_special_tokens(tail)
-    if out.thinking_text != thinking or out.tail_text != tail:
-        notes.append("special tokens (<|...|>, <emb>) were removed from the T-CoT text")
-
-    if value.text_keywords is not None:
-        out.keywords = [strip_special_tokens(k) for k in value.text_keywords]
-    if value.bbox_2d is not None:
-        _add_crops(out, value.bbox_2d, images, config)
-    if value.key_frames is not None:
-        _add_keyframes(out, value.key_frames, frames, config)
-    return out
-
-
-def _fallback(result: ParseResult, config: EvidenceConfig) -> Evidence:
-    raw = strip_special_tokens(result.raw)
-    reason = ", ".join(dict.fromkeys(c for c in result.codes if c in FATAL_CODES | {"cue_json_invalid"}))
-    notes = [f"T-CoT not parsed ({reason}); its raw text is appended instead"]
-    if raw != result.raw:
-        notes.append("special tokens (<|...|>, <emb>) were removed from the raw text")
-    return Evidence(fallback_text=raw.strip(), notes=notes, summary_prompt=config.summary_prompt)
-
-
-def _as_image(media: Any) -> Image.Image:
-    if isinstance(media, Image.Image):
-        return media
-    if isinstance(media, (str, Path)):
-        from .data.media import load_image  # noqa: PLC0415 - only paths need the loader
-
-        return load_image(media)
-    raise TypeError(f"expected a PIL image or a path, got {type(media).__name__}")
-
-
-def _add_crops(out: Evidence, boxes: Sequence[Box], images: Sequence[Any], config: EvidenceConfig) -> None:
-    if not boxes:
-        out.notes.append("bbox_2d is empty: no crops")
-        return
-    if not images:
-        out.notes.append("bbox_2d given but there is no image to crop")
-        return
-    image = _as_image(images[0])
-    width, height = image.size
-    for number, box in enumerate(boxes, start=1):
-        if len(out.crops) >= config.max_crops:
-            out.notes.append(f"crops after the first {config.max_crops} were dropped (max_crops)")
-            break
-        if len(box) != 4 or not all(_is_number(c) and math.isfinite(c) for c in box):
-            out.notes.append(f"box {number} is not four finite numbers; dropped")
-            continue
-        pixel = to_pixel_box(box, width, height)
-        crop_w, crop_h = pixel[2] - pixel[0], pixel[3] - pixel[1]
-        if min(crop_w, crop_h) < config.min_crop_side:
-            out.notes.append(f"box {number} is {crop_w}x{crop_h} px, below {config.min_crop_side} px; dropped")
-            continue
-        if max(crop_w / crop_h, crop_h / crop_w) > config.max_aspect_ratio:
-            out.notes.append(f"box {number} has aspect ratio above {config.max_aspect_ratio:g}; dropped")
-            continue
-        if pixel in out.crop_boxes:
-            out.notes.append(f"box {number} repeats an earlier crop; dropped")
-            continue
-        out.crop_boxes.append(pixel)
-        out.crops.append(image.crop(pixel))
-
-
-def _add_keyframes(
-    out: Evidence, indices: Sequence[int], frames: Sequence[Any], config: EvidenceConfig
-) -> None:
-    if not indices:
-        out.notes.append("key_frames is empty: no keyframes")
-        return
-    if not frames:
-        out.notes.append("key_frames given but there are no frames")
-        return
-    for index in indices:
-        if len(out.keyframes) >= config.max_keyframes:
-            out.notes.append(f"keyframes after the first {config.max_keyframes} were dropped (max_keyframes)")
-            break
-        if not isinstance(index, int) or isinstance(index, bool) or not 1 <= index <= len(frames):
-            out.notes.append(f"key frame {index!r} is outside 1..{len(frames)}; dropped")
-            continue
-        if index in out.keyframe_indices:
-            out.notes.append(f"key frame {index} is repeated; dropped")
-            continue
-        out.keyframe_indices.append(index)
-        out.keyframes.append(_as_image(frames[index - 1]))
 
 
 # ====================================================================================== format check

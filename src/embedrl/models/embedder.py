@@ -1,35 +1,26 @@
 """The Embedder: a Qwen-VL model that reads an item plus its T-CoT and pools one vector at `<emb>`.
 
-Chat layout (method.md §1.2, the same in training, evaluation and the RL reward):
-
-    user:      [original images] [video frames as images | one video] [instruction + text]
-               [<thinking>…</thinking>] [crops / keyframes] [<rethink>…</rethink><answer>…</answer>]
-               "Summarize the above content in one word:"
-    assistant: <emb>
+The input layout (the official Embed-RL evaluation's, token for token) is built by
+`embedrl.models.embedder_input.build_input`; `encode()` (pipeline.py), stage-1 training and the EG-RL reward all
+go through `Embedder.build_input` and `Embedder.collate`, so the three cannot disagree.
 
 The embedding is the last-layer hidden state *after the final norm* at the last `<emb>` token, L2-normalised.
-`build_input` is the single input builder; `encode()` (pipeline.py), stage-1 training and the EG-RL reward all
-go through it, so the three cannot disagree.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..data.items import Item
-from ..data.media import load_item_media as load_media_files
 from ..errors import ConfigError, ModelError
-from ..tcot import EvidenceConfig, evidence, strip_special_tokens
 from .backbone import (
     LoadOptions,
     checkpoint_path,
@@ -39,152 +30,23 @@ from .backbone import (
     load_model,
     load_processor,
     save_processor,
-    torchvision_available,
+)
+from .embedder_input import (  # noqa: F401 - the input names are part of this module's API
+    EMB_TOKEN,
+    EMBEDDER_CONFIG_FILE,
+    INPUT_LAYOUT,
+    SUMMARY_PROMPT,
+    EmbedderConfig,
+    EmbedderInput,
+    ImagePlacement,
+    VisionBounds,
+    build_input,
+    item_text,
+    load_item_media,
 )
 from .families import Family
 
 log = logging.getLogger(__name__)
-
-EMBEDDER_CONFIG_FILE = "embedrl_embedder.json"
-SUMMARY_PROMPT = "Summarize the above content in one word:"
-EMB_TOKEN = "<emb>"
-
-
-@dataclass
-class EmbedderConfig:
-    """Input-building settings, saved with the checkpoint so training, evaluation and reward agree.
-
-    `video_mode` is 'frames' (sampled frames as separate images: works without torchvision, the official
-    evaluation's representation) or 'video' (one native video item; needs torchvision).
-    Pixel bounds of None keep the checkpoint processor's own; the `official` preset sets the paper's values.
-    """
-
-    summary_prompt: str = SUMMARY_PROMPT
-    emb_token: str = EMB_TOKEN
-    video_mode: str = "frames"
-    num_frames: int = 8
-    image_min_pixels: int | None = None
-    image_max_pixels: int | None = None
-    frame_max_pixels: int | None = None
-    max_text_tokens: int | None = None
-    max_crops: int = 4
-    max_keyframes: int = 8
-    padding_side: str = "left"
-
-    @classmethod
-    def official(cls) -> EmbedderConfig:
-        """The paper's vision settings (method.md §1.3)."""
-        return cls(image_min_pixels=128 * 32 * 32, image_max_pixels=768 * 32 * 32,
-                   frame_max_pixels=300 * 32 * 32)
-
-    def validate(self) -> None:
-        if self.video_mode not in ("frames", "video"):
-            raise ConfigError(f"video_mode must be 'frames' or 'video', got {self.video_mode!r}")
-        if self.video_mode == "video" and not torchvision_available():
-            raise ConfigError("video_mode='video' needs torchvision; this environment has none that imports. "
-                              "Use video_mode='frames' (the default).")
-        if self.padding_side not in ("left", "right"):
-            raise ConfigError("padding_side must be 'left' or 'right'")
-        if self.num_frames < 1:
-            raise ConfigError("num_frames must be >= 1")
-
-    @classmethod
-    def load(cls, path: str | Path) -> EmbedderConfig:
-        file = Path(path) / EMBEDDER_CONFIG_FILE
-        if not file.is_file():
-            return cls()
-        raw = json.loads(file.read_text())
-        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-    def save(self, path: str | Path) -> None:
-        (Path(path) / EMBEDDER_CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
-
-
-@dataclass
-class EmbedderInput:
-    """One item turned into a chat conversation plus the images it references, in placeholder order."""
-
-    messages: list[dict]
-    images: list[Image.Image]
-    videos: list[list[Image.Image]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-def _limit_pixels(img: Image.Image, max_pixels: int | None) -> Image.Image:
-    if max_pixels is None or img.width * img.height <= max_pixels:
-        return img
-    scale = math.sqrt(max_pixels / (img.width * img.height))
-    size = (max(1, int(img.width * scale)), max(1, int(img.height * scale)))
-    return img.resize(size, Image.Resampling.BICUBIC)
-
-
-def load_item_media(item: Item, config: EmbedderConfig) -> tuple[list[Image.Image], list[Image.Image]]:
-    """(images, sampled video frames) of an item, sampled with the Embedder's frame count."""
-    return load_media_files(item, config.num_frames)
-
-
-def item_text(item: Item) -> str:
-    """Instruction and payload text as the Embedder reads them."""
-    parts = [p.strip() for p in (item.instruction, item.text) if p and p.strip()]
-    # Control tokens in user text (<|image_pad|>, <emb>, ...) would desynchronise text and pixels or pooling.
-    return strip_special_tokens(" ".join(parts))
-
-
-def build_input(
-    item: Item,
-    config: EmbedderConfig,
-    tcot: Any = None,
-    *,
-    media: tuple[list[Image.Image], list[Image.Image]] | None = None,
-    truncate=None,
-) -> EmbedderInput:
-    """The single Embedder input builder.
-
-    `tcot` is None (no reasoning), a raw T-CoT string, or a parsed `embedrl.tcot.TCoT` / `ParseResult`;
-    crops are cut from the first original image and keyframes taken from the sampled frames.
-    `media` lets callers pass already-loaded (images, frames) to avoid reloading.
-    """
-    images, frames = media if media is not None else load_item_media(item, config)
-    content: list[dict] = []
-    for img in images:
-        content.append({"type": "image", "image": _limit_pixels(img, config.image_max_pixels)})
-    frame_images = [_limit_pixels(f, config.frame_max_pixels) for f in frames]
-    videos: list[list[Image.Image]] = []
-    if frame_images:
-        if config.video_mode == "video":
-            content.append({"type": "video", "video": frame_images})
-            videos.append(frame_images)
-        else:
-            content.extend({"type": "image", "image": f} for f in frame_images)
-    text = item_text(item)
-    if truncate is not None and text:
-        text = truncate(text)
-    if text:
-        content.append({"type": "text", "text": text + "\n"})
-    notes: list[str] = []
-    if tcot is None:
-        content.append({"type": "text", "text": config.summary_prompt})
-    else:
-        ev = evidence(
-            tcot, images=images, frames=frames,
-            config=EvidenceConfig(max_crops=config.max_crops, max_keyframes=config.max_keyframes,
-                                  summary_prompt=config.summary_prompt),
-        )
-        notes.extend(ev.notes)
-        for piece in ev.content():
-            if piece["type"] == "image":
-                limit = config.frame_max_pixels if frames and not images else config.image_max_pixels
-                content.append({"type": "image", "image": _limit_pixels(piece["image"], limit)})
-            else:
-                content.append(piece)  # evidence texts are already free of special tokens
-    messages = [
-        {"role": "user", "content": content},
-        {"role": "assistant", "content": [{"type": "text", "text": config.emb_token}]},
-    ]
-    ordered_images = [c["image"] for c in content if c["type"] == "image"]
-    return EmbedderInput(messages=messages, images=ordered_images, videos=videos, notes=notes)
-
 
 @dataclass
 class LoraSettings:
@@ -349,8 +211,13 @@ class Embedder:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return text if len(ids) <= limit else self.tokenizer.decode(ids[:limit])
 
+    @property
+    def vision_bounds(self) -> VisionBounds:
+        """Pixel bounds per image role and the size factor (the config's, or the processor's own)."""
+        return VisionBounds.resolve(self.config, self.processor)
+
     def build_input(self, item: Item, tcot: Any = None, media=None) -> EmbedderInput:
-        return build_input(item, self.config, tcot, media=media, truncate=self.truncate_text)
+        return build_input(item, self.config, self.vision_bounds, tcot, media=media, truncate=self.truncate_text)
 
     def collate(self, inputs: Sequence[EmbedderInput], padding_side: str | None = None) -> dict[str, torch.Tensor]:
         """Tokenise and pad a batch; images are flattened in placeholder order."""
@@ -365,13 +232,12 @@ class Embedder:
             kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
             if images:
                 kwargs["images"] = images
-                if self.config.image_min_pixels or self.config.image_max_pixels:
-                    size = dict(self.processor.image_processor.size)
-                    if self.config.image_min_pixels:
-                        size["shortest_edge"] = self.config.image_min_pixels
-                    if self.config.image_max_pixels:
-                        size["longest_edge"] = self.config.image_max_pixels
-                    kwargs["images_kwargs"] = {"size": size}
+                # build_input already resized every image within its own bounds to a multiple of the factor;
+                # bounds that contain every area make the processor's resize leave them as they are.
+                areas = [img.width * img.height for img in images]
+                size = dict(self.processor.image_processor.size)
+                size["shortest_edge"], size["longest_edge"] = min(areas), max(areas)
+                kwargs["images_kwargs"] = {"size": size}
             if videos:
                 kwargs["videos"] = videos
             batch = self.processor(**kwargs)

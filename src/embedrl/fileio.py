@@ -6,6 +6,7 @@ never half of one.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
 import io
@@ -102,32 +103,61 @@ def read_json(path: str | Path) -> Any:
         ) from None
 
 
+def _lines(handle: io.BufferedReader) -> Iterator[bytes]:
+    """The lines of a binary file without their endings, split where text mode splits them (LF, CR LF and a
+    lone CR) so that line numbers stay those an editor shows. No byte of a UTF-8 multi-byte character is LF
+    or CR, so splitting before decoding never cuts a valid character."""
+    for raw in handle:
+        if raw.endswith(b"\n"):
+            raw = raw[:-1]
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        if b"\r" in raw:
+            yield from raw.split(b"\r")
+        else:
+            yield raw
+
+
 def iter_jsonl(path: str | Path, problems: list[Problem]) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line; append a Problem for each bad line and go on.
 
-    Reading continues after a bad line so that one run reports every defect of a file.
+    Reading continues after a bad line so that one run reports every defect of a file. Lines are decoded one
+    by one: a line that is not UTF-8 (a Latin-1 export, a damaged sector) is a problem of that line only.
     """
     path = Path(path)
     try:
-        handle = path.open("r", encoding="utf-8-sig")  # -sig: a byte-order mark (Windows editors) is skipped
+        handle = path.open("rb")
     except FileNotFoundError:
         problems.append(Problem(str(path), "file not found"))
         return
+    except OSError as exc:  # a folder or an unreadable file: one problem, not a traceback
+        problems.append(Problem(str(path), f"cannot read ({exc.strerror or exc})"))
+        return
     with handle:
-        lineno = 0
-        while True:
+        for lineno, raw in enumerate(_lines(handle), 1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):  # Windows editors start files with one
+                raw = raw[len(codecs.BOM_UTF8):]
             try:
-                line = handle.readline()
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                problems.append(Problem(str(path), f"not UTF-8 text ({exc.reason})", line=lineno + 1))
-                return
-            if not line:
-                return
-            lineno += 1
+                # everything before the first bad byte decodes, so the column counts characters like JSON's
+                column = len(raw[:exc.start].decode("utf-8")) + 1
+                problems.append(Problem(str(path), f"not UTF-8 text ({exc.reason} at column {column}); save "
+                                        "the file as UTF-8", line=lineno))
+                continue
             if not line.strip():
                 continue
+            if line.startswith("\ufeff"):  # json's own message ("decode using utf-8-sig") is for programmers
+                problems.append(Problem(str(path), "byte-order mark inside the file (were files pasted "
+                                        "together?); remove it", line=lineno))
+                continue
+            nul = line.find("\0")
+            if nul >= 0:  # JSON never holds a raw NUL; "Expecting value" would hide what is wrong
+                problems.append(Problem(str(path), f"NUL byte at column {nul + 1} (binary data, or a file "
+                                        "damaged by a crash)", line=lineno))
+                continue
             try:
-                obj = json.loads(line.rstrip("\r\n"))
+                obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 problems.append(
                     Problem(str(path), f"malformed JSON: {exc.msg} (column {exc.colno})", line=lineno)

@@ -3,7 +3,8 @@
 Endpoints:
 - `GET  /health`, `GET /v1/models`
 - `POST /v1/chat/completions` — OpenAI chat format; images as `image_url` items with base64 `data:` URLs.
-  Served by a local generation backend (a Reasoner, a teacher or the process-reward judge).
+  Served by a local generation backend (a Reasoner, a teacher or the process-reward judge). A backend with
+  `generate_with_usage` (replies with token counts) gives OpenAI's `usage` and `finish_reason: "length"`.
 - `POST /v1/embeddings` — `input` is a string, a list of strings, or a list of embedrl item objects
   `{"text", "instruction", "images": [data URLs], "frames": [data URLs], "tcot"}`: the server builds the
   Embedder input with the same `build_input` as local inference, so a remote reward sees crops and keyframes
@@ -19,6 +20,7 @@ import io
 import json
 import logging
 import math
+import re
 import threading
 import time
 import uuid
@@ -31,8 +33,8 @@ import numpy as np
 from PIL import Image
 
 from .data.items import Item, VideoRef
-from .data.media import load_image, to_rgb
-from .errors import EmbedRLError
+from .data.media import DEFAULT_MAX_IMAGE_PIXELS, decode_image_file, to_rgb
+from .errors import EmbedRLError, MediaError
 from .models.reasoner import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -47,23 +49,88 @@ class RequestError(Exception):
         self.status = status
 
 
+class _HugeInt:
+    """A JSON integer with more digits than Python converts (sys.get_int_max_str_digits): kept as a marker so
+    that the field it sits in, not json.loads, reports it."""
+
+    def __init__(self, text: str):
+        self.digits = len(text.lstrip("-"))
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits} digits>"
+
+
+def _parse_int(text: str) -> int | _HugeInt:
+    try:
+        return int(text)
+    except ValueError:
+        return _HugeInt(text)
+
+
+_JSON_TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"(\s*:)?|[\[\]{}]')
+
+
+def _too_deep(text: str, limit: int = 100) -> str:
+    """Where a body that json.loads could not nest that deep goes past `limit` levels: the top-level key as
+    'key', or 'body' when the body itself is the deep array."""
+    depth, key = 0, None
+    for match in _JSON_TOKEN.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > limit:
+                return key or "body"
+        elif token in "]}":
+            depth -= 1
+        elif depth == 1 and match.group(2):
+            key = "'" + json.loads(f'"{match.group(1)}"')[:80] + "'"
+    return "body"
+
+
+def _text(value: Any, where: str) -> str:
+    """A string field as the tokenizers will take it: JSON escapes can make lone UTF-16 surrogates, which
+    no UTF-8 encoder accepts."""
+    if not isinstance(value, str):
+        raise RequestError(f"{where}: must be a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(f"{where}: contains a lone surrogate \\u{ord(value[exc.start]):04x} at character "
+                           f"{exc.start} (not valid Unicode text)") from None
+    return value
+
+
 def decode_image(url: Any, where: str) -> Image.Image:
     if not isinstance(url, str) or not url.startswith("data:"):
         raise RequestError(f"{where}: only base64 data: URLs are accepted for images")
     try:
-        header, payload = url.split(",", 1)
+        _header, payload = url.split(",", 1)
         raw = base64.b64decode(payload, validate=True)
-        with Image.open(io.BytesIO(raw)) as img:
-            if img.width * img.height > 100_000_000:
-                raise RequestError(f"{where}: image too large ({img.width}x{img.height})")
-            img.load()
-            return load_image(img)  # EXIF orientation and RGB conversion exactly as for local files
-    except RequestError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise RequestError(f"{where}: image too large ({exc})") from None
+    except ValueError as exc:  # no comma, or not base64 (binascii.Error is a ValueError)
+        raise RequestError(f"{where}: not a base64 data: URL ({exc})") from None
+    try:
+        # the allowed formats, pixel limit, EXIF orientation and RGB conversion exactly as for local files
+        return decode_image_file(io.BytesIO(raw), DEFAULT_MAX_IMAGE_PIXELS, where)
+    except MediaError as exc:
+        raise RequestError(f"{where}: not a decodable image: {str(exc).removeprefix(where + ': ')}") from None
     except Exception as exc:  # noqa: BLE001 - whatever the client's bytes make Pillow raise is a bad request
         raise RequestError(f"{where}: not a decodable image ({type(exc).__name__}: {exc})") from None
+
+
+def _parse_body(raw: bytes) -> dict:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"body is not UTF-8 JSON ({exc.reason})") from None
+    try:
+        body = json.loads(text, parse_int=_parse_int)
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError(f"{_too_deep(text)}: JSON nested too deeply") from None
+    if not isinstance(body, dict):
+        raise RequestError("body must be a JSON object")
+    return body
 
 
 def chat_messages_to_conversation(messages: Any) -> list[dict]:
@@ -78,6 +145,7 @@ def chat_messages_to_conversation(messages: Any) -> list[dict]:
             raise RequestError(f"messages[{i}].role: must be 'system', 'user' or 'assistant'")
         content = message.get("content", "")
         if isinstance(content, str):
+            content = _text(content, f"messages[{i}].content")
             conversation.append({"role": message["role"], "content": [{"type": "text", "text": content}]})
             continue
         if not isinstance(content, list):
@@ -86,9 +154,8 @@ def chat_messages_to_conversation(messages: Any) -> list[dict]:
         for j, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text":
-                if not isinstance(part.get("text", ""), str):
-                    raise RequestError(f"messages[{i}].content[{j}].text: must be a string")
-                parts.append({"type": "text", "text": part.get("text", "")})
+                text = _text(part.get("text", ""), f"messages[{i}].content[{j}].text")
+                parts.append({"type": "text", "text": text})
             elif kind == "image_url":
                 url = part.get("image_url", {})
                 url = url.get("url") if isinstance(url, dict) else url
@@ -103,6 +170,9 @@ def _number(body: dict, key: str, kind: type, default: Any, low: float, high: fl
     value = body.get(key)
     if value is None:
         return default
+    if isinstance(value, _HugeInt):
+        upper = high if high is not None else "inf"
+        raise RequestError(f"'{key}' must be in [{low}, {upper}], not an integer of {value.digits} digits")
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int))
             or (isinstance(value, float) and not math.isfinite(value))):  # JSON readers accept NaN and Infinity
         raise RequestError(f"'{key}' must be {'an integer' if kind is int else 'a finite number'}")
@@ -129,6 +199,7 @@ def embedding_inputs_to_items(inputs: Any) -> tuple[list[Item], list[str | None]
     items, tcots = [], []
     for i, entry in enumerate(inputs):
         if isinstance(entry, str):
+            entry = _text(entry, f"input[{i}]")
             if not entry.strip():
                 raise RequestError(f"input[{i}]: is empty")
             items.append(Item(id=str(i), text=entry))
@@ -136,23 +207,25 @@ def embedding_inputs_to_items(inputs: Any) -> tuple[list[Item], list[str | None]
             continue
         if not isinstance(entry, dict):
             raise RequestError(f"input[{i}]: must be a string or an object")
-        for key in ("text", "instruction"):
-            if entry.get(key) is not None and not isinstance(entry[key], str):
-                raise RequestError(f"input[{i}].{key}: must be a string")
+        for key in ("text", "instruction", "tcot"):
+            if entry.get(key) is not None:
+                _text(entry[key], f"input[{i}].{key}")
+        entry_id = entry.get("id", i)
+        if isinstance(entry_id, bool) or not isinstance(entry_id, (str, int)):
+            raise RequestError(f"input[{i}].id: must be a string or an integer")
+        if isinstance(entry_id, str):
+            _text(entry_id, f"input[{i}].id")
         for key in ("images", "frames"):
             if entry.get(key) is not None and not isinstance(entry[key], list):
                 raise RequestError(f"input[{i}].{key}: must be a list of data: URLs")
         images = [decode_image(u, f"input[{i}].images[{k}]") for k, u in enumerate(entry.get("images") or [])]
         frames = [decode_image(u, f"input[{i}].frames[{k}]") for k, u in enumerate(entry.get("frames") or [])]
-        item = Item(id=str(entry.get("id", i)), text=entry.get("text"), instruction=entry.get("instruction"),
+        item = Item(id=str(entry_id), text=entry.get("text"), instruction=entry.get("instruction"),
                     images=images, video=VideoRef(frames=frames) if frames else None)
         if not item.has_content():
             raise RequestError(f"input[{i}]: has no text, images or frames")
-        tcot = entry.get("tcot")
-        if tcot is not None and not isinstance(tcot, str):
-            raise RequestError(f"input[{i}].tcot: must be a string")
         items.append(item)
-        tcots.append(tcot)
+        tcots.append(entry.get("tcot"))
     return items, tcots
 
 
@@ -211,13 +284,25 @@ class EmbedRLServer:
             raise RequestError("only n = 1 is supported")
         conversation = chat_messages_to_conversation(body.get("messages"))
         settings = chat_settings(body)
+        # A backend that counts tokens says whether max_tokens cut the reply; OpenAI clients read both.
+        detailed = getattr(self.generator, "generate_with_usage", None)
         with self.lock:
-            text = self.generator.generate([conversation], settings)[0]
-        return {
+            if callable(detailed):
+                generation = detailed([conversation], settings)[0]
+                text = generation.text
+            else:
+                generation, text = None, self.generator.generate([conversation], settings)[0]
+        reply: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:16]}", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model", self.generator_name),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "model": _model_name(body, self.generator_name),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": generation.finish_reason if generation is not None else "stop"}],
         }
+        if generation is not None:
+            reply["usage"] = {"prompt_tokens": generation.prompt_tokens,
+                              "completion_tokens": generation.completion_tokens,
+                              "total_tokens": generation.prompt_tokens + generation.completion_tokens}
+        return reply
 
     def embeddings(self, body: dict) -> dict:
         if self.embedder is None:
@@ -230,7 +315,7 @@ class EmbedRLServer:
                                      media_loader=_in_memory_media)
         data = [{"object": "embedding", "index": i, "embedding": vec.astype(float).tolist()}
                 for i, vec in enumerate(np.asarray(vectors))]
-        return {"object": "list", "data": data, "model": body.get("model", self.embedder_name)}
+        return {"object": "list", "data": data, "model": _model_name(body, self.embedder_name)}
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -240,6 +325,14 @@ class EmbedRLServer:
 
             def log_message(self, fmt: str, *args: Any) -> None:
                 log.debug("%s " + fmt, self.address_string(), *args)
+
+            def handle(self) -> None:
+                try:
+                    super().handle()
+                except (BrokenPipeError, ConnectionResetError) as exc:
+                    # the client went away (closed, timed out, reset): nobody is left to tell
+                    log.debug("%s went away: %s", self.address_string(), exc)
+                    self.close_connection = True
 
             def _reply(self, status: int, payload: dict, close: bool = False) -> None:
                 data = json.dumps(payload).encode()
@@ -295,16 +388,10 @@ class EmbedRLServer:
                 if route is None:
                     self._error(HTTPStatus.NOT_FOUND, f"no route {self._route()}")
                     return
+                # Only the work is guarded: a client gone while the reply is written is handle()'s to drop,
+                # not a failed request.
                 try:
-                    try:
-                        body = json.loads(raw.decode("utf-8"))
-                    except UnicodeDecodeError as exc:
-                        raise RequestError(f"body is not UTF-8 JSON ({exc.reason})") from None
-                    except json.JSONDecodeError as exc:
-                        raise RequestError(f"body is not JSON: {exc}") from None
-                    if not isinstance(body, dict):
-                        raise RequestError("body must be a JSON object")
-                    self._reply(HTTPStatus.OK, route(body))
+                    reply = route(_parse_body(raw))
                 except RequestError as exc:
                     self._error(exc.status, str(exc))
                 except EmbedRLError as exc:
@@ -312,8 +399,17 @@ class EmbedRLServer:
                 except Exception as exc:  # keep serving; the client gets the reason
                     log.exception("request failed")
                     self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}")
+                else:
+                    self._reply(HTTPStatus.OK, reply)
 
         return Handler
+
+
+def _model_name(body: dict, default: str) -> str:
+    """The client's model name echoed back, when it is one: anything else in that field (a list nested
+    hundreds deep, an integer too long to print) must not break writing the reply."""
+    model = body.get("model")
+    return model if isinstance(model, str) else default
 
 
 def _in_memory_media(item: Item):

@@ -12,7 +12,9 @@ must not assume exactly N frames.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,20 +30,93 @@ DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpeg", ".mpg")
 
+# Pillow left to choose tries every plugin it has, and some run other programs (EPS runs Ghostscript, a full
+# PostScript interpreter) on whatever bytes a dataset or a client sends: only these are ever decoded.
+ALLOWED_IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+_READ_FORMATS = "PNG, JPEG, WebP, GIF, BMP, TIFF"
+# Leading bytes of formats people mistake for images, so that a refusal can say what the file really is.
+_SIGNATURES = (
+    (b"%!PS", "PostScript data"), (b"\xc5\xd0\xd3\xc6", "PostScript data (DOS EPS binary)"),
+    (b"%PDF", "PDF document"), (b"<?xml", "SVG/XML document"), (b"<svg", "SVG/XML document"),
+    (b"8BPS", "Photoshop document"), (b"\x00\x00\x01\x00", "Windows icon"), (b"icns", "macOS icon"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000 image"), (b"\xff\x4f\xff\x51", "JPEG 2000 codestream"),
+    (b"DDS ", "DirectDraw surface"), (b"\x76\x2f\x31\x01", "OpenEXR image"), (b"PK\x03\x04", "ZIP archive"),
+)
+
+
+def sniff_format(head: bytes) -> str | None:
+    """What the first bytes of a file say it is, for formats that must not be decoded; None if unknown."""
+    for magic, kind in _SIGNATURES:
+        if head.startswith(magic):
+            return kind
+    if head[4:8] == b"ftyp":  # ISO media: HEIC/AVIF stills and MP4/MOV video share the box layout
+        brand = head[8:12].decode("ascii", "replace").strip()
+        return f"ISO media file (brand {brand!r})"
+    return None
+
+
+def not_readable_format(head: bytes) -> str:
+    """Why bytes that no allowed format accepts were refused."""
+    kind = sniff_format(head)
+    if kind is None:
+        return "not a readable image (unknown format or corrupt header)"
+    return f"{kind}, not an image format embedrl reads ({_READ_FORMATS})"
+
+
+def special_file_problem(path: str | Path) -> str | None:
+    """None for a regular file (symlinks followed), else what the path is instead. Checked before any open:
+    opening a FIFO blocks until a writer appears, and reading a device never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "is a symlink to a missing file" if os.path.islink(path) else "file not found"
+    except PermissionError:
+        return "permission denied"
+    except NotADirectoryError:
+        return "file not found (a parent in the path is a file, not a folder)"
+    except (OSError, ValueError) as exc:  # a name too long, a symlink loop, a NUL byte
+        return f"cannot be read ({exc.strerror if isinstance(exc, OSError) and exc.strerror else exc})"
+    if stat.S_ISREG(mode):
+        return None
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return f"is {kind}, not a regular file"
+    return "is not a regular file"
+
 
 def load_image(source: str | Path | Image.Image, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Load any supported image as an RGB PIL image with EXIF orientation applied."""
     if isinstance(source, Image.Image):
         return to_rgb(_upright(source))
     path = Path(source)
+    problem = special_file_problem(path)
+    if problem is not None:
+        raise MediaError(path, problem)
+    try:
+        with open(path, "rb") as handle:
+            return decode_image_file(handle, max_pixels, path)
+    except MediaError:
+        raise
+    except PermissionError:
+        raise MediaError(path, "permission denied") from None
+    except FileNotFoundError:  # removed since the check above
+        raise MediaError(path, "file not found") from None
+    except OSError as exc:
+        raise MediaError(path, f"cannot be read ({exc.strerror or exc})") from None
+
+
+def decode_image_file(handle: Any, max_pixels: int, where: str | Path) -> Image.Image:
+    """An open binary file in an allowed format, decoded as RGB; MediaError names `where` (path or field)."""
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb check only warns below 2x its limit; ours is an error, checked below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(handle, formats=ALLOWED_IMAGE_FORMATS) as img:
                 width, height = img.size
                 if width * height > max_pixels:
-                    raise MediaError(path, f"image is {width}x{height} = {width * height:,} pixels, above "
+                    raise MediaError(where, f"image is {width}x{height} = {width * height:,} pixels, above "
                                      f"the limit of {max_pixels:,} (possible decompression bomb)")
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)
@@ -49,16 +124,13 @@ def load_image(source: str | Path | Image.Image, max_pixels: int = DEFAULT_MAX_I
                 return to_rgb(_upright(img))
     except MediaError:
         raise
-    except FileNotFoundError:
-        raise MediaError(path, "file not found") from None
-    except IsADirectoryError:
-        raise MediaError(path, "is a directory, not an image") from None
     except UnidentifiedImageError:
-        raise MediaError(path, "not a readable image (unknown format or corrupt header)") from None
+        handle.seek(0)
+        raise MediaError(where, not_readable_format(handle.read(16))) from None
     except Image.DecompressionBombError as exc:
-        raise MediaError(path, f"refused as a decompression bomb: {exc}") from None
+        raise MediaError(where, f"refused as a decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError, TypeError) as exc:  # TypeError: e.g. a malformed transparency key
-        raise MediaError(path, f"corrupt or truncated image: {exc}") from None
+        raise MediaError(where, f"corrupt or truncated image: {exc}") from None
 
 
 def _upright(img: Image.Image) -> Image.Image:
@@ -108,7 +180,13 @@ def list_frames(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise MediaError(folder, "frame folder does not exist")
-    frames = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    frames = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    for frame in frames:
+        # A frame that is not a regular file would hang or fail its loader later; silently skipping it
+        # would shift which frames the sampling picks.
+        problem = special_file_problem(frame)
+        if problem is not None:
+            raise MediaError(frame, problem)
     if not frames:
         raise MediaError(folder, "frame folder holds no image files")
     return sorted(frames, key=lambda p: natural_key(p.name))
@@ -183,13 +261,14 @@ def decode_problems(item: Any, num_frames: int = 8, seen: dict[str, str | None] 
 
 
 def _decode_video_file(path: Path, num_frames: int) -> list[Image.Image]:
+    problem = special_file_problem(path)
+    if problem is not None:
+        raise MediaError(path, "video " + problem if problem == "file not found" else problem)
     try:
         import av  # noqa: PLC0415 - optional extra
     except ImportError:
         raise MediaError(path, "reading video files needs PyAV: pip install 'embedrl[video]' "
                          "(or give the video as a folder of frames)") from None
-    if not path.is_file():
-        raise MediaError(path, "video file not found")
     try:
         # Pass 1 counts frames by demuxing (no decoding); stream.frames is 0 for many containers.
         with av.open(str(path)) as container:

@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import DataError, Problem
 from ..fileio import iter_jsonl, read_json, write_json, write_jsonl
 from .items import Item, Query, parse_item, resolve_item_media
+from .media import special_file_problem
 
 TASK_FILE = "task.json"
 QUERIES_FILE = "queries.jsonl"
@@ -173,6 +174,32 @@ def _read_meta(root: Path, problems: list[Problem]) -> TaskMeta | None:
     return TaskMeta(**{k: v for k, v in raw.items() if k in known and v is not None or k in TaskMeta.REQUIRED})
 
 
+def _check_media(item: Item, root: Path, file: str, line: int, problems: list[Problem]) -> None:
+    """Media paths stay inside the task folder and name regular files. A FIFO or a device must be named for
+    what it is: the loader would block on it or read it forever, and "does not exist" sends users looking for
+    a file that is there."""
+    before = len(problems)
+    resolved = resolve_item_media(item, root, confine=True, file=file, line=line, problems=problems,
+                                  must_exist=False)
+    refused = {p.field for p in problems[before:]}
+    media = [(f"images[{i}]", raw, path) for i, (raw, path) in enumerate(zip(item.images, resolved.images))]
+    if item.video is not None and resolved.video is not None:
+        media += [(f"video.frames[{i}]", raw, path)
+                  for i, (raw, path) in enumerate(zip(item.video.frames or (), resolved.video.frames or ()))]
+        if item.video.path is not None:
+            media.append(("video.path", item.video.path, resolved.video.path))
+    for field_name, raw, path in media:
+        if field_name in refused or not isinstance(path, str):
+            continue
+        why = special_file_problem(path)
+        if why is not None:
+            why = "does not exist" if why == "file not found" else why
+            problems.append(Problem(file, f"media file {raw!r} {why}", line=line, field=field_name,
+                                    record=item.id))
+    order = {field_name: i for i, (field_name, _, _) in enumerate(media)}
+    problems[before:] = sorted(problems[before:], key=lambda p: order.get(p.field, -1))  # in field order
+
+
 def validate_task(root: str | Path, check_media: bool = True) -> list[Problem]:
     """Every defect of a task folder, in file order. An empty list means the task is valid."""
     problems: list[Problem] = []
@@ -208,7 +235,7 @@ def _load(root: Path, problems: list[Problem], check_media: bool) -> Task | None
             continue
         cid_line[item.id] = line
         if check_media:
-            resolve_item_media(item, root, confine=True, file=str(cand_file), line=line, problems=problems)
+            _check_media(item, root, str(cand_file), line, problems)
         candidates.append(item)
 
     queries: list[Query] = []
@@ -244,7 +271,7 @@ def _load(root: Path, problems: list[Problem], check_media: bool) -> Task | None
                                         "(set eval_type to 'local' or remove the field)",
                                         field="candidate_ids", **where))
         if check_media:
-            resolve_item_media(query, root, confine=True, file=str(query_file), line=line, problems=problems)
+            _check_media(query, root, str(query_file), line, problems)
         queries.append(query)
 
     qrels: list[Qrel] = []

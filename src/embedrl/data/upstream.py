@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import DataError, EmbedRLError, Problem
 from ..fileio import iter_jsonl, read_json
-from .media import sample_indices
+from .media import ALLOWED_IMAGE_FORMATS, sample_indices, special_file_problem
 from .taskdir import TASK_FILE, Task, read_task, write_task
 
 RECORD_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -248,7 +248,7 @@ def source_file(root: Path, path: str) -> tuple[Path | None, str | None]:
         return None, (f"{root / rel} leads outside {root} (a symlink to {real}); refused: place the files "
                       "themselves in the folder (a hub download into --local-dir does)")
     if not is_file:
-        return None, f"{root / rel} is not a file"
+        return None, f"{root / rel} {special_file_problem(real) or 'is not a regular file'}"
     return real, None
 
 
@@ -331,11 +331,12 @@ def image_suffix(data: bytes | Path) -> str:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data,
+                        formats=ALLOWED_IMAGE_FORMATS) as image:
             kind = (image.format or "").lower()
     except (UnidentifiedImageError, OSError):
         return ""
-    return {"jpeg": ".jpg", "tiff": ".tif"}.get(kind, f".{kind}" if kind else "")
+    return {"jpeg": ".jpg", "mpo": ".jpg", "tiff": ".tif"}.get(kind, f".{kind}" if kind else "")
 
 
 # ------------------------------------------------------------------------------------------- the folder

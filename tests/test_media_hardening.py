@@ -203,3 +203,32 @@ def test_converters_name_a_fifo_in_the_download(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "p.jpg")
     real, why = source_file(tmp_path, "p.jpg")
     assert real is None and why == f"{tmp_path / 'p.jpg'} is a FIFO (named pipe), not a regular file"
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_never_blocks_the_content_hash_or_encode(tmp_path, tiny_qwen3_embedder) -> None:
+    """Caches key items by media content; hashing a FIFO used to block on open before any loader ran."""
+    from embedrl.data.items import content_key
+    from embedrl.models.embedder import Embedder
+    from embedrl.pipeline import encode_detailed
+
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    item = Item(id="a", images=[str(fifo)])
+    assert content_key(item) != content_key(Item(id="a", images=[str(tmp_path / "other.png")]))
+    result = encode_detailed([item, Item(id="b", text="fine")], Embedder.from_pretrained(tiny_qwen3_embedder),
+                             reasoning="off", cache_dir=tmp_path / "cache")
+    assert [f.id for f in result.failures] == ["a"] and "FIFO" in result.failures[0].message
+
+
+@pytest.mark.timeout(20)
+def test_training_pairs_name_a_fifo_instead_of_calling_it_missing(tmp_path) -> None:
+    from embedrl.train.pairs import load_pairs
+
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"dataset": "d", "query": {"id": "q", "text": "t"},
+                                "positive": {"id": "p", "images": ["x.png"]}}) + "\n")
+    problems = load_pairs(path)[1]
+    assert any("FIFO" in str(p) for p in problems), problems

@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..errors import Problem
 from ..fileio import file_sha256
+from .media import special_file_problem
 
 
 @dataclass
@@ -240,9 +241,12 @@ def check_media_path(
                 Problem(message=f"{kind} {raw!r} escapes the task folder", field=field_name, **where)
             )
             return None
-    if must_exist and not resolved.is_file():
-        problems.append(Problem(message=f"media file {raw!r} does not exist", field=field_name, **where))
-        return None
+    if must_exist:
+        problem = special_file_problem(resolved)
+        if problem is not None:
+            message = "does not exist" if problem == "file not found" else problem
+            problems.append(Problem(message=f"media file {raw!r} {message}", field=field_name, **where))
+            return None
     return resolved
 
 
@@ -332,6 +336,9 @@ def _hash_media(h: Any, media: Any) -> None:
         return
     if stat.S_ISDIR(st.st_mode):
         _hash_frame_folder(h, path)
+        return
+    if not stat.S_ISREG(st.st_mode):  # opening a FIFO blocks and a device never ends: the loader names it
+        h.update(f"special:{path}:{stat.S_IFMT(st.st_mode)}".encode())
         return
     key = (path, st.st_size, st.st_mtime_ns)
     digest = _FILE_HASHES.get(key)

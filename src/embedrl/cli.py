@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -86,6 +87,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; everything written so far is kept and a rerun resumes", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # A full disk, a lost mount or a refused connection is the machine's state, not a bug: one line
+        # (the traceback with -vv).
+        logging.getLogger("embedrl").debug("traceback", exc_info=True)
+        print(f"error: {_os_error(exc)}", file=sys.stderr)
+        return 1
+
+
+def _os_error(exc: OSError) -> str:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason += " (free some space and rerun)"
+    if exc.filename is None:
+        return reason
+    where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
+    return f"{where}: {reason}"
 
 
 if __name__ == "__main__":

@@ -5,27 +5,24 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-
-def positive_int(text: str) -> int:
-    """argparse type of a batch size and the like."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+from ._checks import checkpoint, device, non_negative_float, positive_int
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--embedder", required=True, help="Embedder checkpoint (folder or hub id)")
-    parser.add_argument("--reasoner", help="Reasoner checkpoint (transformers backend)")
+    parser.add_argument("--embedder", required=True, type=checkpoint, help="Embedder checkpoint (folder or hub id)")
+    parser.add_argument("--reasoner", type=checkpoint, help="Reasoner checkpoint (transformers backend)")
     parser.add_argument("--reasoner-url", help="OpenAI-compatible endpoint serving the Reasoner instead")
     parser.add_argument("--reasoner-model", default="reasoner", help="model name sent to --reasoner-url")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="T-CoT length limit")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=512, help="T-CoT length limit")
+    parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--device", type=device, default="auto",
+                        help="auto | cpu | cuda | cuda:N | mps (checked against this machine)")
+
+
+def model_inputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """The checkpoints of `add_model_arguments` as inputs that no output may replace."""
+    return [("--embedder", args.embedder), ("--reasoner", args.reasoner)]
 
 
 def load_models(args: argparse.Namespace) -> tuple[Any, Any]:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..errors import DataError, Problem
 from ..fileio import iter_jsonl, save_npy, write_jsonl
-from ._models import add_model_arguments, load_models, positive_int
+from ._checks import INTO, Output, check_outputs, positive_int, writing
+from ._models import add_model_arguments, load_models, model_inputs
 
 HELP = """\
 Each line of --input is one item with the fields of a task query: "id", optional "instruction", "text",
@@ -87,22 +88,29 @@ def _encode(args: argparse.Namespace) -> int:
     from ..pipeline import encode_detailed
 
     out = Path(args.out)
-    if out.is_dir():  # found now, not after every vector is computed
-        raise DataError(Problem(str(out), "--out is a directory; give a file path such as vectors.npy"))
+    cache_dir = Path(args.cache_dir) if args.cache_dir else out.with_name(out.name + ".cache")
+    tcots_file = out.with_name(out.name + ".tcots.jsonl")
+    failures_file = out.with_name(out.name + ".failures.jsonl")
+    # found now, not after every vector is computed
+    check_outputs([Output("--out", out), Output("--out (its T-CoT file)", tcots_file),
+                   Output("--out (its failures file)", failures_file),
+                   Output("--cache-dir" if args.cache_dir else "--out (its cache folder)", cache_dir, INTO)],
+                  [("--input", args.input), *model_inputs(args)])
     items = read_items(Path(args.input))
     embedder, reasoner = load_models(args)
-    cache_dir = Path(args.cache_dir) if args.cache_dir else out.with_name(out.name + ".cache")
-    result = encode_detailed(items, embedder, reasoner, reasoning=args.reasoning, side=args.side,
-                             target_modality=args.target_modality, cache_dir=cache_dir,
-                             batch_size=args.batch_size, progress=not args.no_progress)
-    save_npy(out, result.vectors)
+    with writing(cache_dir):
+        result = encode_detailed(items, embedder, reasoner, reasoning=args.reasoning, side=args.side,
+                                 target_modality=args.target_modality, cache_dir=cache_dir,
+                                 batch_size=args.batch_size, progress=not args.no_progress)
+    with writing(out):
+        save_npy(out, result.vectors)
     if any(t is not None for t in result.tcots):
-        write_jsonl(out.with_name(out.name + ".tcots.jsonl"),
-                    ({"id": it.id, "tcot": t} for it, t in zip(items, result.tcots)))
-    failures_file = out.with_name(out.name + ".failures.jsonl")
+        with writing(tcots_file):
+            write_jsonl(tcots_file, ({"id": it.id, "tcot": t} for it, t in zip(items, result.tcots)))
     if result.failures:
-        write_jsonl(failures_file, ({"index": f.index, "id": f.id, "stage": f.stage, "error": f.message}
-                                    for f in result.failures))
+        with writing(failures_file):
+            write_jsonl(failures_file, ({"index": f.index, "id": f.id, "stage": f.stage, "error": f.message}
+                                        for f in result.failures))
         for failure in result.failures[:20]:
             print(f"failed: {failure}", file=sys.stderr)
         print(f"{len(result.failures)} of {len(items)} item(s) failed (rows are NaN); see {failures_file}. "

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._models import add_model_arguments, load_models, positive_int
+from ._checks import FOLDER, Output, check_outputs, positive_int, writing
+from ._models import add_model_arguments, load_models, model_inputs
 
 HELP = """\
 For each task folder: the Reasoner writes T-CoTs for candidates (candidate prompts) and queries (query prompts),
@@ -36,10 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from ..eval.runner import EvalSettings, evaluate_tasks
 
+    check_outputs([Output("--out", Path(args.out), FOLDER)], [("--task", args.task), *model_inputs(args)])
     embedder, reasoner = load_models(args)
     settings = EvalSettings(reasoning=args.reasoning, batch_size=args.batch_size, progress=not args.no_progress,
                             overwrite=args.overwrite, label=args.label)
-    results, errors = evaluate_tasks(args.task, embedder, reasoner, out_dir=Path(args.out), settings=settings)
+    with writing(args.out):
+        results, errors = evaluate_tasks(args.task, embedder, reasoner, out_dir=Path(args.out), settings=settings)
     for r in results:
         kept = " (kept: an identical earlier run's result)" if r.get("run", {}).get("reused") else ""
         print(f"{r['benchmark']}/{r['task']}: {r['primary_metric']} = {100 * r['main_score']:.2f}{kept}")

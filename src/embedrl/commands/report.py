@@ -38,17 +38,23 @@ def _report(args: argparse.Namespace) -> int:
 
     from ..eval.report import build_report, plot_report, render
     from ..fileio import write_text
+    from ._checks import Output, check_outputs, writing
 
+    # an output inside a results folder would also be read as a result by the next report
+    check_outputs([Output(flag, path) for flag, path in (("--out", args.out), ("--plot", args.plot)) if path],
+                  [("", args.inputs)])
     report = build_report(args.benchmark, args.inputs)
     text = render(report, args.format)
     if args.out:
-        write_text(args.out, text)
+        with writing(args.out):
+            write_text(args.out, text)
         print(f"{report.benchmark}: {len(report.tasks) - len(report.missing)}/{len(report.tasks)} tasks -> "
               f"{args.out}")
     else:
         sys.stdout.write(text)
     if args.plot:
-        plot_report(report, args.plot)
+        with writing(args.plot):
+            plot_report(report, args.plot)
         print(f"plot -> {args.plot}", file=sys.stderr)
     if report.missing and args.format != "md":
         print(f"{len(report.missing)} task(s) missing; partial means are marked", file=sys.stderr)

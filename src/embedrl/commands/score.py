@@ -45,11 +45,15 @@ def _score(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..eval.scoring import score_task
     from ..fileio import write_json
+    from ._checks import Output, check_outputs, writing
 
     if args.query_emb and not args.cand_emb:
         raise ConfigError("--query-emb needs --cand-emb")
     if args.scores and args.cand_emb:
         raise ConfigError("--cand-emb goes with --query-emb, not with --scores")
+    if args.out:
+        check_outputs([Output("--out", args.out)], [("--task", args.task), ("--scores", args.scores),
+                                                    ("--query-emb", args.query_emb), ("--cand-emb", args.cand_emb)])
     task = read_task(args.task, check_media=False)   # scoring never opens media
     if args.scores:
         result = score_task(task, scores=args.scores, pessimistic=args.pessimistic)
@@ -57,7 +61,8 @@ def _score(args: argparse.Namespace) -> int:
         result = score_task(task, query_emb=args.query_emb, cand_emb=args.cand_emb, similarity=args.similarity,
                             pessimistic=args.pessimistic, search=args.search)
     if args.out:
-        write_json(args.out, result)
+        with writing(args.out):
+            write_json(args.out, result)
         print(f"{result['benchmark']}/{result['task']}: {result['primary_metric']} = "
               f"{100 * result['main_score']:.2f} ({result['num_queries']} queries, tie rate "
               f"{result['tie_rate']:.3f}) -> {args.out}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..data.taskdir import CANDIDATES_FILE, QUERIES_FILE, read_task, summarize, validate_task
 from ..errors import EmbedRLError, Problem
-from ._models import positive_int
+from ._checks import INTO, Output, check_outputs, positive_int, writing
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -149,6 +149,12 @@ def _register_convert(tsub: argparse._SubParsersAction) -> None:
         sub.add_argument("--overwrite", action="store_true", help="replace an existing OUT/<task>/")
 
 
+def _check_out(args: argparse.Namespace, *inputs: tuple[str, Path | None]) -> None:
+    """--out holds OUT/<task>/ beside other tasks, so only the task folder is the converter's own (and it
+    never replaces one that holds the source); --out itself must not be a source or lie inside one."""
+    check_outputs([Output("--out", args.out, INTO)], inputs)
+
+
 def _report(folder: Path) -> int:
     summary = summarize(read_task(folder))
     print(f"wrote {folder}: {summary['queries']} queries, {summary['candidates']} candidates, "
@@ -159,18 +165,24 @@ def _report(folder: Path) -> int:
 def _convert_image(args: argparse.Namespace) -> int:
     from ..data.mmeb_v2 import convert_image_task
 
-    return _report(convert_image_task(args.records, args.task, args.images, args.out, split=args.split,
-                                      revision=args.revision, overwrite=args.overwrite))
+    _check_out(args, ("--records", args.records), ("--images", args.images))
+    with writing(args.out):
+        folder = convert_image_task(args.records, args.task, args.images, args.out, split=args.split,
+                                    revision=args.revision, overwrite=args.overwrite)
+    return _report(folder)
 
 
 def _convert_video(args: argparse.Namespace) -> int:
     from ..data.mmeb_v2_video import convert_video_task, read_labels
 
+    _check_out(args, ("--records", args.records), ("--frames", args.frames), ("--labels", args.labels))
     labels = read_labels(args.labels) if args.labels is not None else None
-    return _report(convert_video_task(args.records, args.task, args.frames, args.out, labels=labels,
-                                      labels_from_rows=args.labels_from_rows, max_rows=args.max_rows,
-                                      split=args.split, num_frames=args.num_frames, revision=args.revision,
-                                      overwrite=args.overwrite))
+    with writing(args.out):
+        folder = convert_video_task(args.records, args.task, args.frames, args.out, labels=labels,
+                                    labels_from_rows=args.labels_from_rows, max_rows=args.max_rows,
+                                    split=args.split, num_frames=args.num_frames, revision=args.revision,
+                                    overwrite=args.overwrite)
+    return _report(folder)
 
 
 def _split_path(args: argparse.Namespace, name: str) -> Path:
@@ -188,16 +200,23 @@ def _split_path(args: argparse.Namespace, name: str) -> Path:
 def _convert_visdoc(args: argparse.Namespace) -> int:
     from ..data.mmeb_v2 import convert_visdoc_task
 
+    _check_out(args, ("--source", args.source), ("--queries", args.queries), ("--corpus", args.corpus),
+               ("--qrels", args.qrels))
     paths = [_split_path(args, name) for name in ("queries", "corpus", "qrels")]
-    return _report(convert_visdoc_task(*paths, args.task, args.out, split=args.split, revision=args.revision,
-                                       overwrite=args.overwrite))
+    with writing(args.out):
+        folder = convert_visdoc_task(*paths, args.task, args.out, split=args.split, revision=args.revision,
+                                     overwrite=args.overwrite)
+    return _report(folder)
 
 
 def _convert_uvrb(args: argparse.Namespace) -> int:
     from ..data.uvrb import convert_uvrb_dataset
 
-    return _report(convert_uvrb_dataset(args.root, args.dataset, args.out, num_frames=args.num_frames,
-                                        revision=args.revision, overwrite=args.overwrite))
+    _check_out(args, ("--root", args.root))
+    with writing(args.out):
+        folder = convert_uvrb_dataset(args.root, args.dataset, args.out, num_frames=args.num_frames,
+                                      revision=args.revision, overwrite=args.overwrite)
+    return _report(folder)
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -10,6 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, Problem
+from ._checks import (
+    FOLDER,
+    Output,
+    check_outputs,
+    checkpoint,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    writing,
+)
 
 EMBEDDER_HELP = """\
 Stage 1: contrastive training of the Embedder on T-CoT-conditioned pairs.
@@ -32,34 +43,34 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     emb = tsub.add_parser("embedder", help="stage 1: contrastive Embedder training", description=EMBEDDER_HELP,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    emb.add_argument("--model", required=True, help="starting checkpoint (Qwen-VL or an embedrl Embedder)")
+    emb.add_argument("--model", required=True, type=checkpoint, help="starting checkpoint (Qwen-VL or an embedrl Embedder)")
     emb.add_argument("--pairs", required=True, help="training pairs JSONL (see `embedrl train check-data`)")
     emb.add_argument("--out", required=True, help="output folder")
     emb.add_argument("--preset", choices=["2b", "4b", "tiny"], help="paper batch/LoRA settings (tiny: CPU tests)")
     emb.add_argument("--config", help="YAML with any EmbedderTrainingConfig / TrainingArguments fields")
     emb.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    emb.add_argument("--max-steps", type=int, dest="max_steps", help="optimizer steps (overrides --epochs)")
-    emb.add_argument("--epochs", type=float, dest="num_train_epochs", help="passes over the pairs (default 2)")
-    emb.add_argument("--lr", type=float, dest="learning_rate", help="peak learning rate (default 1e-4)")
-    emb.add_argument("--sub-batch-size", type=int, dest="sub_batch_size",
+    emb.add_argument("--max-steps", type=positive_int, dest="max_steps", help="optimizer steps (overrides --epochs)")
+    emb.add_argument("--epochs", type=positive_float, dest="num_train_epochs", help="passes over the pairs (default 2)")
+    emb.add_argument("--lr", type=non_negative_float, dest="learning_rate", help="peak learning rate (default 1e-4)")
+    emb.add_argument("--sub-batch-size", type=positive_int, dest="sub_batch_size",
                      help="pairs per single-dataset sub-batch: the in-batch negatives come from here")
-    emb.add_argument("--sub-batches-per-batch", type=int, dest="sub_batches_per_batch",
+    emb.add_argument("--sub-batches-per-batch", type=positive_int, dest="sub_batches_per_batch",
                      help="sub-batches per optimizer step (global batch = the product)")
-    emb.add_argument("--grad-cache-chunk", type=int, dest="grad_cache_chunk",
+    emb.add_argument("--grad-cache-chunk", type=positive_int, dest="grad_cache_chunk",
                      help="GradCache chunk size: large batches in bounded memory")
     emb.add_argument("--mixture", help="dataset weights YAML")
     emb.add_argument("--tcot", action=argparse.BooleanOptionalAction, dest="use_tcot", default=None,
                      help="condition on the teacher T-CoTs (default); --no-tcot: raw inputs, the paper's baseline")
     emb.add_argument("--lora", help="LoRA preset (2b, 4b, tiny) or none for full fine-tuning")
-    emb.add_argument("--lora-r", type=int, dest="lora_r", help="LoRA rank (overrides the preset's)")
-    emb.add_argument("--lora-alpha", type=int, dest="lora_alpha", help="LoRA alpha (overrides the preset's)")
+    emb.add_argument("--lora-r", type=positive_int, dest="lora_r", help="LoRA rank (overrides the preset's)")
+    emb.add_argument("--lora-alpha", type=positive_int, dest="lora_alpha", help="LoRA alpha (overrides the preset's)")
     emb.add_argument("--vision-lora", action=argparse.BooleanOptionalAction, dest="lora_include_vision",
                      default=None, help="put LoRA on the vision tower's linear layers too (default: yes)")
-    emb.add_argument("--temperature", type=float, help="InfoNCE temperature tau (default 0.02)")
+    emb.add_argument("--temperature", type=positive_float, help="InfoNCE temperature tau (default 0.02)")
     emb.add_argument("--learn-temperature", action=argparse.BooleanOptionalAction, default=None,
                      help="learn log(1/tau) along with the weights")
-    emb.add_argument("--save-steps", type=int, dest="save_steps", help="checkpoint every N steps (for --resume)")
-    emb.add_argument("--seed", type=int, help="data order and LoRA initialisation seed")
+    emb.add_argument("--save-steps", type=positive_int, dest="save_steps", help="checkpoint every N steps (for --resume)")
+    emb.add_argument("--seed", type=non_negative_int, help="data order and LoRA initialisation seed")
     emb.add_argument("--cpu", action="store_true", dest="use_cpu", default=None,
                      help="train on the CPU even if a GPU is present")
     emb.add_argument("--gradient-checkpointing", "--activation-checkpointing", action=argparse.BooleanOptionalAction,
@@ -194,14 +205,23 @@ def _plain_types(hint: Any) -> set[type] | None:
     return plain | ({int} if float in plain else set())
 
 
+def check_out(args: argparse.Namespace, *inputs: tuple[str, str | None]) -> None:
+    """OUT is the run's own folder (checkpoints in it are rotated, OUT/final is replaced): it must hold no
+    input and lie in none."""
+    check_outputs([Output("--out", Path(args.out), FOLDER)], inputs)
+
+
 def _train_embedder(args: argparse.Namespace) -> int:
     from ..train.pairs import dataset_summary, read_pairs
     from ..train.stage1 import EmbedderTrainingConfig, train_embedder
 
+    check_out(args, ("--model", args.model), ("--pairs", args.pairs), ("--config", args.config),
+              ("--mixture", args.mixture))
     config = build_config(EmbedderTrainingConfig, args, FLAG_FIELDS, EmbedderTrainingConfig.PRESETS)
     pairs = read_pairs(args.pairs)
     print(json.dumps(dataset_summary(pairs), indent=1))
-    final = train_embedder(args.model, pairs, config, resume=args.resume)
+    with writing(args.out):
+        final = train_embedder(args.model, pairs, config, resume=args.resume)
     print(f"final embedder: {final}")
     return 0
 

@@ -43,6 +43,10 @@ CHAT_TEMPLATE = (
 )
 
 
+# Written last: a folder holding it is a finished make_tiny build, which `models make-tiny` may replace.
+MARKER = "embedrl_tiny.json"
+
+
 @dataclass(frozen=True)
 class TinySize:
     hidden_size: int = 128
@@ -55,6 +59,22 @@ class TinySize:
     vision_heads: int = 4
     vocab_size: int = 4096
     max_position_embeddings: int = 8192
+
+    def __post_init__(self) -> None:
+        # A size of 0 or less either fails deep inside transformers or, worse, builds a model without layers
+        # that gives every input the same vector.
+        for name, value in self.__dict__.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"tiny model size {name} must be a positive integer, got {value!r}")
+        # rotary embeddings rotate pairs of dimensions, so each head's width must be even
+        for hidden, heads, what in ((self.hidden_size, self.num_heads, "hidden_size"),
+                                    (self.vision_hidden, self.vision_heads, "vision_hidden")):
+            if hidden % (2 * heads):
+                raise ConfigError(f"tiny model {what} must be a multiple of {2 * heads} (2 x {heads} heads), "
+                                  f"got {hidden}")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(f"tiny model num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                              f"({self.num_kv_heads})")
 
 
 # ------------------------------------------------------------------------------------------ tokenizer
@@ -154,9 +174,7 @@ def build_config(family: Family, tokenizer, size: TinySize):
     }
     # Qwen pads its vocabulary to a multiple of 128, leaving spare rows; an added <emb> lands on one of them.
     vocab = _round_up(len(tokenizer) + 1, 128)
-    head_dim = size.hidden_size // size.num_heads
-    if head_dim % 2:
-        raise ConfigError("hidden_size / num_heads must be even for rotary embeddings")
+    head_dim = size.hidden_size // size.num_heads  # even: TinySize checks it
     half = head_dim // 2
     # M-RoPE splits head_dim/2 rotary frequencies into (temporal, height, width) sections.
     mrope = [half - 2 * (half // 3), half // 3, half // 3]
@@ -257,10 +275,10 @@ def make_tiny(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     build_image_processor(fam, min_pixels, max_pixels).save_pretrained(out)
-    (out / "embedrl_tiny.json").write_text(json.dumps(
+    (out / MARKER).write_text(json.dumps(
         {"family": fam.name, "seed": seed, "size": size.__dict__, "note": "random weights; tests and demos only"},
         indent=2))
     return out
 
 
-__all__ = ["FAMILIES", "TinySize", "build_tokenizer", "make_tiny"]
+__all__ = ["FAMILIES", "MARKER", "TinySize", "build_tokenizer", "make_tiny"]

@@ -450,3 +450,34 @@ def test_port_type_takes_only_real_ports() -> None:
     with pytest.raises(SystemExit) as exited:
         parser.parse_args(["--port", "70000"])
     assert exited.value.code == 2
+
+
+@pytest.mark.parametrize("port_value", ["70000", "-5"])
+def test_serve_refuses_a_port_that_cannot_exist(port_value: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--embedder", ".", "--port", port_value])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "port" in err and "Traceback" not in err
+
+
+def test_a_model_folder_with_a_garbage_config_is_one_model_error(tmp_path: Path) -> None:
+    from embedrl.errors import ModelError
+    from embedrl.models.backbone import read_config
+
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        read_config(tmp_path)
+
+
+def test_evidence_style_flag_sets_the_embedders_reading(tiny_qwen3_embedder) -> None:
+    from embedrl.commands._models import add_model_arguments, load_models
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=2)
+    for flag, style in (([], "paper"), (["--evidence-style", "official"], "official"),
+                        (["--evidence-style", "embedrl"], "embedrl")):
+        embedder, _ = load_models(parser.parse_args(["--embedder", str(tiny_qwen3_embedder), *flag]))
+        assert embedder.config.evidence_style == style
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--embedder", str(tiny_qwen3_embedder), "--evidence-style", "vlm2vec"])

@@ -18,6 +18,25 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     parser.add_argument("--device", type=device, default="auto",
                         help="auto | cpu | cuda | cuda:N | mps (checked against this machine)")
+    add_evidence_style_argument(parser)
+
+
+def add_evidence_style_argument(parser: argparse.ArgumentParser) -> None:
+    from ..models.evidence import EVIDENCE_STYLES
+
+    parser.add_argument(
+        "--evidence-style", choices=sorted(EVIDENCE_STYLES), default=None,
+        help="how the Embedder reads a T-CoT's cue (default: the checkpoint's saved setting; 'paper' for a "
+        "released Embed-RL checkpoint). official: as the official evaluation, 0-based key_frames included, "
+        "for reproducing published numbers; paper: official with 1-based key_frames; embedrl: also repairs "
+        "broken cue JSON, keeps at most 4 crops and drops repeats. See docs/embedder-input.md")
+
+
+def apply_evidence_style(embedder: Any, args: argparse.Namespace) -> None:
+    """Set the Embedder's evidence rules from --evidence-style, when given."""
+    style = getattr(args, "evidence_style", None)
+    if style:
+        embedder.config = embedder.config.with_style(style)
 
 
 def model_inputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
@@ -33,6 +52,7 @@ def load_models(args: argparse.Namespace) -> tuple[Any, Any]:
 
     options = LoadOptions(dtype=args.dtype, device=args.device)
     embedder = Embedder.from_pretrained(args.embedder, options)
+    apply_evidence_style(embedder, args)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     frames = embedder.config.num_frames
     if args.reasoner_url:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ._checks import checkpoint, device, port
+from ._models import add_evidence_style_argument, apply_evidence_style
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -12,12 +15,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(use it as the EG-RL judge or a teacher); /v1/embeddings runs the --embedder and accepts plain strings "
         "or embedrl item objects with base64 images and a 'tcot'. Binds to 127.0.0.1 unless --host is given.",
     )
-    p.add_argument("--reasoner", help="checkpoint folder for /v1/chat/completions")
-    p.add_argument("--embedder", help="checkpoint folder for /v1/embeddings")
+    p.add_argument("--reasoner", type=checkpoint, help="checkpoint folder for /v1/chat/completions")
+    p.add_argument("--embedder", type=checkpoint, help="checkpoint folder for /v1/embeddings")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port, default=8000, help="0 picks a free port")
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=device, default="auto")
+    add_evidence_style_argument(p)
     p.set_defaults(func=_serve)
 
 
@@ -34,6 +38,8 @@ def _serve(args: argparse.Namespace) -> int:
     options = LoadOptions(dtype=args.dtype, device=args.device)
     generator = TransformersBackend.from_pretrained(args.reasoner, options) if args.reasoner else None
     embedder = Embedder.from_pretrained(args.embedder, options) if args.embedder else None
+    if embedder is not None:
+        apply_evidence_style(embedder, args)
     try:
         server = EmbedRLServer(generator, embedder, host=args.host, port=args.port)
     except OSError as exc:

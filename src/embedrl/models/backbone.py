@@ -78,7 +78,10 @@ def read_config(path: str | Path) -> dict:
         cfg_file = local / "config.json"
         if not cfg_file.is_file():
             raise ModelError(f"{local}: not a checkpoint folder (no config.json)")
-        return json.loads(cfg_file.read_text())
+        try:
+            return json.loads(cfg_file.read_text(encoding="utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{cfg_file}: not valid JSON ({exc})") from None
     text = str(path)
     if local.exists():
         raise ModelError(f"{path}: a file, not a checkpoint folder")

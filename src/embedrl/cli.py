@@ -23,7 +23,10 @@ COMMAND_MODULES = (
     "report",
     "models",
     "train",
+    "data",
     "serve",
+    "index",
+    "search",
 )
 
 DESCRIPTION = """\

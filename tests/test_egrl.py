@@ -47,7 +47,7 @@ def test_planted_token_is_learned(tiny_qwen3_reasoner, tmp_path: Path) -> None:
     pairs = [TrainingPair("planted", Item(id=f"q{k}", text=f"query number {k}"),
                           Item(id=f"p{k}", text=f"positive number {k}")) for k in range(8)]
 
-    def planted_embedding(items, tcots):
+    def planted_embedding(items, tcots, num_frames=None):
         vectors = np.zeros((len(items), 16))
         for row, (item, text) in enumerate(zip(items, tcots)):
             ids = tokenizer(text or "", add_special_tokens=False)["input_ids"]
@@ -114,7 +114,7 @@ def test_reward_terms_on_a_batch() -> None:
     dataset = RLPromptDataset(pairs)
     config = _config(Path("/tmp/unused"), num_generations=2, pairs_per_step=3, judge_shuffle=True)
 
-    def embed(items, tcots):  # rollouts of pair k point to e_k, except those that say "lost"
+    def embed(items, tcots, num_frames=None):  # rollouts of pair k point to e_k, except those that say "lost"
         out = np.zeros((len(items), 4))
         for row, (item, text) in enumerate(zip(items, tcots)):
             out[row, 3 if "lost" in text else int(item.id[1:])] = 1.0
@@ -158,7 +158,7 @@ def test_judge_candidate_order_does_not_depend_on_earlier_batches() -> None:
              for k in range(4)]
     config = _config(Path("/tmp/unused"), num_generations=2, pairs_per_step=4, judge_shuffle=True)
 
-    def embed(items, tcots):
+    def embed(items, tcots, num_frames=None):
         return np.stack([np.cos(np.arange(6) * (1 + int(it.id[1:])) + len(t)) for it, t in zip(items, tcots)])
 
     def batch(tag: str):
@@ -216,7 +216,7 @@ def test_local_embed_fn_matches_pipeline(tiny_qwen3_embedder, image_pairs) -> No
     embedder = Embedder.from_pretrained(tiny_qwen3_embedder)
     items = [image_pairs[0].query, image_pairs[0].positive]
     tcots = [image_pairs[0].query_tcot, "not a t-cot"]
-    vectors = local_embed_fn(embedder)(items, tcots)
+    vectors = local_embed_fn(embedder)(items, tcots, embedder.config.num_frames)
     expected = embedder.embed_inputs([embedder.build_input(i, t) for i, t in zip(items, tcots)])
     assert np.abs(vectors - expected).max() < 1e-5
 
@@ -245,11 +245,11 @@ def test_process_weight_without_judge_is_refused(tiny_qwen3_reasoner, image_pair
     from embedrl.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no judge"):
-        train_reasoner(tiny_qwen3_reasoner, image_pairs, _config(tmp_path, max_steps=1), lambda i, t: None)
+        train_reasoner(tiny_qwen3_reasoner, image_pairs, _config(tmp_path, max_steps=1), lambda i, t, f: None)
 
 
 def test_checkpoint_and_resume(tiny_qwen3_reasoner, image_pairs, tmp_path: Path) -> None:
-    def embed(items, tcots):  # a cheap deterministic frozen embedder: pair identity plus the text length
+    def embed(items, tcots, num_frames=None):  # a cheap deterministic frozen embedder: pair identity plus the text length
         out = np.zeros((len(items), 8))
         for row, (item, text) in enumerate(zip(items, tcots)):
             out[row, hash(item.id.split("-")[1]) % 7] = 1.0

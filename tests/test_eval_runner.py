@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from embedrl import pipeline as pipeline_module
 from embedrl.cli import main
 from embedrl.data.synthetic import write_benchmark
 from embedrl.eval.runner import EvalSettings, TaskFailed, evaluate_task
-from embedrl.models import embedder_input as embedder_module
 from embedrl.models.embedder import Embedder
 
 
@@ -58,8 +58,8 @@ def test_videos_are_sampled_with_the_tasks_frame_count(tiny_qwen3_embedder, tmp_
     task = next(t for t in write_benchmark(tmp_path / "bench", n=3, num_frames=6) if t.name == "SynT2V")
     assert json.loads((task / "task.json").read_text())["num_frames"] == 6
     seen: list[int] = []
-    real = embedder_module.load_media_files
-    monkeypatch.setattr(embedder_module, "load_media_files",
+    real = pipeline_module.load_item_media
+    monkeypatch.setattr(pipeline_module, "load_item_media",
                         lambda item, num_frames: seen.append(num_frames) or real(item, num_frames))
     embedder = Embedder.from_pretrained(tiny_qwen3_embedder)
     assert embedder.config.num_frames == 8
@@ -73,13 +73,15 @@ def test_videos_are_sampled_with_the_tasks_frame_count(tiny_qwen3_embedder, tmp_
     # a result computed with one frame count is not reused for another
     spec = json.loads((task / "task.json").read_text())
     (task / "task.json").write_text(json.dumps({**spec, "num_frames": 4}))
-    with pytest.raises(TaskFailed, match="its task, embedder differ"):
+    with pytest.raises(TaskFailed, match="its task, frames_per_video differ"):
         evaluate_task(task, embedder, out_dir=out, settings=EvalSettings(reasoning="cached", progress=False))
     seen.clear()
     result = evaluate_task(task, embedder, out_dir=out,
                            settings=EvalSettings(reasoning="cached", progress=False, overwrite=True))
     assert result["run"]["frames_per_video"] == 4 and set(seen) == {4}
-    assert result["run"]["identity"]["embedder"] != first_identity["embedder"]  # vectors of 6 frames not reused
+    # the frame count is its own part of the identity (and of every vector cache key): 6-frame vectors not reused
+    assert result["run"]["identity"]["frames_per_video"] != first_identity["frames_per_video"]
+    assert result["run"]["identity"]["embedder"] == first_identity["embedder"]
 
 
 def test_text_and_image_tasks_leave_the_frame_count_alone(tiny_qwen3_embedder, tmp_path: Path) -> None:

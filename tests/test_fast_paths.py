@@ -16,15 +16,15 @@ from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from embedrl.data.items import Item
-from embedrl.models.backbone import (
+from embedrl.models.backbone import load_processor
+from embedrl.models.imageprep import FastQwen2VLImageProcessorPil, normalisation_table
+from embedrl.models.speedups import (
     PACKED_VISION_ATTENTION,
     _equal_length_runs,
     image_rope_positions,
-    load_processor,
     packed_sdpa_attention,
     vision_rotary_positions,
 )
-from embedrl.models.imageprep import FastQwen2VLImageProcessorPil, normalisation_table
 
 FAMILIES = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"]
 
@@ -240,7 +240,7 @@ def test_vision_rotary_positions_equal_transformers() -> None:
 def test_vision_tower_uses_the_cached_positions(tiny_factory, family: str, monkeypatch) -> None:
     from transformers.vision_utils import get_vision_position_ids
 
-    from embedrl.models import backbone
+    from embedrl.models import speedups
     from embedrl.models.backbone import LoadOptions, load_model
 
     model = load_model(tiny_factory(family), options=LoadOptions(dtype="float32", device="cpu"))
@@ -251,7 +251,7 @@ def test_vision_tower_uses_the_cached_positions(tiny_factory, family: str, monke
         calls.append(len(grid_thw))
         return vision_rotary_positions(grid_thw, merge)
 
-    monkeypatch.setattr(backbone, "vision_rotary_positions", spy)
+    monkeypatch.setattr(speedups, "vision_rotary_positions", spy)
     grid = torch.tensor([[1, 4, 4], [1, 4, 6], [2, 4, 4]])
     patches = int(grid.prod(dim=1).sum())
     width = visual.config.in_channels * visual.config.temporal_patch_size * visual.config.patch_size ** 2

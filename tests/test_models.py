@@ -192,8 +192,8 @@ def test_linear_patch_embedding_equals_the_convolution(tiny_factory, family: str
 
     import transformers
 
-    from embedrl.models.backbone import use_linear_patch_embedding
     from embedrl.models.families import FAMILIES
+    from embedrl.models.speedups import use_linear_patch_embedding
 
     path = tiny_factory(family, "base")
     model = getattr(transformers, FAMILIES[family].model_class).from_pretrained(path).eval()

@@ -339,19 +339,6 @@ def test_tcot_cache_survives_a_line_torn_inside_a_character(tmp_path: Path) -> N
     assert resumed.entries == {"k1": "un caf\u00e9 \u2615"}
 
 
-def test_tcots_cached_by_the_previous_key_scheme_are_reused(embedder, reasoner, tmp_path: Path) -> None:
-    from embedrl.data.items import content_key
-    from embedrl.pipeline import _digest
-
-    items = [Item(id="t", text="a small red circle")]
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    legacy_key = _digest(content_key(items[0], extra="query|None"), reasoner.name)  # how older versions keyed it
-    (cache / "tcots.jsonl").write_text(json.dumps({"key": legacy_key, "text": "an old T-CoT"}) + "\n")
-    result = encode_detailed(items, embedder, reasoner, cache_dir=cache, progress=False)
-    assert result.tcots == ["an old T-CoT"]
-
-
 def test_parameter_digest_is_computed_once_inside_weights_fixed() -> None:
     import torch
 

@@ -12,10 +12,10 @@ import pytest
 
 import embedrl
 from embedrl.cli import main
+from embedrl.data import benchmarks as reg
 from embedrl.data.items import Item, Query
 from embedrl.data.taskdir import Qrel, Task, TaskMeta
 from embedrl.errors import DataError
-from embedrl.eval import registry as reg
 from embedrl.eval.report import build_report, plot_report, render
 from embedrl.eval.scoring import score_task
 

@@ -20,16 +20,19 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from .data.items import Item, content_key
+from .data.media import load_item_media
 from .errors import EmbedRLError, MediaError
 from .fileio import atomic_open
 from .models.identity import weights_fixed, weights_identity
+from .models.protocols import EmbedderLike, ReasonerLike
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ class EncodeResult:
     failures: list[EncodeFailure] = field(default_factory=list)
     notes: dict[str, list[str]] = field(default_factory=dict)  # item id -> evidence notes (dropped boxes…)
     computed: int = 0                         # vectors computed in this call (the rest came from caches)
+    settings: dict[str, Any] = field(default_factory=dict)  # EncodeSettings.record() of the run
 
 
 # ---------------------------------------------------------------------------------------------- caches
@@ -81,18 +85,17 @@ class TCoTCache:
         self.path = path
         self.entries: dict[str, str] = {}
         self.latest_by_content: dict[str, str] = {}
-        self.legacy_warned = False
         # A crash mid-write leaves a last line without its newline; the next record must not be glued to it.
         self._starts_mid_line = path.is_file() and _ends_mid_line(path)
         if path.is_file():
-            # errors="replace": a crash can cut the last line inside a multi-byte character; that line then
-            # fails to parse and is skipped like any other torn line.
-            with path.open("r", encoding="utf-8", errors="replace") as handle:
-                for lineno, line in enumerate(handle, 1):
+            # Each line is decoded on its own: a crash can cut the last line inside a multi-byte character, and
+            # a damaged byte must not turn into a replacement character inside a T-CoT that is then reused.
+            with path.open("rb") as handle:
+                for lineno, raw in enumerate(handle, 1):
                     try:
-                        rec = json.loads(line)
+                        rec = json.loads(raw.decode("utf-8"))
                         self._remember(rec["key"], rec.get("content"), rec["text"])
-                    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
                         log.warning("%s:%d: skipping an unreadable cache line (interrupted write?)", path, lineno)
 
     def _remember(self, key: str, content: str | None, text: str) -> None:
@@ -169,7 +172,7 @@ def _digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def embedder_fingerprint(embedder: Any) -> str:
+def embedder_fingerprint(embedder: EmbedderLike) -> str:
     """Identity of an Embedder for cache keys: its weights (`weights_identity`: the checkpoint and LoRA folders,
     or a parameter hash once the weights changed in memory), its input settings and `<emb>` id."""
     path = None if getattr(embedder, "changed_in_memory", False) else getattr(embedder, "name_or_path", None)
@@ -177,9 +180,81 @@ def embedder_fingerprint(embedder: Any) -> str:
     return _digest(weights, asdict(embedder.config), int(embedder.emb_token_id))[:24]
 
 
-def reasoner_fingerprint(reasoner: Any) -> str:
-    """Identity of a Reasoner for cache keys: its backend and weights, generation settings and frame sampling."""
-    return _digest(reasoner.cache_identity() if hasattr(reasoner, "cache_identity") else reasoner.name)[:24]
+def reasoner_fingerprint(reasoner: ReasonerLike, num_frames: int | None = None) -> str:
+    """Identity of a Reasoner for cache keys: its backend and weights, generation settings and prompt; with
+    `num_frames`, that frame count replaces the Reasoner's own (the run's setting is what it sees)."""
+    identity = reasoner.cache_identity() if hasattr(reasoner, "cache_identity") else reasoner.name
+    if num_frames is not None and isinstance(identity, dict):
+        identity = {**identity, "num_frames": num_frames}
+    return _digest(identity)[:24]
+
+
+# ------------------------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """The settings of one road from items to vectors, owned here and nowhere else.
+
+    Every caller (the `encode` command, `eval`, the server, the RL reward) passes these to `encode_detailed`;
+    the frame count reaches the media loader (once per item), the Reasoner's prompt and the Embedder alike, and
+    is part of every T-CoT and vector cache key. Input-building settings that belong to a trained Embedder (pixel
+    bounds, evidence rules, layout) live in its saved `EmbedderConfig` and reach the keys through its fingerprint.
+    """
+
+    reasoning: str | None = None
+    """'generate' (the Reasoner writes T-CoTs), 'cached' (T-CoTs from item.meta["tcot"] or the cache only; an
+    item without one fails), 'off' (no T-CoT). None: 'generate' with a Reasoner, else 'off'."""
+    side: str = "query"
+    """'query' or 'candidate': picks the Reasoner's prompt kind."""
+    target_modality: str | None = None
+    """What a query retrieves (text, image, video); picks the text-to-video prompt for text queries."""
+    num_frames: int | None = None
+    """Frames sampled per video. None: the Embedder's saved setting (the count it was trained with); any other
+    value overrides it for this run, for both models, and is logged."""
+    batch_size: int = 8
+    reasoner_batch_size: int | None = None
+    """Items per Reasoner batch (None: batch_size)."""
+    cache_dir: Path | None = None
+    """Folder of the T-CoT and vector caches; a rerun resumes from them. None: no caches."""
+    progress: bool = True
+    window: int = 256
+    """Unique items whose media are held in memory at once: each is loaded once and handed to both models."""
+
+    def __post_init__(self) -> None:
+        if self.reasoning is not None and self.reasoning not in REASONING_MODES:
+            raise EmbedRLError(f"reasoning must be one of {REASONING_MODES}, got {self.reasoning!r}")
+        if self.side not in ("query", "candidate"):
+            raise EmbedRLError(f"side must be 'query' or 'candidate', got {self.side!r}")
+        for name in ("batch_size", "reasoner_batch_size", "num_frames", "window"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_batch_size(name, value)
+        if self.cache_dir is not None and not isinstance(self.cache_dir, Path):
+            object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+
+    def resolved(self, embedder: EmbedderLike, reasoner: ReasonerLike | None) -> EncodeSettings:
+        """These settings with the defaults filled in from the models."""
+        reasoning = self.reasoning or ("generate" if reasoner is not None else "off")
+        frames = self.num_frames or int(embedder.config.num_frames)
+        if frames != embedder.config.num_frames:
+            log.info("sampling %d frames per video for both models instead of the Embedder's saved %d "
+                     "(EncodeSettings.num_frames)", frames, embedder.config.num_frames)
+        return replace(self, reasoning=reasoning, num_frames=frames,
+                       reasoner_batch_size=self.reasoner_batch_size or self.batch_size)
+
+    def record(self) -> dict[str, Any]:
+        """What a result stores about the run."""
+        return {"reasoning": self.reasoning, "side": self.side, "target_modality": self.target_modality,
+                "frames_per_video": self.num_frames}
+
+
+def settings_from(settings: EncodeSettings | None, fields: dict[str, Any]) -> EncodeSettings:
+    """`settings` with keyword fields replaced (`encode(..., side="candidate")` reads like the settings)."""
+    unknown = set(fields) - set(EncodeSettings.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown encode setting(s): {', '.join(sorted(unknown))}")
+    return replace(settings or EncodeSettings(), **fields)
 
 
 # ------------------------------------------------------------------------------------------- embedding
@@ -206,7 +281,7 @@ def _model_leaves_cpu_free(embedder: Any) -> bool:
     return getattr(device, "type", "cpu") != "cpu"
 
 
-def _prepared_batches(prepare: Callable[[list[str]], Any], chunks: list[list[str]], overlap: bool):
+def _prepared_batches(prepare: Callable[[list[Any]], Any], chunks: list[list[Any]], overlap: bool):
     """Prepared batches in order. With `overlap`, the next batch is prepared in a thread while the caller runs
     the model on the current one: worth it when the model runs on an accelerator. On CPU the model's threads
     already use every core and preparation holds the GIL, so a thread measured slower (bench_encode: 1.4-1.6 s
@@ -223,101 +298,93 @@ def _prepared_batches(prepare: Callable[[list[str]], Any], chunks: list[list[str
             yield result
 
 
-def embed_items(
-    embedder: Any,
-    items: Sequence[Item],
-    tcots: Sequence[Any] | None = None,
-    *,
-    batch_size: int = 8,
-    cache: VectorCache | None = None,
-    progress: bool = False,
-    failures: list[EncodeFailure] | None = None,
-    notes: dict[str, list[str]] | None = None,
-    skip: set[int] | None = None,
-    media_loader: Callable[[Item], Any] | None = None,
-) -> tuple[np.ndarray, int]:
-    """Embed items with optional given T-CoTs (str / TCoT / None per item).
+def _tcot_id(tcot: Any) -> str | None:
+    return tcot if isinstance(tcot, str) or tcot is None else repr(tcot)
 
-    Returns (vectors with NaN rows for failed or skipped items, number computed). Failures are appended to
-    `failures` when given, else raised as EncodeError.
-    """
-    from .models.embedder import load_item_media
 
-    _check_batch_size("batch_size", batch_size)
-    n = len(items)
-    tcots = list(tcots) if tcots is not None else [None] * n
-    if len(tcots) != n:
-        raise EmbedRLError(f"got {len(tcots)} T-CoTs for {n} items")
-    own_failures = failures is None
-    failures = [] if failures is None else failures
-    fingerprint = embedder_fingerprint(embedder) if cache is not None else ""
-    keys: list[str | None] = []
-    for i, (item, tcot) in enumerate(zip(items, tcots)):
-        if skip and i in skip:
-            keys.append(None)
-            continue
-        tcot_id = tcot if isinstance(tcot, str) or tcot is None else repr(tcot)
-        keys.append(_digest(content_key(item), tcot_id, fingerprint))
-    dim = embedder.dim
-    out = np.full((n, dim), np.nan, dtype=np.float32)
-    by_key: dict[str, list[int]] = {}
-    for i, key in enumerate(keys):
-        if key is not None:
-            by_key.setdefault(key, []).append(i)
-    todo: list[str] = []
-    for key, rows in by_key.items():
-        cached = cache.get(key) if cache is not None else None
-        if cached is not None:
-            out[rows] = cached
-        else:
-            todo.append(key)
-    # Longest first: the slowest batch shows up early in the progress bar and padding stays small.
-    todo.sort(key=lambda k: -_estimated_cost(items[by_key[k][0]], tcots[by_key[k][0]]
-                                             if isinstance(tcots[by_key[k][0]], str) else None))
-    computed = 0
-    loader = media_loader or (lambda it: load_item_media(it, embedder.config))
+def _media_key(item: Item) -> str:
+    """Which media an item names (not their bytes: identical items are already merged by content)."""
+    refs = [f"<image {id(m)}>" if isinstance(m, Image.Image) else str(m) for m in item.images]
+    video = item.video
+    if video is not None:
+        refs.append(json.dumps([str(f) for f in video.frames] if video.frames is not None else str(video.path)))
+    return json.dumps(refs)
 
-    def prepare(chunk: list[str]) -> tuple[list[str], Any, list[EncodeFailure], dict[str, list[str]]]:
-        """Load media, build and collate one batch."""
-        ready_keys, inputs, batch_failures, batch_notes = [], [], [], {}
-        for key in chunk:
-            first = by_key[key][0]
-            item = items[first]
+
+class _MediaWindow:
+    """Media of the items of one window, each loaded once and handed to both models."""
+
+    def __init__(self, num_frames: int):
+        self.num_frames = num_frames
+        self.loaded: dict[str, Any] = {}
+
+    def get(self, item: Item) -> tuple[list, list]:
+        key = _media_key(item)
+        if key not in self.loaded:
             try:
-                built = embedder.build_input(item, tcots[first], media=loader(item))
+                self.loaded[key] = load_item_media(item, self.num_frames)
             except MediaError as exc:
-                batch_failures.extend(EncodeFailure(row, items[row].id, "media", str(exc)) for row in by_key[key])
-                continue
-            if built.notes:
-                for row in by_key[key]:  # every id that shares this computation gets the notes
-                    batch_notes.setdefault(items[row].id, []).extend(built.notes)
-            ready_keys.append(key)
-            inputs.append(built)
-        return ready_keys, embedder.collate(inputs) if inputs else None, batch_failures, batch_notes
+                self.loaded[key] = exc
+        value = self.loaded[key]
+        if isinstance(value, MediaError):
+            raise value
+        return value
 
+
+def _embed_groups(embedder: EmbedderLike, items: Sequence[Item], texts: Sequence[Any], groups: dict[str, list[int]],
+                  media: _MediaWindow, out: np.ndarray, cache: VectorCache | None, batch_size: int, bar: Any,
+                  failures: list[EncodeFailure], notes: dict[str, list[str]]) -> int:
+    """Embed one representative row per vector key in `groups`, write every row of the group; returns how many
+    vectors were computed."""
+    todo = sorted(groups, key=lambda k: -_estimated_cost(items[groups[k][0]], _tcot_id(texts[groups[k][0]])))
+
+    def prepare(chunk: list[str]) -> tuple[list[str], Any]:
+        ready, inputs = [], []
+        for key in chunk:
+            rows = groups[key]
+            item = items[rows[0]]
+            try:
+                built = embedder.build_input(item, texts[rows[0]], media=media.get(item))
+            except MediaError as exc:
+                failures.extend(EncodeFailure(row, items[row].id, "media", str(exc)) for row in rows)
+                continue
+            for row in rows:  # every id that shares this computation gets the notes
+                if built.notes:
+                    notes.setdefault(items[row].id, []).extend(built.notes)
+            ready.append(key)
+            inputs.append(built)
+        return ready, embedder.collate(inputs) if inputs else None
+
+    computed = 0
     chunks = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-    bar = _progress(len(todo), "embed", progress)
     batches = _prepared_batches(prepare, chunks, overlap=_model_leaves_cpu_free(embedder))
     try:
-        for chunk, (ready_keys, batch, batch_failures, batch_notes) in zip(chunks, batches):
-            failures.extend(batch_failures)
-            if notes is not None:
-                for item_id, item_notes in batch_notes.items():
-                    notes.setdefault(item_id, []).extend(item_notes)
+        for chunk, (ready, batch) in zip(chunks, batches):
             if batch is not None:
                 vectors = embedder.embed_collated(batch)
-                computed += len(ready_keys)
-                for key, vec in zip(ready_keys, vectors):
-                    out[by_key[key]] = vec
+                computed += len(ready)
+                for key, vec in zip(ready, vectors):
+                    out[groups[key]] = vec
                 if cache is not None:
-                    cache.add_many(ready_keys, vectors)
+                    cache.add_many(ready, vectors)
             bar.update(len(chunk))
     finally:
         batches.close()
-        bar.close()
-    if own_failures and failures:
-        raise EncodeError(EncodeResult(out, [None] * n, failures, {}, computed))
-    return out, computed
+    return computed
+
+
+def embed_items(embedder: EmbedderLike, items: Sequence[Item], tcots: Sequence[Any] | None = None, *,
+                batch_size: int = 8, num_frames: int | None = None, progress: bool = False,
+                cache_dir: str | Path | None = None) -> tuple[np.ndarray, int]:
+    """(vectors, number computed) of items with given T-CoTs (str / TCoT / None per item); raises `EncodeError`
+    (holding everything computed) when any item fails. The RL reward and `Embedder.embed` use it: it is
+    `encode_detailed` with the T-CoTs given."""
+    result = encode_detailed(items, embedder, tcots=list(tcots) if tcots is not None else [None] * len(items),
+                             settings=EncodeSettings(batch_size=batch_size, num_frames=num_frames,
+                                                     progress=progress, cache_dir=cache_dir))
+    if result.failures:
+        raise EncodeError(result)
+    return result.vectors, result.computed
 
 
 # ---------------------------------------------------------------------------------------------- encode
@@ -325,37 +392,27 @@ def embed_items(
 
 def encode(
     items: Sequence[Item],
-    embedder: Any,
-    reasoner: Any = None,
+    embedder: EmbedderLike,
+    reasoner: ReasonerLike | None = None,
+    settings: EncodeSettings | None = None,
     *,
-    reasoning: str | None = None,
-    side: str = "query",
-    target_modality: str | None = None,
     tcots: Sequence[str | None] | None = None,
-    cache_dir: str | Path | None = None,
-    batch_size: int = 8,
-    reasoner_batch_size: int | None = None,
-    progress: bool = True,
     on_error: str = "raise",
     return_tensors: str = "numpy",
+    **fields: Any,
 ):
-    """Vectors for `items`, row i for item i.
+    """Vectors for `items`, row i for item i: `encode_detailed(...).vectors`.
 
-    reasoning: 'generate' (the Reasoner writes T-CoTs; needs `reasoner`), 'cached' (T-CoTs from
-    `item.meta["tcot"]` or the cache only; an item without one is a failure), 'off' (no T-CoT: the paper's
-    raw-input baseline). Default: 'generate' when a reasoner is given, else 'off'.
-    `tcots` gives the T-CoT text per item directly and skips reasoning.
-    on_error: 'raise' (EncodeError after computing and caching everything else) or 'nan' (NaN rows).
+    `settings` (or the same fields as keywords: `reasoning`, `side`, `target_modality`, `num_frames`,
+    `batch_size`, `cache_dir`, `progress`, …; see `EncodeSettings`) say how. `tcots` gives the T-CoT text per
+    item directly and skips reasoning. on_error: 'raise' (EncodeError after computing and caching everything
+    else) or 'nan' (NaN rows). return_tensors: 'numpy' or 'torch'.
     """
     if on_error not in ("raise", "nan"):
         raise EmbedRLError(f"on_error must be 'raise' or 'nan', got {on_error!r}")
     if return_tensors not in ("numpy", "torch"):
         raise EmbedRLError(f"return_tensors must be 'numpy' or 'torch', got {return_tensors!r}")
-    result = encode_detailed(
-        items, embedder, reasoner, reasoning=reasoning, side=side, target_modality=target_modality,
-        tcots=tcots, cache_dir=cache_dir, batch_size=batch_size, reasoner_batch_size=reasoner_batch_size,
-        progress=progress,
-    )
+    result = encode_detailed(items, embedder, reasoner, settings, tcots=tcots, **fields)
     if result.failures and on_error == "raise":
         raise EncodeError(result)
     if return_tensors == "torch":
@@ -368,131 +425,151 @@ def encode(
 @weights_fixed()
 def encode_detailed(
     items: Sequence[Item],
-    embedder: Any,
-    reasoner: Any = None,
+    embedder: EmbedderLike,
+    reasoner: ReasonerLike | None = None,
+    settings: EncodeSettings | None = None,
     *,
-    reasoning: str | None = None,
-    side: str = "query",
-    target_modality: str | None = None,
-    tcots: Sequence[str | None] | None = None,
-    cache_dir: str | Path | None = None,
-    batch_size: int = 8,
-    reasoner_batch_size: int | None = None,
-    progress: bool = True,
+    tcots: Sequence[Any] | None = None,
+    **fields: Any,
 ) -> EncodeResult:
-    """Like `encode`, but returns T-CoTs, failures and evidence notes too, and never raises for items.
-    Model identities for the cache keys are computed once per call (`weights_fixed`)."""
-    if reasoning is None:
-        reasoning = "generate" if reasoner is not None else "off"
-    if reasoning not in REASONING_MODES:
-        raise EmbedRLError(f"reasoning must be one of {REASONING_MODES}, got {reasoning!r}")
-    if reasoning == "generate" and reasoner is None and tcots is None:
+    """Vectors, T-CoTs, failures and evidence notes of `items`; never raises for an item.
+
+    Works in windows of `settings.window` unique items: each item's media are loaded once and given to the
+    Reasoner (if it writes a T-CoT) and then to the Embedder. Model identities for the cache keys are computed
+    once per call (`weights_fixed`)."""
+    settings = settings_from(settings, fields).resolved(embedder, reasoner)
+    if settings.reasoning == "generate" and reasoner is None and tcots is None:
         raise EmbedRLError("reasoning='generate' needs a reasoner")
-    if side not in ("query", "candidate"):
-        raise EmbedRLError(f"side must be 'query' or 'candidate', got {side!r}")
-    _check_batch_size("batch_size", batch_size)
-    if reasoner_batch_size is not None:
-        _check_batch_size("reasoner_batch_size", reasoner_batch_size)
-    cache_root = Path(cache_dir) if cache_dir is not None else None
+    n = len(items)
+    frames = settings.num_frames
     failures: list[EncodeFailure] = []
     notes: dict[str, list[str]] = {}
-    n = len(items)
+    cache_root = settings.cache_dir
 
+    # 1. T-CoTs known without the Reasoner, and the generations still to do.
+    pending: dict[str, list[int]] = {}
+    tcache: TCoTCache | None = None
+    tcot_keys: dict[str, str] = {}
     if tcots is not None:
         if len(tcots) != n:
             raise EmbedRLError(f"got {len(tcots)} T-CoTs for {n} items")
-        texts: list[str | None] = list(tcots)
-    elif reasoning == "off":
+        texts: list[Any] = list(tcots)
+    elif settings.reasoning == "off":
         texts = [None] * n
     else:
-        texts = _reasoning_stage(items, reasoner, reasoning, side, target_modality, cache_root,
-                                 reasoner_batch_size or batch_size, progress, failures)
+        tcache = TCoTCache(cache_root / "tcots.jsonl") if cache_root is not None else None
+        texts, pending, tcot_keys = _known_tcots(items, reasoner, settings, tcache, failures)
 
-    failed_rows = {f.index for f in failures}
-    vcache = None
-    if cache_root is not None:
-        vcache = VectorCache(cache_root / "vectors" / embedder_fingerprint(embedder))
-    vectors, computed = embed_items(embedder, items, texts, batch_size=batch_size, cache=vcache,
-                                    progress=progress, failures=failures, notes=notes, skip=failed_rows)
-    return EncodeResult(vectors, texts, sorted(failures, key=lambda f: f.index), notes, computed)
+    # 2. Vectors known from the cache, and the groups of rows still to embed.
+    fingerprint = embedder_fingerprint(embedder)
+    vcache = VectorCache(cache_root / "vectors" / fingerprint) if cache_root is not None else None
+    out = np.full((n, embedder.dim), np.nan, dtype=np.float32)
+    waiting = {row for rows in pending.values() for row in rows} | {f.index for f in failures}
+
+    def vector_key(row: int) -> str:
+        return _digest(content_key(items[row]), _tcot_id(texts[row]), fingerprint, frames)
+
+    to_embed: dict[str, list[int]] = {}
+    for row in range(n):
+        if row not in waiting:
+            to_embed.setdefault(vector_key(row), []).append(row)
+    for key in [k for k in to_embed if vcache is not None and vcache.get(k) is not None]:
+        out[to_embed.pop(key)] = vcache.get(key)
+
+    # 3. Windows: load media once, reason, embed.
+    units: list[tuple[str, str]] = [("reason", k) for k in pending] + [("embed", k) for k in to_embed]
+    computed = 0
+    reason_bar = _progress(len(pending), "reason", settings.progress)
+    embed_bar = _progress(len(to_embed) + len(pending), "embed", settings.progress)
+    try:
+        for start in range(0, len(units), settings.window):
+            window = units[start:start + settings.window]
+            media = _MediaWindow(frames)
+            groups = {key: to_embed[key] for kind, key in window if kind == "embed"}
+            generate = [key for kind, key in window if kind == "reason"]
+            if generate:
+                done = _generate(items, reasoner, settings, generate, pending, media, texts, tcache, tcot_keys,
+                                 failures, reason_bar)
+                for key in generate:
+                    if key not in done:
+                        embed_bar.update(1)
+                        continue
+                    rows = pending[key]
+                    vkey = vector_key(rows[0])
+                    cached = vcache.get(vkey) if vcache is not None else None
+                    if cached is not None:
+                        out[rows] = cached
+                        embed_bar.update(1)
+                    else:
+                        groups.setdefault(vkey, []).extend(rows)
+            computed += _embed_groups(embedder, items, texts, groups, media, out, vcache, settings.batch_size,
+                                      embed_bar, failures, notes)
+    finally:
+        reason_bar.close()
+        embed_bar.close()
+    return EncodeResult(out, texts, sorted(failures, key=lambda f: f.index), notes, computed,
+                        settings.record())
 
 
-def _legacy_tcot(cache: TCoTCache, raw_content: str, reasoner: Any) -> str | None:
-    """A T-CoT cached by embedrl before the cache keyed on the Reasoner's weights and settings: those records are
-    keyed by item content and the Reasoner's name only. Reused rather than regenerated (hours with real models)."""
-    if getattr(getattr(reasoner, "backend", None), "path", "") is None:
-        return None  # a local model that only exists in memory: its old name says nothing about its weights
-    text = cache.get(_digest(raw_content, getattr(reasoner, "name", "none")))
-    if text is not None and not cache.legacy_warned:
-        cache.legacy_warned = True
-        log.warning("%s: using T-CoTs cached by an older embedrl (keyed by the Reasoner's name only, not its "
-                    "weights or generation settings); delete the file to regenerate them", cache.path)
-    return text
-
-
-def _reasoning_stage(items, reasoner, mode, side, target_modality, cache_root, batch_size, progress,
-                     failures) -> list[str | None]:
-    from .data.media import load_item_media
-
+def _known_tcots(items: Sequence[Item], reasoner: ReasonerLike | None, settings: EncodeSettings,
+                 cache: TCoTCache | None, failures: list[EncodeFailure]
+                 ) -> tuple[list[str | None], dict[str, list[int]], dict[str, str]]:
+    """(T-CoT per row or None, T-CoT key -> rows still to generate, T-CoT key -> content key)."""
     n = len(items)
     texts: list[str | None] = [None] * n
-    cache = TCoTCache(cache_root / "tcots.jsonl") if cache_root is not None else None
-    raw_contents = [content_key(it, extra=f"{side}|{target_modality}") for it in items]
-    contents = [_digest(raw) for raw in raw_contents]
+    extra = f"{settings.side}|{settings.target_modality}|frames={settings.num_frames}"
+    contents = [_digest(content_key(it, extra=extra)) for it in items]
     if reasoner is not None:
-        identity = reasoner_fingerprint(reasoner)
+        identity = reasoner_fingerprint(reasoner, settings.num_frames)
         keys = [_digest(content, identity) for content in contents]
     else:
         keys = contents  # 'cached' mode without a Reasoner: only the cache's latest T-CoT per content is used
-    content_of = dict(zip(keys, contents))
     pending: dict[str, list[int]] = {}
     for i, (item, key) in enumerate(zip(items, keys)):
         # Given T-CoTs (item.meta["tcot"], e.g. released evaluation T-CoTs) only count in 'cached' mode:
         # 'generate' evaluates the Reasoner itself.
-        given = item.meta.get("tcot") if mode == "cached" and isinstance(item.meta, dict) else None
+        given = item.meta.get("tcot") if settings.reasoning == "cached" and isinstance(item.meta, dict) else None
         cached = None
         if cache is not None:
             cached = cache.get(key) if reasoner is not None else cache.latest_for_content(contents[i])
-            if cached is None and reasoner is not None:
-                cached = _legacy_tcot(cache, raw_contents[i], reasoner)
         if isinstance(given, str):
             texts[i] = given
         elif cached is not None:
             texts[i] = cached
-        elif mode == "cached":
+        elif settings.reasoning == "cached":
             failures.append(EncodeFailure(i, item.id, "reasoning",
                                           "no cached T-CoT (item.meta['tcot'] or the cache); use reasoning="
                                           "'generate' with a reasoner"))
         else:
             pending.setdefault(key, []).append(i)
-    if not pending:
-        return texts
-    num_frames = getattr(reasoner, "num_frames", 8)
-    order = list(pending)
-    bar = _progress(len(order), "reason", progress)
-    try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            ready, batch_items, media = [], [], []
-            for key in chunk:
-                item = items[pending[key][0]]
-                try:
-                    loaded = load_item_media(item, num_frames)
-                except MediaError as exc:
-                    for row in pending[key]:
-                        failures.append(EncodeFailure(row, items[row].id, "media", str(exc)))
-                    continue
-                ready.append(key)
-                batch_items.append(item)
-                media.append(loaded)
-            if batch_items:
-                outputs = reasoner.reason(batch_items, side=side, target_modality=target_modality, media=media)
-                for key, text in zip(ready, outputs):
-                    for row in pending[key]:
-                        texts[row] = text
-                if cache is not None:
-                    cache.add_many([(key, content_of[key], text) for key, text in zip(ready, outputs)])
-            bar.update(len(chunk))
-    finally:
-        bar.close()
-    return texts
+    return texts, pending, dict(zip(keys, contents))
+
+
+def _generate(items, reasoner, settings: EncodeSettings, keys: list[str], pending: dict[str, list[int]],
+              media: _MediaWindow, texts: list, cache: TCoTCache | None, contents: dict[str, str],
+              failures: list[EncodeFailure], bar: Any) -> set[str]:
+    """Write the T-CoTs of `keys` (one generation per key) into `texts` and the cache; returns the keys done."""
+    done: set[str] = set()
+    for start in range(0, len(keys), settings.reasoner_batch_size):
+        chunk = keys[start:start + settings.reasoner_batch_size]
+        ready, batch_items, loaded = [], [], []
+        for key in chunk:
+            item = items[pending[key][0]]
+            try:
+                loaded.append(media.get(item))
+            except MediaError as exc:
+                failures.extend(EncodeFailure(row, items[row].id, "media", str(exc)) for row in pending[key])
+                continue
+            ready.append(key)
+            batch_items.append(item)
+        if batch_items:
+            outputs = reasoner.reason(batch_items, side=settings.side, target_modality=settings.target_modality,
+                                      media=loaded)
+            for key, text in zip(ready, outputs):
+                for row in pending[key]:
+                    texts[row] = text
+                done.add(key)
+            if cache is not None:
+                cache.add_many([(key, contents[key], text) for key, text in zip(ready, outputs)])
+        bar.update(len(chunk))
+    return done

@@ -15,9 +15,9 @@ repository. Every Reasoner prompt holds one worked example in the exact output f
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from .tcot import CUE_FOR_MODALITY, DEFAULT_NUM_FRAMES, TCoT, render
 
@@ -293,6 +293,22 @@ _CLOSING = {
     "video": "Now analyse the frames above and write your response.",
 }
 
+
+
+# (prompt kind, item, number of frames shown) -> the Reasoner's user text; replaces `reasoner_prompt`.
+PromptFn = Callable[[PromptKind, Any, int], str]
+
+
+def item_prompt(item: Any, side: str, target_modality: str | None = None, *, num_frames: int = 0,
+                fps: float = 2.0, answer: str | None = None, prompt_fn: PromptFn | None = None) -> str:
+    """The Reasoner's user text for one `Item` whose media show `num_frames` frames: the one builder behind
+    inference (`Reasoner`), teacher annotation and the RL rollout prompts, so the three cannot disagree.
+    `prompt_fn` replaces the built-in wording (a short prompt for a small model, say) everywhere at once."""
+    kind = select_prompt_kind(side, item.modality, target_modality)
+    if prompt_fn is not None:
+        return prompt_fn(kind, item, num_frames)
+    return reasoner_prompt(kind, text=item.text, instruction=item.instruction, num_frames=num_frames or None,
+                           fps=fps, answer=answer)
 
 def _input_lines(kind: PromptKind, text: str | None, instruction: str | None, frames: int,
                  fps: float) -> list[str]:

@@ -75,7 +75,7 @@ def _train_reasoner(args: argparse.Namespace) -> int:
     from ..models.backbone import LoadOptions
     from ..train.egrl import EGRLConfig, Judge, local_embed_fn, sft_cold_start, train_reasoner
     from ..train.pairs import dataset_summary, read_pairs
-    from .train import build_config, check_out
+    from ._config import build_config, check_out
 
     check_out(args, ("--model", args.model), ("--pairs", args.pairs), ("--embedder", args.embedder),
               ("--judge", args.judge), ("--config", args.config))
@@ -86,7 +86,9 @@ def _train_reasoner(args: argparse.Namespace) -> int:
     if args.embedder_url:
         from ..models.remote import RemoteEmbedder
 
-        embed_fn = RemoteEmbedder(args.embedder_url, num_frames=config.num_frames).embed
+        if config.num_frames is None:
+            config.num_frames = 8  # a remote Embedder's saved setting is not known here; 8 is the paper's
+        embed_fn = RemoteEmbedder(args.embedder_url).embed
     else:
         from ..models.embedder import Embedder, is_embedder_checkpoint
 
@@ -95,7 +97,10 @@ def _train_reasoner(args: argparse.Namespace) -> int:
                               "emb_token_ids in config.json): its <emb> pooling is untrained, so the outcome "
                               "reward would be noise. Use the output of `embedrl train embedder` or an official "
                               "Embed-RL checkpoint.")
-        embed_fn = local_embed_fn(Embedder.from_pretrained(args.embedder, options))
+        embedder = Embedder.from_pretrained(args.embedder, options)
+        if config.num_frames is None:
+            config.num_frames = embedder.config.num_frames  # one owner: the frames it was trained with
+        embed_fn = local_embed_fn(embedder)
     judge = None
     if args.judge_url:
         from ..models.reasoner import OpenAIChatBackend

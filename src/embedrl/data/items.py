@@ -215,8 +215,9 @@ def check_media_path(
     field_name: str,
     problems: list[Problem],
     must_exist: bool = True,
+    folder_ok: bool = False,
 ) -> Path | None:
-    """Resolve a media path against `base`.
+    """Resolve a media path against `base`. `folder_ok`: a folder is valid too (a video given as its frames).
 
     With `confine=True` (task folders) absolute paths, `..` escapes and symlinks that leave `base` are
     refused, so that a downloaded task cannot make us read arbitrary files.
@@ -241,7 +242,7 @@ def check_media_path(
                 Problem(message=f"{kind} {raw!r} escapes the task folder", field=field_name, **where)
             )
             return None
-    if must_exist:
+    if must_exist and not (folder_ok and resolved.is_dir()):
         problem = special_file_problem(resolved)
         if problem is not None:
             message = "does not exist" if problem == "file not found" else problem
@@ -289,7 +290,7 @@ def resolve_item_media(
         vpath = video.path
         if vpath is not None:
             resolved = check_media_path(vpath, base, confine=confine, where=where, field_name="video.path",
-                                        problems=problems, must_exist=must_exist)
+                                        problems=problems, must_exist=must_exist, folder_ok=True)
             vpath = str(resolved) if resolved is not None else vpath
         video = VideoRef(id=video.id, frames=frames, path=vpath)
     return replace(item, images=images, video=video)

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from ..errors import DataError, Problem
-from ..eval.registry import MMEB_V2, mmeb_task, resolve_task
+from .benchmarks import MMEB_V2, mmeb_task, resolve_task
 from .items import Item, Query
 from .taskdir import Qrel, Task, TaskMeta
 from .upstream import (
@@ -80,7 +80,7 @@ def task_name(name: str, modality: str) -> str:
     """The registry name of an MMEB-V2 task of `modality` given under any spelling; a clear error otherwise."""
     resolved = resolve_task(MMEB_V2, name)
     if resolved is None or mmeb_task(resolved).modality != modality:
-        from ..eval.registry import MMEB_TASKS
+        from .benchmarks import MMEB_TASKS
 
         names = ", ".join(t.name for t in MMEB_TASKS if t.modality == modality)
         raise ConversionError(f"{name!r} is not an MMEB-V2 {modality} task; expected one of: {names}")

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import DataError, Problem
-from ..eval.registry import MMEB_V2, mmeb_task
+from .benchmarks import MMEB_V2, mmeb_task
 from .items import Item, Query, VideoRef
 from .media import natural_key
 from .mmeb_v2 import task_name

@@ -15,6 +15,7 @@ the list instead. Media paths must stay inside the task folder.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -191,6 +192,8 @@ def _check_media(item: Item, root: Path, file: str, line: int, problems: list[Pr
     for field_name, raw, path in media:
         if field_name in refused or not isinstance(path, str):
             continue
+        if field_name == "video.path" and os.path.isdir(path):
+            continue  # a video given as its folder of frames
         why = special_file_problem(path)
         if why is not None:
             why = "does not exist" if why == "file not found" else why

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from ..errors import DataError, Problem
-from ..eval.registry import UVRB, UVRB_DATASETS, resolve_task, uvrb_dataset
+from .benchmarks import UVRB, UVRB_DATASETS, resolve_task, uvrb_dataset
 from .items import Item, Query, VideoRef
 from .taskdir import Qrel, Task, TaskMeta
 from .upstream import (

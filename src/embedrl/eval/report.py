@@ -8,7 +8,7 @@ Inputs, mixed freely (folders are searched recursively for `*.json`):
   is ≤ 1 (then fractions, scaled by 100); `{"scale": "percent" | "fraction", "scores": {...}}` says so
   explicitly.
 
-Scores are read from the metric the benchmark defines (registry.py), never from whatever a result file calls
+Scores are read from the metric the benchmark defines (data/benchmarks.py), never from whatever a result file calls
 its main score, and shown ×100. A task that is missing is listed, and every mean that should include it is
 marked partial with n/N; nothing is averaged over a silently smaller set.
 
@@ -30,10 +30,10 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+from ..data import benchmarks as reg
 from ..data.taskdir import parse_metric_name
 from ..errors import DataError, Problem
 from ..fileio import atomic_open, read_json
-from . import registry as reg
 
 FORMATS = ("md", "json", "csv")
 SCHEME_LABELS = {

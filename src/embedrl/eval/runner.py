@@ -10,18 +10,17 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..data.items import content_key
 from ..data.taskdir import CANDIDATES_FILE, QRELS_FILE, QUERIES_FILE, TASK_FILE, Task, read_task
 from ..errors import EmbedRLError
 from ..fileio import file_sha256, read_json, write_json
 from ..models.identity import weights_fixed
-from ..pipeline import encode_detailed
+from ..models.protocols import EmbedderLike, ReasonerLike
+from ..pipeline import EncodeSettings, encode_detailed
 
 log = logging.getLogger(__name__)
 
@@ -49,29 +48,13 @@ def has_video(task: Task) -> bool:
     return any(item.video is not None for item in (*task.queries, *task.candidates))
 
 
-@contextmanager
-def frames_per_video(num_frames: int, embedder: Any, reasoner: Any = None) -> Iterator[None]:
-    """Sample `num_frames` frames per video in both models for the duration of the block (a task's protocol),
-    then restore their own settings. The count is part of each model's cache identity, so vectors and T-CoTs
-    computed with another count are never reused."""
-    holders = [h for h in (getattr(embedder, "config", embedder), reasoner)
-               if h is not None and hasattr(h, "num_frames")]
-    saved = [(h, h.num_frames) for h in holders]
-    for holder in holders:
-        holder.num_frames = num_frames
-    try:
-        yield
-    finally:
-        for holder, value in saved:
-            holder.num_frames = value
-
-
 def result_path(out_dir: Path, task: Task) -> Path:
     return out_dir / task.meta.benchmark / f"{task.meta.task}.json"
 
 
 @weights_fixed()
-def evaluate_task(task_dir: str | Path, embedder: Any, reasoner: Any = None, *, out_dir: str | Path,
+def evaluate_task(task_dir: str | Path, embedder: EmbedderLike, reasoner: ReasonerLike | None = None, *,
+                  out_dir: str | Path,
                   settings: EvalSettings | None = None) -> dict:
     """Score one task folder; returns the result dict (also written to OUT/<benchmark>/<task>.json). Model
     identities are computed once for the whole task (`weights_fixed`). Videos are sampled with the task's
@@ -79,16 +62,15 @@ def evaluate_task(task_dir: str | Path, embedder: Any, reasoner: Any = None, *, 
     settings = settings or EvalSettings()
     task = read_task(task_dir)
     frames = task.meta.num_frames if has_video(task) else None
-    with frames_per_video(frames, embedder, reasoner) if frames is not None else nullcontext():
-        return _evaluate(task, embedder, reasoner, Path(out_dir), settings, frames)
+    return _evaluate(task, embedder, reasoner, Path(out_dir), settings, frames)
 
 
-def _evaluate(task: Task, embedder: Any, reasoner: Any, out_dir: Path, settings: EvalSettings,
+def _evaluate(task: Task, embedder: EmbedderLike, reasoner: ReasonerLike | None, out_dir: Path, settings: EvalSettings,
               frames: int | None) -> dict:
     from .scoring import score_task
 
     target = result_path(out_dir, task)
-    identity = run_identity(task, embedder, reasoner, settings)
+    identity = run_identity(task, embedder, reasoner, settings, frames)
     if target.is_file() and not settings.overwrite:
         existing = read_json(target)
         run = existing.get("run") if isinstance(existing, dict) else None
@@ -107,11 +89,12 @@ def _evaluate(task: Task, embedder: Any, reasoner: Any, out_dir: Path, settings:
                          "--out")
     cache = out_dir / "cache" / task.meta.benchmark / task.meta.task
     start = time.perf_counter()
-    common = dict(reasoning=settings.reasoning, cache_dir=cache, batch_size=settings.batch_size,
-                  progress=settings.progress)
-    cands = encode_detailed(task.candidates_for_encoding(), embedder, reasoner, side="candidate", **common)
-    queries = encode_detailed(task.queries_for_encoding(), embedder, reasoner, side="query",
-                              target_modality=candidate_modality(task), **common)
+    # The task's frame count reaches both models through the one settings object (None: the Embedder's own).
+    common = EncodeSettings(reasoning=settings.reasoning, cache_dir=cache, batch_size=settings.batch_size,
+                            progress=settings.progress, num_frames=frames)
+    cands = encode_detailed(task.candidates_for_encoding(), embedder, reasoner, common, side="candidate")
+    queries = encode_detailed(task.queries_for_encoding(), embedder, reasoner, common, side="query",
+                              target_modality=candidate_modality(task))
     failures = [("candidate", f) for f in cands.failures] + [("query", f) for f in queries.failures]
     if failures:
         lines = "; ".join(f"{side} {f}" for side, f in failures[:10])
@@ -132,7 +115,8 @@ def _evaluate(task: Task, embedder: Any, reasoner: Any, out_dir: Path, settings:
     return result
 
 
-def run_identity(task: Task, embedder: Any, reasoner: Any, settings: EvalSettings) -> dict[str, str | None]:
+def run_identity(task: Task, embedder: EmbedderLike, reasoner: ReasonerLike | None, settings: EvalSettings,
+                 frames: int | None = None) -> dict[str, str | None]:
     """What a task's result depends on: the task's files and the media they name (by content, as the encode
     caches hash them), the Embedder, the Reasoner (weights and generation settings) and the reasoning mode. A
     stored result is reused only when all of them are the same."""
@@ -147,9 +131,10 @@ def run_identity(task: Task, embedder: Any, reasoner: Any, settings: EvalSetting
     for item in (*task.queries_for_encoding(), *task.candidates_for_encoding()):
         files.update(content_key(item).encode())
     reasoning = settings.reasoning or ("generate" if reasoner is not None else "off")
-    reasoner_id = reasoner_fingerprint(reasoner) if reasoner is not None and reasoning != "off" else None
+    frames = frames or embedder.config.num_frames
+    reasoner_id = reasoner_fingerprint(reasoner, frames) if reasoner is not None and reasoning != "off" else None
     return {"task": files.hexdigest()[:24], "embedder": embedder_fingerprint(embedder), "reasoner": reasoner_id,
-            "reasoning": reasoning}
+            "reasoning": reasoning, "frames_per_video": str(frames)}
 
 
 def _unparsed(tcots: Sequence[str | None]) -> int:
@@ -158,7 +143,8 @@ def _unparsed(tcots: Sequence[str | None]) -> int:
     return sum(1 for t in tcots if t is not None and not parse(t).ok)
 
 
-def evaluate_tasks(task_dirs: Sequence[str | Path], embedder: Any, reasoner: Any = None, *, out_dir: str | Path,
+def evaluate_tasks(task_dirs: Sequence[str | Path], embedder: EmbedderLike, reasoner: ReasonerLike | None = None, *,
+                   out_dir: str | Path,
                    settings: EvalSettings | None = None) -> tuple[list[dict], list[str]]:
     """Every task in turn; a failing task is reported and the others still run. Returns (results, errors)."""
     results, errors = [], []

@@ -25,7 +25,6 @@ from .backbone import (
     LoadOptions,
     checkpoint_path,
     detect_family,
-    image_rope_positions,
     language_model,
     load_model,
     load_processor,
@@ -45,6 +44,7 @@ from .embedder_input import (  # noqa: F401 - the input names are part of this m
     load_item_media,
 )
 from .families import Family
+from .speedups import image_rope_positions
 
 log = logging.getLogger(__name__)
 
@@ -261,13 +261,18 @@ class Embedder:
             self.model.eval()
         return self.forward_batch(batch).cpu().numpy()
 
-    def embed(self, items: Sequence[Item], tcots: Sequence[Any] | None = None, batch_size: int = 8,
-              progress: bool = False) -> np.ndarray:
-        """Embed items directly (no reasoning, no caches). `pipeline.encode` is the full path."""
-        from .. import pipeline
-
-        return pipeline.embed_items(self, items, tcots=tcots, batch_size=batch_size, progress=progress)
-
+    def embed(self, items: Sequence[Item], tcots: Sequence[Any] | None = None, batch_size: int = 8) -> np.ndarray:
+        """Vectors of items with optional T-CoTs (str / TCoT / None per item), batch by batch: no reasoning, no
+        caches, no deduplication. `embedrl.pipeline.encode` is the full path; both build the same input."""
+        tcots = list(tcots) if tcots is not None else [None] * len(items)
+        if len(tcots) != len(items):
+            raise ConfigError(f"got {len(tcots)} T-CoTs for {len(items)} items")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        parts = [self.embed_inputs([self.build_input(it, t) for it, t in zip(items[i:i + batch_size],
+                                                                            tcots[i:i + batch_size])])
+                 for i in range(0, len(items), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
 
 def pooled_embeddings(model: torch.nn.Module, batch: dict[str, Any], emb_token_id: int,
                       normalize: bool = True) -> torch.Tensor:

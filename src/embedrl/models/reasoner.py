@@ -29,6 +29,7 @@ from PIL import Image
 
 from ..data.items import Item
 from ..errors import BackendError, ConfigError
+from ..prompts import PromptFn, item_prompt
 from .backbone import LoadOptions, detect_family, load_model, load_processor
 from .identity import weights_identity
 
@@ -49,6 +50,16 @@ class GenerationSettings:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+
+@dataclass
+class Generation:
+    """One reply and what it cost; `finish_reason` is "length" when max_new_tokens cut it, else "stop"."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
 
 
 class GenerationBackend(Protocol):
@@ -90,14 +101,20 @@ class TransformersBackend:
         model = load_model(path, family, options)
         return cls(model, processor, name=f"transformers:{path}", batch_size=batch_size, path=path)
 
-    @torch.no_grad()
     def generate(self, conversations: Sequence[Conversation], settings: GenerationSettings) -> list[str]:
-        out: list[str] = []
+        return [g.text for g in self.generate_with_usage(conversations, settings)]
+
+    @torch.no_grad()
+    def generate_with_usage(self, conversations: Sequence[Conversation],
+                            settings: GenerationSettings) -> list[Generation]:
+        """Replies with their token counts and why each ended (what an OpenAI-style server reports)."""
+        out: list[Generation] = []
         for start in range(0, len(conversations), self.batch_size):
             out.extend(self._generate_batch(conversations[start:start + self.batch_size], settings))
         return out
 
-    def _generate_batch(self, conversations: Sequence[Conversation], settings: GenerationSettings) -> list[str]:
+    def _generate_batch(self, conversations: Sequence[Conversation],
+                        settings: GenerationSettings) -> list[Generation]:
         tokenizer = self.processor.tokenizer
         texts = [self.processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
                  for c in conversations]
@@ -126,7 +143,19 @@ class TransformersBackend:
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
         sequences = self.model.generate(**batch, **gen_kwargs)
         new_tokens = sequences[:, batch["input_ids"].shape[1]:]
-        return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), device=new_tokens.device,
+                               dtype=new_tokens.dtype)
+        out = []
+        for row, text, prompt in zip(new_tokens, texts, batch["attention_mask"].sum(dim=1).tolist()):
+            ended = torch.isin(row, eos_ids).nonzero()  # a finished row is padded after its end token
+            if len(ended):
+                out.append(Generation(text, int(prompt), int(ended[0]) + 1, "stop"))
+            else:
+                cut = row.numel() >= settings.max_new_tokens
+                out.append(Generation(text, int(prompt), row.numel(), "length" if cut else "stop"))
+        return out
 
 
 # ------------------------------------------------------------------------------------------------ vLLM
@@ -270,11 +299,14 @@ class Reasoner:
     and returns the raw T-CoT texts."""
 
     def __init__(self, backend: GenerationBackend, settings: GenerationSettings | None = None,
-                 num_frames: int = 8, fps: float = 2.0):
+                 num_frames: int = 8, fps: float = 2.0, prompt_fn: PromptFn | None = None):
         self.backend = backend
         self.settings = settings or GenerationSettings()
+        # Frames sampled when `reason` is called without media; `encode()` passes media sampled with its own
+        # EncodeSettings.num_frames instead, so this only serves direct calls.
         self.num_frames = num_frames
         self.fps = fps
+        self.prompt_fn = prompt_fn
 
     @classmethod
     def from_pretrained(cls, path: str | Path, options: LoadOptions | None = None, batch_size: int = 8,
@@ -289,17 +321,15 @@ class Reasoner:
         """Everything that decides the T-CoT an item gets: the backend and its weights (or endpoint and model
         name), the generation settings, and the frame sampling."""
         backend_identity = getattr(self.backend, "identity", None)
+        prompt = None if self.prompt_fn is None else f"{self.prompt_fn.__module__}.{self.prompt_fn.__qualname__}"
         return {"backend": backend_identity() if callable(backend_identity) else self.backend.name,
-                "settings": asdict(self.settings), "num_frames": self.num_frames, "fps": self.fps}
+                "settings": asdict(self.settings), "num_frames": self.num_frames, "fps": self.fps, "prompt": prompt}
 
     def conversation(self, item: Item, side: str, target_modality: str | None,
                      media: tuple[list[Image.Image], list[Image.Image]], answer: str | None = None) -> Conversation:
-        from ..prompts import reasoner_prompt, select_prompt_kind
-
         images, frames = media
-        kind = select_prompt_kind(side, item.modality, target_modality)
-        text = reasoner_prompt(kind, text=item.text, instruction=item.instruction,
-                               num_frames=len(frames) or None, fps=self.fps, answer=answer)
+        text = item_prompt(item, side, target_modality, num_frames=len(frames), fps=self.fps, answer=answer,
+                           prompt_fn=self.prompt_fn)
         content: list[dict] = [{"type": "image", "image": img} for img in images]
         content += [{"type": "image", "image": f} for f in frames]
         content.append({"type": "text", "text": text})

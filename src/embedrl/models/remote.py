@@ -26,8 +26,8 @@ class RemoteEmbedder:
         self.batch_size = batch_size
         self.num_frames = num_frames
 
-    def _payload(self, item: Item, tcot: str | None) -> dict:
-        images, frames = load_item_media(item, self.num_frames)
+    def _payload(self, item: Item, tcot: str | None, num_frames: int) -> dict:
+        images, frames = load_item_media(item, num_frames)
         entry: dict = {"id": item.id, "text": item.text, "instruction": item.instruction,
                        "images": [image_data_url(i) for i in images]}
         if item.video is not None:
@@ -36,12 +36,16 @@ class RemoteEmbedder:
             entry["tcot"] = tcot
         return entry
 
-    def embed(self, items: Sequence[Item], tcots: Sequence[str | None] | None = None) -> np.ndarray:
+    def embed(self, items: Sequence[Item], tcots: Sequence[str | None] | None = None,
+              num_frames: int | None = None) -> np.ndarray:
+        """Vectors of items with their T-CoTs; videos are sampled to `num_frames` here (default: this client's
+        `num_frames`) and sent as that many frames, which the server embeds as given."""
         tcots = list(tcots) if tcots is not None else [None] * len(items)
+        frames = num_frames or self.num_frames
         rows: list[list[float]] = []
         url = f"{self.base_url}/embeddings"
         for start in range(0, len(items), self.batch_size):
-            chunk = [self._payload(it, t) for it, t in zip(items[start:start + self.batch_size],
+            chunk = [self._payload(it, t, frames) for it, t in zip(items[start:start + self.batch_size],
                                                            tcots[start:start + self.batch_size])]
             reply = post_json(url, {"model": self.model, "input": chunk}, self.api_key, self.timeout)
             try:

@@ -28,11 +28,11 @@ from ..data.items import Item
 from ..data.media import load_item_media
 from ..errors import ConfigError
 from ..prompts import (
+    PromptFn,
     format_judge_anchor,
+    item_prompt,
     judge_prompt,
     parse_judge_answer,
-    reasoner_prompt,
-    select_prompt_kind,
 )
 from ..rewards import (
     REWARD_PRESETS,
@@ -48,9 +48,9 @@ from .sampler import SubBatchSampler
 
 log = logging.getLogger(__name__)
 
-EmbedFn = Callable[[Sequence[Item], Sequence[str | None]], np.ndarray]
-# (prompt kind, item, number of frames) -> the reasoner's user text; None uses `prompts.reasoner_prompt`.
-PromptFn = Callable[[Any, Item, int], str]
+# (items, T-CoTs, frames per video) -> vectors: the frame count is the rollout prompts' own, so a keyframe
+# number means the same frame to the Reasoner and to the reward Embedder.
+EmbedFn = Callable[[Sequence[Item], Sequence[str | None], int], np.ndarray]
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -77,7 +77,9 @@ class EGRLConfig(GRPOConfig):
     judge_shuffle: bool = field(default=True, metadata={"help": "shuffle judge candidates (False: official)"})
     judge_max_new_tokens: int = field(default=10, metadata={"help": "judge answer length"})
     strict_format: bool = field(default=False, metadata={"help": "tags-only format check (official code)"})
-    num_frames: int = field(default=8, metadata={"help": "frames sampled per video prompt"})
+    num_frames: int | None = field(default=None, metadata={
+        "help": "frames sampled per video, for the rollout prompts and the reward Embedder alike (default: the "
+                "frozen Embedder's saved setting; another value overrides it for both)"})
     lora: str = field(default="none", metadata={"help": "none (full fine-tune, paper) or r,alpha e.g. 64,128"})
     plot: bool = field(default=True, metadata={"help": "write rl_curves.png at the end"})
     # Paper values instead of the generic defaults.
@@ -167,14 +169,10 @@ class RLPromptDataset(Dataset):
         item = pair.query if side == 0 else pair.positive
         images, frames = load_item_media(item, self.num_frames)
         if side == 0:
-            kind = select_prompt_kind("query", item.modality, pair.positive.modality)
+            text = item_prompt(item, "query", pair.positive.modality, num_frames=len(frames), fps=self.fps,
+                               prompt_fn=self.prompt_fn)
         else:
-            kind = select_prompt_kind("candidate", item.modality)
-        if self.prompt_fn is not None:
-            text = self.prompt_fn(kind, item, len(frames))
-        else:
-            text = reasoner_prompt(kind, text=item.text, instruction=item.instruction,
-                                   num_frames=len(frames) or None, fps=self.fps)
+            text = item_prompt(item, "candidate", num_frames=len(frames), fps=self.fps, prompt_fn=self.prompt_fn)
         return {
             "prompt": [{"role": "user", "content": text}],
             "images": images + frames,
@@ -245,9 +243,11 @@ def local_embed_fn(embedder: Any, batch_size: int = 16) -> EmbedFn:
     """The frozen in-process Embedder through `pipeline.embed_items` (the inference input builder)."""
     from ..pipeline import embed_items
 
-    def embed(items: Sequence[Item], tcots: Sequence[str | None]) -> np.ndarray:
-        vectors, _ = embed_items(embedder, items, tcots, batch_size=batch_size)
+    def embed(items: Sequence[Item], tcots: Sequence[str | None], num_frames: int) -> np.ndarray:
+        vectors, _ = embed_items(embedder, items, tcots, batch_size=batch_size, num_frames=num_frames)
         return vectors
+
+    embed.num_frames = embedder.config.num_frames  # the default frame count of a run that sets none
 
     return embed
 
@@ -319,7 +319,7 @@ class EGRLReward:
         metrics: dict[str, float] = {"format_valid_rate": float(fmt.mean())} if n else {}
         if not rows or not cols:
             return BatchScores(fmt, process, outcome, metrics)
-        vectors = np.asarray(self.embed_fn(items, texts), dtype=np.float64)
+        vectors = np.asarray(self.embed_fn(items, texts, self.dataset.num_frames), dtype=np.float64)
         if not np.isfinite(vectors).all():
             raise RuntimeError("the frozen Embedder returned non-finite vectors; refusing to score rollouts")
         sim = vectors[rows] @ vectors[cols].T
@@ -428,6 +428,13 @@ def train_reasoner(
     from ..models.backbone import LoadOptions, detect_family, load_model, load_processor, save_processor
 
     set_seed(config.seed)
+    if config.num_frames is None:
+        config.num_frames = getattr(embed_fn, "num_frames", None)
+        if config.num_frames is None:
+            if any(pair.is_video for pair in pairs):
+                raise ConfigError("set EGRLConfig.num_frames: this embed_fn does not say how many frames its "
+                                  "Embedder was trained with, and the pairs have videos")
+            config.num_frames = 8  # no video among the pairs: the count is never used
     dataset = RLPromptDataset(pairs, num_frames=config.num_frames, prompt_fn=prompt_fn)
     if any(len(v) < config.pairs_per_step for v in dataset.groups().values()):
         small = {k: len(v) for k, v in dataset.groups().items() if len(v) < config.pairs_per_step}

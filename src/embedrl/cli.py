@@ -43,6 +43,7 @@ Typical flow:
   embedrl eval --task DIR ...           encode + score task folders end to end (resumable)
   embedrl score --task DIR ...          score a task from embeddings or a score matrix
   embedrl report --benchmark mmeb-v2 R  aggregate per-task results into the benchmark table
+  embedrl data annotate|filter|split    teacher T-CoTs for training pairs, relevance filter, RL/stage-1 split
   embedrl train embedder|reasoner ...   stage 1 (contrastive) and stage 2 (EG-RL) training
   embedrl serve --embedder DIR ...      OpenAI-compatible /v1/embeddings and /v1/chat/completions
 """

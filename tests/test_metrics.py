@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values on small rankings (benchmarks.md §3.3)."""
+"""Metrics against hand-computed values on small rankings (definitions: docs/task-format.md, "Metrics")."""
 
 from __future__ import annotations
 

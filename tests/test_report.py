@@ -23,7 +23,7 @@ from embedrl.eval.scoring import score_task
 REFERENCE = Path(embedrl.__file__).parent / "resources" / "reference_scores"
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference score JSONs not available")
 
-# Embed-RL Table 10 per-dataset UVRB values (paper v3), from benchmarks.md §2.2: (2B, 4B).
+# Embed-RL Table 10 per-dataset UVRB values (paper v3): (2B, 4B).
 TABLE10 = {
     "MSRVTT": (43.7, 44.0), "DiDeMo": (42.2, 46.1), "CRB-G": (91.4, 92.1), "CRB-S": (89.7, 89.9),
     "VDC-O": (84.6, 85.9), "CRB-T": (49.4, 53.8), "CMRB": (36.5, 38.2), "DREAM-E": (31.8, 32.0),
@@ -204,7 +204,7 @@ def test_uvrb_flat_scheme_4b_and_the_papers_inconsistencies(tmp_path):
                         "PR": 40.6}.items():
         assert printed(flat[name].value, value), name
     # Table 13 prints VIS 70.3 and FG 55.6 for 4B; its own Table 10 values give 68.45 and 55.66
-    # (benchmarks.md §2.2). We compute from the per-dataset values.
+    # (the paper's own inconsistency). We compute from the per-dataset values.
     assert flat["VIS"].value == pytest.approx((87.9 + 49.0) / 2)
     assert flat["FG"].value == pytest.approx(389.6 / 7)
 

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 import embedrl.tcot as tcot_module
+import embedrl.tcot.parsing as parsing_module
 from embedrl.tcot import (
     PROBLEM_CODES,
     ParseResult,
@@ -368,7 +369,7 @@ def test_internal_errors_become_a_fatal_problem(monkeypatch: pytest.MonkeyPatch)
     def boom(*args: object) -> None:
         raise RuntimeError("kaput")
 
-    monkeypatch.setattr(tcot_module, "_parse", boom)
+    monkeypatch.setattr(parsing_module, "_parse", boom)
     result = parse("<thinking>x</thinking>")
     assert result.tcot is None and result.codes == ["internal_error"]
     assert "kaput" in result.problems[0].detail

@@ -1,13 +1,15 @@
 """Prompts of the Reasoner, the process-reward judge and the relevance filter.
 
-The seven Reasoner prompt kinds follow method.md §2.2 and the selection table of §4.1: one per side (query or
-candidate) and input modality, plus a separate kind for text queries whose targets are videos. Each kind knows
-the cue its T-CoT must carry (`PromptKind.cue`). The reasoner, the teacher annotator and the RL dataset all pick
-prompts with `select_prompt_kind`, so they cannot disagree.
+The seven Reasoner prompt kinds are those of the paper (App. F) and the released code, chosen per item as the
+released RL code chooses them: one per side (query or candidate) and input modality, plus a separate kind for
+text queries whose targets are videos. Each kind knows the cue its T-CoT must carry (`PromptKind.cue`). The
+reasoner, the teacher annotator and the RL dataset all pick prompts with `select_prompt_kind`, so they cannot
+disagree.
 
-All texts are written for this project from the summaries in the spec; none is copied from the official
-repository. Every Reasoner prompt holds one worked example in the exact output format, rendered by
-`embedrl.tcot.render`, because small or untrained models follow examples more than rules.
+All texts are written for this project from the published descriptions of the prompts (paper App. C and F);
+none is copied from the official repository. Every Reasoner prompt holds one worked example in the exact
+output format, rendered by `embedrl.tcot.render`, because small or untrained models follow examples more than
+rules.
 
 `reasoner_prompt` returns the user-turn text only; the caller places the image or the frames before it.
 """
@@ -25,7 +27,7 @@ Side = Literal["query", "candidate"]
 
 
 class PromptKind(str, Enum):
-    """The seven Reasoner prompt kinds (method.md §2.2)."""
+    """The seven Reasoner prompt kinds: the released code's `PROMPT_*` templates, per side and modality."""
 
     QUERY_TEXT_TO_IMAGE = "query_text_to_image"
     """A text-only query whose targets are not videos (text→image, or a generic text query)."""
@@ -73,7 +75,7 @@ _SIDE_ALIASES = {"query": "query", "qry": "query", "candidate": "candidate", "ca
 
 
 def select_prompt_kind(side: str, modality: str, target_modality: str | None = None) -> PromptKind:
-    """The prompt kind for an item (method.md §4.1).
+    """The prompt kind for an item, chosen as the released RL code chooses it.
 
     `side` is "query" or "candidate" ("pos", "positive" and "target" are accepted for the candidate side).
     `modality` is the item's input modality ("text", "image" or "video", as `Item.modality` gives it).
@@ -240,8 +242,9 @@ def reasoner_prompt(
 
     `text` is the item's text (a query, a caption, a label); `instruction` the task instruction, when the
     dataset has one. For video kinds, `num_frames` (default 8) and `fps` describe the frames shown. With
-    `answer`, the answer-conditioned variant for the teacher annotator is produced (method.md §2.2): the
-    reference answer guides the evidence but must not be copied.
+    `answer`, the answer-conditioned variant for the teacher annotator is produced (the official pipeline uses
+    such variants but publishes none, so this one is our own): the reference answer guides the evidence but
+    must not be copied.
     """
     kind = PromptKind(kind)
     text = text.strip() if isinstance(text, str) else None
@@ -330,7 +333,7 @@ def _input_lines(kind: PromptKind, text: str | None, instruction: str | None, fr
 
 
 def format_judge_anchor(instruction_or_text: str | None, reasoning: str, side: Side | str) -> str:
-    """One entry of the judge prompt (method.md §4.2), for an anchor or a candidate.
+    """One entry of the judge prompt, in the released reward code's layout, for an anchor or a candidate.
 
     Query side: ``"Instruction: …\\n\\nReasoning: …"``; candidate side: ``"Text: …\\n\\nReasoning: …"``. Without an
     instruction or text only the reasoning is given.
@@ -347,7 +350,8 @@ def format_judge_anchor(instruction_or_text: str | None, reasoning: str, side: S
 def judge_prompt(anchor: str, candidates: Sequence[str]) -> str:
     """The listwise prompt of the process-reward judge: pick the candidate most relevant to the anchor.
 
-    The caller shuffles `candidates` (method.md §11a); the judge answers with a 1-based number.
+    The caller shuffles `candidates` against the judge's position bias, as the paper does; the judge answers
+    with a 1-based number.
     """
     if not candidates:
         raise ValueError("the judge needs at least one candidate")
@@ -402,7 +406,7 @@ def parse_judge_answer(text: str | None, num_candidates: int) -> int | None:
 
 
 def relevance_filter_prompt(task: str, query_cot: str, pos_cot: str) -> str:
-    """The judgment prompt that filters teacher T-CoTs (method.md §2.3). "Yes" means drop the pair."""
+    """The judgment prompt that filters teacher T-CoTs (paper App. C.2). "Yes" means drop the pair."""
     return "\n".join([
         "You check training pairs for a multimodal search engine. Each pair has a task, the reasoning written "
         "about the query and the reasoning written about its correct match.",

@@ -1,4 +1,4 @@
-"""Rewards of Embedder-Guided RL (method.md §4.2, decisions §11a).
+"""Rewards of Embedder-Guided RL (paper Eqs. 3-5 and 7), weighted as the paper does by default.
 
 Pure functions over completions, vectors and judge answers: the format reward, the in-batch outcome reward,
 the listwise-judge process reward, and their weighting. The training wiring is in `train/egrl.py`.
@@ -188,7 +188,7 @@ def process_reward_from_answer(choice: int | None, positive_positions: set[int])
 REWARD_PRESETS: dict[str, dict[str, float]] = {
     # Paper App. B.2: R = 0.05·format + 0.8·process + 0.2·outcome.
     "paper": {"format": 0.05, "process": 0.8, "outcome": 0.2, "outcome_scale": 1.0},
-    # The released code swaps the roles and halves the outcome term (method.md §4.2, §8 #1).
+    # The released code swaps the roles and halves the outcome term.
     "official-code": {"format": 0.05, "process": 0.2, "outcome": 0.8, "outcome_scale": 0.5},
 }
 

@@ -1,8 +1,9 @@
 """Benchmarks as data: the 78 MMEB-V2 tasks and the 16 UVRB datasets with their groupings and metrics.
 
-Task names are the keys of the official per-task score files (VLM2Vec / Embed-RL layout, benchmarks.md §1.2);
-UVRB dataset names are the paper abbreviations (benchmarks.md §2.1). Aggregation code reads only these
-tables, so a change of benchmark definition is a change of data here.
+Task names are the keys of the official per-task score files (VLM2Vec / Embed-RL layout, e.g.
+`VisualNews_t2i`, `K700`); UVRB dataset names are the abbreviations of the GVE and Embed-RL papers (GVE
+Tables 4 and 5). Aggregation code reads only these tables, so a change of benchmark definition is a change of
+data here.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ MMEB_V2 = "MMEB-V2"
 MMEB_MODALITIES = ("image", "video", "visdoc")
 MMEB_MODALITY_LABELS = {"image": "Image", "video": "Video", "visdoc": "VisDoc"}
 
-# Main score per modality (benchmarks.md §1.6): Hit@1 for image and video, linear NDCG@5 with graded qrels for
-# VisDoc. The report multiplies it by 100.
+# Main score per modality, as the leaderboard script (VLM2Vec's `report_score_v2.py`) takes it: Hit@1 for
+# image and video, linear NDCG@5 with graded qrels for VisDoc. The report multiplies it by 100.
 MMEB_MAIN_METRIC = {"image": "hit@1", "video": "hit@1", "visdoc": "ndcg_linear@5"}
 
 
@@ -26,7 +27,7 @@ class MMEBTask:
     name: str          # key in the official score JSON
     modality: str      # image | video | visdoc
     meta_task: str     # display label of the meta-task (CLS, V-RET, VDRv1, ...)
-    eval_type: str     # local | global (benchmarks.md §1.1-1.2)
+    eval_type: str     # local (each query's own candidates) | global (the whole pool)
 
     @property
     def main_metric(self) -> str:
@@ -62,7 +63,7 @@ _MMEB_GROUPS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("OOD", "visdoc", "global", ("ViDoSeek-page-fixed", "ViDoSeek-doc", "MMLongBench-page-fixed", "MMLongBench-doc")),
 )
 
-# SmthSmthV2 ranks each query against its own negatives (benchmarks.md §1.2), unlike the other video CLS tasks.
+# SmthSmthV2 ranks each query against its row's own negatives (`neg_text`), unlike the other video CLS tasks.
 _EVAL_TYPE_EXCEPTIONS = {"SmthSmthV2": "local"}
 
 MMEB_TASKS: tuple[MMEBTask, ...] = tuple(
@@ -72,7 +73,7 @@ MMEB_TASKS: tuple[MMEBTask, ...] = tuple(
 MMEB_META_TASKS: tuple[str, ...] = tuple(group[0] for group in _MMEB_GROUPS)
 
 # Names that look like a leaderboard task but are a different data version: reported as unknown, with a hint,
-# never averaged in (benchmarks.md §1.7: the pre-Nov-2025 page sets score very differently).
+# never averaged in (the page sets before VLM2Vec's 2025-11-03 fix score very differently).
 MMEB_NOT_LEADERBOARD = {
     "ViDoSeek-page": "the unfixed page set; the leaderboard uses ViDoSeek-page-fixed",
     "MMLongBench-page": "the unfixed page set; the leaderboard uses MMLongBench-page-fixed",
@@ -94,7 +95,7 @@ class UVRBDataset:
 
 
 # R@k in Embed-RL's UVRB script is hit@k (`uvrb_recall`); MTEB-style recall differs when a query has several
-# positives (CMRB, LoVR-TH; benchmarks.md §2.3). P@1 equals hit@1 for MS-TI and MS-TV.
+# positives (CMRB, LoVR-TH). P@1 equals hit@1 for MS-TI and MS-TV.
 UVRB_DATASETS: tuple[UVRBDataset, ...] = (
     UVRBDataset("MSRVTT", "uvrb_recall@1", "R@1", ("MSR-VTT",)),
     UVRBDataset("DiDeMo", "uvrb_recall@1", "R@1"),
@@ -114,7 +115,7 @@ UVRB_DATASETS: tuple[UVRBDataset, ...] = (
     UVRBDataset("LoVR-C2V", "uvrb_recall@1", "R@1"),
 )
 
-# The ability tree (benchmarks.md §2.2, Embed-RL Table 11 = GVE Table 4). A child is a dataset name or another
+# The ability tree (Embed-RL Table 11 = GVE Table 4). A child is a dataset name or another
 # node. The hierarchical (GVE) scheme averages children; the flat (Embed-RL) scheme averages the leaf datasets.
 UVRB_TREE: dict[str, tuple[str, ...]] = {
     "S": ("CRB-S", "VDC-O"),

@@ -1,4 +1,4 @@
-"""Converters from the upstream MMEB-V2 layouts into task folders (benchmarks.md §1.1-1.3, §3.2).
+"""Converters from the upstream MMEB-V2 layouts into task folders (the format is docs/task-format.md).
 
 - **Image tasks (36)**: rows of `ziyjiang/MMEB_Test_Instruct` (config = task, split `test`; fields `qry_inst`,
   `qry_text`, `qry_img_path`, `tgt_inst`, `tgt_text[]`, `tgt_img_path[]`) or of the V1 `TIGER-Lab/MMEB-eval`
@@ -47,7 +47,7 @@ IMAGE_TASKS_HF = "ziyjiang/MMEB_Test_Instruct"
 VISDOC_QUERY_INSTRUCTION = "Find a document image that matches the given query:"
 VISDOC_CANDIDATE_INSTRUCTION = "Understand the content of the provided document image."
 
-# Hub datasets of the VisDoc tasks (benchmarks.md §1.2), recorded in task.json as the source to pin.
+# Hub datasets of the VisDoc tasks (BEIR layout), recorded in task.json as the source to pin.
 VISDOC_SOURCES = {
     **{f"ViDoRe_{n}": f"vidore/{n}_test_subsampled_beir" for n in ("arxivqa", "docvqa", "infovqa", "tabfquad")},
     "ViDoRe_tatdqa": "vidore/tatdqa_test_beir",

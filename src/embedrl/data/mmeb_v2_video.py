@@ -1,5 +1,5 @@
-"""Converters from the upstream MMEB-V2 video layouts into task folders (benchmarks.md §1.2, §1.4, §3.1): the
-18 video tasks, each read as its official loader (VLM2Vec's `src/data/eval_dataset/*`) reads it, with the frame
+"""Converters from the upstream MMEB-V2 video layouts into task folders (docs/task-format.md): the 18 video
+tasks, each read as its official loader (VLM2Vec's `src/data/eval_dataset/*`) reads it, with the frame
 folders of the MMEB-V2 release. Frames are the `.jpg`/`.jpeg`/`.png` files of a folder in natural name order,
 sampled with `linspace` (all of them when there are fewer); only the sampled frames are placed in the task.
 

@@ -1,4 +1,4 @@
-"""The unified task folder (benchmarks.md §3.2): one directory per retrieval task.
+"""The unified task folder (docs/task-format.md): one directory per retrieval task.
 
 ```
 <task>/

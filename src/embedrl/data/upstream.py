@@ -2,10 +2,10 @@
 leaves (Parquet shards or JSON Lines), media placed inside the task folder, and a task folder that appears only
 once it is complete.
 
-Task folders must hold their media (docs/task-format.md §1.6), so media are hard-linked when the source is on
-the same file system (no extra space) and copied otherwise. A conversion builds `<task>.partial/` and renames it
-when the folder validates, so an interrupted run never leaves a folder that looks finished; rerunning reuses the
-media already placed there.
+Task folders must hold their media (docs/task-format.md, "Media paths"), so media are hard-linked when the
+source is on the same file system (no extra space) and copied otherwise. A conversion builds `<task>.partial/`
+and renames it when the folder validates, so an interrupted run never leaves a folder that looks finished;
+rerunning reuses the media already placed there.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Converter from the UVRB layout (HF `Alibaba-NLP/UVRB`, one extracted folder per dataset) into task folders
-(benchmarks.md §2.1, §2.3, §3.2).
+(the format is docs/task-format.md).
 
 ```
 <dataset root>/
@@ -12,8 +12,8 @@
 
 Each video is sampled to `num_frames` (8, the benchmark's setting) over its frames in file-name order, and only
 those frames are placed in the task folder. The query prompt is the dataset's prompt from GVE Table 5. Every
-corpus is one global pool: whether MS-TI / MS-TV rank per-query pools upstream could not be checked here
-(benchmarks.md §5), so their scores may differ from the published ones until that is verified on real data.
+corpus is one global pool: whether MS-TI / MS-TV rank per-query pools upstream could not be checked without
+the real data, so their scores may differ from the published ones until that is verified on it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Retrieval metrics: pure functions over ranked relevance, per query and averaged per task (benchmarks.md §3.3).
+"""Retrieval metrics: pure functions over ranked relevance, per query and averaged per task.
+
+docs/task-format.md ("Metrics") gives the definitions for users.
 
 A query's ranking sorts candidates by (−score, candidate position) with a stable sort, so tied candidates keep
 their upstream order (`stable_order`). For metrics only the relevance grade at each rank matters, so every
@@ -12,7 +14,7 @@ Conventions, chosen to match VLM2Vec (`src/utils/eval_utils/metrics.py`) because
 computed with it:
 - precision@k divides by k even when the pool has fewer than k candidates (P@5 is 0.2 on 2-option QA).
 - A query with an empty P scores 0 on every metric except recall@k, which is 1.0 ("all of nothing was
-  found"; the VLM2Vec revision benchmarks.md cites). f1@k is then 0 because precision is 0. Some VLM2Vec
+  found", as VLM2Vec's `metrics.py` has it). f1@k is then 0 because precision is 0. Some VLM2Vec
   revisions return recall 0.0 instead; MMEB-V2 and UVRB tasks where every query has a positive are unaffected.
   `embedrl score` reports `queries_without_positives` so such queries never go unnoticed.
 - Grades are used as-is for NDCG (graded qrels, VisDoc); binary qrels are grades of 1, where the linear and

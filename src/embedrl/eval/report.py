@@ -1,4 +1,4 @@
-"""Benchmark tables from per-task results: MMEB-V2 (benchmarks.md §1.6) and UVRB (§2.2).
+"""Benchmark tables from per-task results: MMEB-V2 and UVRB, averaged as their leaderboards and papers do.
 
 Inputs, mixed freely (folders are searched recursively for `*.json`):
 - embedrl per-task results (`score_task` / `embedrl score` / `embedrl eval`);

@@ -2,7 +2,7 @@
 
 Rows follow `queries.jsonl` order and columns `candidates.jsonl` order. Global tasks rank the whole pool
 (blockwise exact top-k, ties to the lower candidate index); local tasks rank each query's own `candidate_ids`
-in their listed order, which is the tie-break order (benchmarks.md §3.2-3.3). Scores are cut at
+in their listed order, which is the tie-break order (docs/task-format.md, "Ties"). Scores are cut at
 max(k) + 1 ranks: the extra rank shows whether the best score is tied.
 """
 

@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoraSettings:
-    """LoRA on every Linear inside the backbone (method.md §1.5); the vision tower is an explicit choice."""
+    """LoRA on every Linear inside the backbone, as in the released code; the vision tower is an explicit
+    choice."""
 
     r: int = 64
     alpha: int = 128

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -304,3 +305,131 @@ def test_check_data_decode_names_the_pair_and_side(tmp_path, capsys) -> None:
     assert main(["train", "check-data", "--decode", str(pairs)]) == 1
     out = capsys.readouterr().out
     assert f"{pairs}:2: field 'negatives[0].images[0]':" in out and "bad.png" in out
+
+
+# ------------------------------------------------------------------------------ hard negatives across ranks
+
+
+def _uneven_negative_pairs(path: Path) -> Path:
+    """Eight image-to-text pairs whose hard negatives land unevenly on two ranks: (2, 0) negatives in step 1 and
+    (1, 2) in step 2. The sampler is asked where each pair will go, so the layout does not hang on its internals.
+    Image queries with text targets also make the groups use different parameters (the vision tower's), which
+    DDP's unused-parameter search must see in one forward."""
+    from PIL import Image
+
+    from embedrl.train.sampler import SubBatchSampler
+
+    sampler = SubBatchSampler({"d": list(range(8))}, 4, 1, seed=0)
+    sampler.set_epoch(0)
+    first, second = list(sampler)[:2]
+    negatives = {first[0]: 2, second[0]: 1, second[2]: 1, second[3]: 1}
+    records = []
+    for i in range(8):
+        Image.new("RGB", (32, 32), (30 * i, 255 - 30 * i, 90)).save(path.parent / f"q{i}.png")
+        record = {"dataset": "d", "query": {"text": f"a circle number {i}", "images": [f"q{i}.png"]},
+                  "positive": {"text": f"red circle {i}"}}
+        if negatives.get(i):
+            record["negatives"] = [{"text": f"blue square {i} {k}"} for k in range(negatives[i])]
+        records.append(record)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _uneven_config(out: Path, **overrides) -> EmbedderTrainingConfig:
+    # Full fine-tuning with plain SGD keeps the update linear in the gradient, so two ranks compare with one
+    # process to float precision (Adam's first steps amplify rounding in near-zero gradients).
+    settings = dict(max_steps=2, sub_batch_size=4, lora="none", optim="sgd", warmup_steps=0, plot=False,
+                    ddp_timeout=60)
+    settings.update(overrides)
+    return _config(out, **settings)
+
+
+def _train_rank(rank: int, world: int, port: int, model: str, pairs: str, out: str,
+                chunk: int | None) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    train_embedder(model, read_pairs(Path(pairs)), _uneven_config(Path(out), grad_cache_chunk=chunk))
+
+
+def _run_two_ranks(model: Path, pairs: Path, out: Path, chunk: int | None, timeout: float = 150.0) -> None:
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.spawn(_train_rank, args=(2, port, str(model), str(pairs), str(out), chunk), nprocs=2,
+                       join=False)
+    deadline = time.monotonic() + timeout
+    try:
+        while not context.join(timeout=max(0.1, deadline - time.monotonic())):
+            if time.monotonic() >= deadline:
+                pytest.fail(f"two-rank training still running after {timeout:.0f} s: the ranks deadlocked")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+
+
+@pytest.mark.timeout(400)
+def test_two_ranks_with_uneven_hard_negatives_train_like_one_process(tiny_qwen3_embedder, tmp_path,
+                                                                    caplog) -> None:
+    """2 gloo ranks through the real Trainer (DDP), one holding no hard negatives in a step, GradCache off and
+    on: the run completes and its weights equal one process training on the same global batches."""
+    import logging
+
+    pairs = _uneven_negative_pairs(tmp_path / "pairs.jsonl")
+    with caplog.at_level(logging.INFO, logger="embedrl.train.stage1"):
+        single = train_embedder(tiny_qwen3_embedder, read_pairs(pairs), _uneven_config(tmp_path / "single"))
+    assert "hard negatives: used; 4 of 8 pairs carry them (5 in all)" in caplog.text
+    initial = load_file(str(tiny_qwen3_embedder / "model.safetensors"))
+    reference = load_file(str(single / "model.safetensors"))
+    update = sum(float((reference[k] - initial[k]).norm() ** 2) for k in reference) ** 0.5
+    assert update > 1e-4
+    for chunk in (None, 1):
+        out = tmp_path / f"ranks-chunk{chunk}"
+        _run_two_ranks(tiny_qwen3_embedder, pairs, out, chunk)
+        assert _losses(out)[0] == pytest.approx(_losses(tmp_path / "single")[0], rel=1e-5)
+        trained = load_file(str(out / "final" / "model.safetensors"))
+        assert trained.keys() == reference.keys()
+        error = sum(float((trained[k] - reference[k]).norm() ** 2) for k in reference) ** 0.5
+        assert error < 1e-3 * update, (chunk, error, update)
+
+
+def test_hard_negatives_switched_off_train_like_pairs_without_them(tiny_qwen3_embedder, tmp_path,
+                                                                   caplog) -> None:
+    import logging
+
+    from embedrl.train.stage1 import PairCollator
+
+    pairs = read_pairs(_uneven_negative_pairs(tmp_path / "pairs.jsonl"))
+    stripped = [dataclasses.replace(p, negatives=[], negative_tcots=[]) for p in pairs]
+    with caplog.at_level(logging.INFO, logger="embedrl.train.stage1"):
+        off = train_embedder(tiny_qwen3_embedder, pairs,
+                             _uneven_config(tmp_path / "off", use_hard_negatives=False))
+    assert "hard negatives: ignored (use_hard_negatives=False)" in caplog.text
+    assert "4 of 8 pairs carry them" in caplog.text
+    without = train_embedder(tiny_qwen3_embedder, stripped, _uneven_config(tmp_path / "without"))
+    with_them = train_embedder(tiny_qwen3_embedder, pairs, _uneven_config(tmp_path / "with"))
+    a, b, c = (load_file(str(f / "model.safetensors")) for f in (off, without, with_them))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    assert max(float((c[k] - b[k]).abs().max()) for k in c) > 1e-6  # the negatives do change training
+    emb = Embedder.from_pretrained(tiny_qwen3_embedder)
+    assert PairCollator(emb, use_negatives=False)(pairs)["negatives"] == []  # their media are not even loaded
+
+
+def test_hard_negatives_flag_sets_the_config_field(tmp_path) -> None:
+    from embedrl.cli import build_parser
+    from embedrl.commands.train import FLAG_FIELDS, build_config
+
+    parser = build_parser()
+    for flag, expected in (([], True), (["--no-hard-negatives"], False), (["--hard-negatives"], True)):
+        args = parser.parse_args(["train", "embedder", "--model", str(tmp_path), "--pairs", "p.jsonl", "--out",
+                                  str(tmp_path / "o"), "--preset", "tiny", "--cpu", *flag])
+        assert build_config(EmbedderTrainingConfig, args, FLAG_FIELDS, EmbedderTrainingConfig.PRESETS
+                            ).use_hard_negatives is expected

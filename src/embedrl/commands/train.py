@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     emb.add_argument("--mixture", help="dataset weights YAML")
     emb.add_argument("--tcot", action=argparse.BooleanOptionalAction, dest="use_tcot", default=None,
                      help="condition on the teacher T-CoTs (default); --no-tcot: raw inputs, the paper's baseline")
+    emb.add_argument("--hard-negatives", action=argparse.BooleanOptionalAction, dest="use_hard_negatives",
+                     default=None, help="add the pairs' explicit hard negatives to the in-batch ones (default); "
+                     "--no-hard-negatives: in-batch negatives only, the paper's stage-1 loss")
     emb.add_argument("--lora", help="LoRA preset (2b, 4b, tiny) or none for full fine-tuning")
     emb.add_argument("--lora-r", type=positive_int, dest="lora_r", help="LoRA rank (overrides the preset's)")
     emb.add_argument("--lora-alpha", type=positive_int, dest="lora_alpha", help="LoRA alpha (overrides the preset's)")
@@ -93,7 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 FLAG_FIELDS = ("max_steps", "num_train_epochs", "learning_rate", "sub_batch_size", "sub_batches_per_batch",
                "grad_cache_chunk", "mixture", "use_tcot", "lora", "lora_r", "lora_alpha", "lora_include_vision",
-               "temperature", "learn_temperature", "save_steps", "seed", "use_cpu", "activation_checkpointing")
+               "temperature", "learn_temperature", "save_steps", "seed", "use_cpu", "activation_checkpointing",
+               "use_hard_negatives")
 
 
 def _train_embedder(args: argparse.Namespace) -> int:

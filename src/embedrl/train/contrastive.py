@@ -1,10 +1,13 @@
 """Stage-1 loss: symmetric InfoNCE on L2-normalised vectors with features gathered across ranks, and
 GradCache for large contrastive batches in bounded memory.
 
-Loss (method.md §3.1): L = ½ [CE(s·Q·Tᵀ, y) + CE(s·T·Qᵀ, y)], s = 1/τ = 50. With several ranks each rank
-scores its *local* queries against *all gathered* targets (and its local targets against all queries), with
-labels `arange(n_local) + n_local·rank` — `local_loss` semantics; gathering keeps gradients so every rank's
-features receive the gradient of every rank's loss. Optional hard negatives are appended to the targets.
+Loss: L = ½ [CE(s·Q·Tᵀ, y) + CE(s·T·Qᵀ, y)], s = 1/τ = 50. With several ranks each rank scores its *local*
+queries against *all gathered* targets (and its local targets against all queries), with labels
+`arange(n_local) + n_local·rank` — `local_loss` semantics; gathering keeps gradients so every rank's features
+receive the gradient of every rank's loss. Optional hard negatives are appended to the query side's targets.
+Pairs carry hard negatives only sometimes, so ranks hold different numbers of them (none, often): each rank's
+count is gathered first, every rank pads its negatives to the largest count, and the padding rows are dropped
+after the gather. Every rank thus makes the same collectives in the same order whatever it holds.
 
 GradCache (Gao et al., 2021): compute all representations without a graph in chunks, compute the loss on the
 full batch from detached copies, then replay each chunk with a graph and back-propagate the cached
@@ -47,6 +50,36 @@ def gather_features(x: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def gather_counts(count: int, device: torch.device | str = "cpu") -> list[int]:
+    """`count` of every rank, in rank order. A collective: every rank must call it, whatever its count."""
+    size, _ = world()
+    if size == 1:
+        return [count]
+    local = torch.tensor([count], dtype=torch.long, device=device)
+    parts = [torch.zeros_like(local) for _ in range(size)]
+    dist.all_gather(parts, local)
+    return [int(p.item()) for p in parts]
+
+
+def gather_ragged(x: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
+    """Concatenate `x` (n_rank, d) from every rank in rank order when ranks hold different n_rank, some none.
+
+    all_gather needs equal sizes, so each rank pads with zero rows to the largest count and the padding rows
+    are dropped after the gather rather than masked in the logits: nothing is set to -inf, so no row can be
+    masked entirely and turn into NaN. Only real rows receive gradient. Costs one extra (tiny) collective."""
+    size, _ = world()
+    if size == 1:
+        return x
+    counts = gather_counts(x.shape[0], x.device)
+    most = max(counts)
+    if most == 0:
+        return x
+    padded = F.pad(x, (0, 0, 0, most - x.shape[0]))
+    gathered = gather_features(padded, with_grad)
+    keep = torch.cat([torch.arange(r * most, r * most + c, device=x.device) for r, c in enumerate(counts)])
+    return gathered.index_select(0, keep)
+
+
 @dataclass
 class LossOutput:
     loss: torch.Tensor
@@ -55,10 +88,11 @@ class LossOutput:
 
 
 class ContrastiveLoss(torch.nn.Module):
-    """Symmetric InfoNCE with gathered features. `learn_temperature=True` makes log(s) a parameter."""
+    """Symmetric InfoNCE with gathered features. `learn_temperature=True` makes log(s) a parameter;
+    `use_hard_negatives=False` ignores any hard negatives passed in (in-batch negatives only)."""
 
     def __init__(self, temperature: float = 0.02, learn_temperature: bool = False, gather_with_grad: bool = True,
-                 max_scale: float = 100.0):
+                 max_scale: float = 100.0, use_hard_negatives: bool = True):
         super().__init__()
         if temperature <= 0:
             raise ValueError("temperature must be > 0")
@@ -69,6 +103,7 @@ class ContrastiveLoss(torch.nn.Module):
             self.register_buffer("log_scale", init)
         self.gather_with_grad = gather_with_grad
         self.max_scale = max_scale
+        self.use_hard_negatives = use_hard_negatives
 
     def forward(self, queries: torch.Tensor, positives: torch.Tensor,
                 hard_negatives: torch.Tensor | None = None) -> LossOutput:
@@ -79,8 +114,18 @@ class ContrastiveLoss(torch.nn.Module):
         all_q = gather_features(queries, self.gather_with_grad)
         all_p = gather_features(positives, self.gather_with_grad)
         targets = all_p
-        if hard_negatives is not None and hard_negatives.numel():
-            targets = torch.cat([all_p, gather_features(hard_negatives, self.gather_with_grad)], dim=0)
+        if self.use_hard_negatives:
+            # Gathered even when this rank holds none: the other ranks' negatives are its negatives too, and
+            # skipping the collective here would leave the ranks that hold some waiting forever. The backward
+            # of a gather with gradients is a collective as well, so the local part is tied to the queries'
+            # graph: a rank without negatives (or with detached ones) must still run that backward.
+            dim = queries.shape[1]
+            local = queries[:0]
+            if hard_negatives is not None and hard_negatives.numel():
+                local = torch.cat([local, hard_negatives.reshape(-1, dim).to(queries.dtype)])
+            negatives = gather_ragged(local, self.gather_with_grad)
+            if negatives.shape[0]:
+                targets = torch.cat([all_p, negatives.to(all_p.dtype)], dim=0)
         n = queries.shape[0]
         labels = torch.arange(n, device=queries.device) + n * rank
         logits_q = scale * queries @ targets.T

@@ -1,6 +1,6 @@
 """Batch samplers.
 
-`SubBatchSampler` (stage 1, method.md §3.3): a global batch is made of sub-batches, each drawn from ONE dataset
+`SubBatchSampler` (stage 1, the VLM2Vec sub-batch scheme of the released `InterleavedSubBatchSampler`): a global batch is made of sub-batches, each drawn from ONE dataset
 (in-batch negatives from the same dataset are harder), the dataset picked with probability ∝ weight × size,
 each dataset an endless reshuffled cycle, at most `max_video_sub_batches` video sub-batches per global batch
 (an extra video draw is redrawn among the others), and the global batch split contiguously across ranks.

@@ -52,10 +52,12 @@ class EmbedderTrainingConfig(TrainingArguments):
     grad_cache_chunk: int | None = field(default=None, metadata={"help": "GradCache chunk size (None: off)"})
     use_tcot: bool = field(default=True, metadata={"help": "condition on teacher T-CoTs (False: raw input)"})
     gather_with_grad: bool = field(default=True, metadata={"help": "all-gather features with gradients"})
+    use_hard_negatives: bool = field(default=True, metadata={"help": "add the pairs' hard negatives to the "
+                                                                     "in-batch ones (False: in-batch only)"})
     max_text_tokens: int | None = field(default=480, metadata={"help": "truncate item text (tokens)"})
     merge_lora: bool = field(default=True, metadata={"help": "save a merged checkpoint at the end"})
     plot: bool = field(default=True, metadata={"help": "write training_curve.png at the end"})
-    # Paper defaults (method.md §3.2) instead of TrainingArguments' generic ones.
+    # Paper defaults (App. B.1: lr 1e-4, cosine, 10 warm-up steps, wd 0.01) instead of TrainingArguments' generic ones.
     learning_rate: float = field(default=1e-4, metadata={"help": "peak learning rate"})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "learning-rate schedule"})
     warmup_steps: float = field(default=10, metadata={"help": "linear warm-up steps"})
@@ -135,16 +137,17 @@ class PairCollator:
     """Pairs -> Embedder inputs (media loaded, teacher T-CoT evidence inserted). Tokenisation happens later,
     per chunk, so GradCache can cut the batch anywhere."""
 
-    def __init__(self, embedder: Embedder, use_tcot: bool = True):
+    def __init__(self, embedder: Embedder, use_tcot: bool = True, use_negatives: bool = True):
         self.embedder = embedder
         self.use_tcot = use_tcot
+        self.use_negatives = use_negatives  # False: their media are not even loaded
 
     def __call__(self, pairs: list[TrainingPair]) -> dict[str, Any]:
         def build(item, tcot):
             return self.embedder.build_input(item, tcot if self.use_tcot else None)
 
-        negatives = [build(n, t) for p in pairs for n, t in zip(p.negatives, p.negative_tcots or
-                                                                  [None] * len(p.negatives))]
+        negatives = [build(n, t) for p in pairs if self.use_negatives
+                     for n, t in zip(p.negatives, p.negative_tcots or [None] * len(p.negatives))]
         return {
             "queries": [build(p.query, p.query_tcot) for p in pairs],
             "positives": [build(p.positive, p.positive_tcot) for p in pairs],
@@ -171,7 +174,10 @@ class EmbeddingModule(torch.nn.Module):
         self.backbone = embedder.model
         self.emb_token_id = embedder.emb_token_id
 
-    def forward(self, **batch: Any) -> torch.Tensor:
+    def forward(self, batches: list[dict[str, Any]] | None = None, **batch: Any) -> Any:
+        """Embeddings of one collated batch, or a tuple of them for `batches` (each padded on its own)."""
+        if batches is not None:
+            return tuple(pooled_embeddings(self.backbone, b, self.emb_token_id) for b in batches)
         return pooled_embeddings(self.backbone, batch, self.emb_token_id)
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
@@ -204,10 +210,12 @@ class ContrastiveTrainer(Trainer):
         self.embedder = embedder
         embedder.changed_in_memory = True  # training moves the weights away from any saved folder
         self.mixture = mixture
-        self.loss_fn = ContrastiveLoss(args.temperature, args.learn_temperature, args.gather_with_grad)
+        self.loss_fn = ContrastiveLoss(args.temperature, args.learn_temperature, args.gather_with_grad,
+                                       use_hard_negatives=args.use_hard_negatives)
         self._accuracies: list[float] = []
+        collator = PairCollator(embedder, args.use_tcot, args.use_hard_negatives)
         super().__init__(model=EmbeddingModule(embedder), args=args, train_dataset=train_dataset,
-                         data_collator=PairCollator(embedder, args.use_tcot), **kwargs)
+                         data_collator=collator, **kwargs)
         self.loss_fn.to(self.args.device)
 
     # ------------------------------------------------------------------------------------------------ data
@@ -241,30 +249,46 @@ class ContrastiveTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         model.train()
         scale = 1.0 / max(1, getattr(self, "current_gradient_accumulation_steps", 1))
-        groups = [inputs["queries"], inputs["positives"]]
-        if inputs["negatives"]:
-            groups.append(inputs["negatives"])
+        groups = self._groups(inputs)
 
         def encode(chunk):
             return model(**self.embedder.collate(chunk))
 
         if self.args.grad_cache_chunk:
+            # Ranks replay different numbers of chunks when their negatives differ; that is safe because every
+            # chunk but the last runs under no_sync, which makes no collective in DDP's forward or backward.
             distributed = self.args.world_size > 1
             out = grad_cache_step(
                 encode, groups, self.loss_fn, self.args.grad_cache_chunk, backward=self.accelerator.backward,
                 no_sync=(lambda: self.accelerator.no_sync(model)) if distributed else None, loss_scale=scale,
             )
         else:
-            out = self.loss_fn(*[encode(g) for g in groups])
+            out = self.loss_fn(*self._encode_groups(model, groups))
             self.accelerator.backward(out.loss * scale)
         self._accuracies.append(out.accuracy)
         self._last_scale = out.scale
         return out.loss.detach() * scale
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        groups = [inputs["queries"], inputs["positives"]] + ([inputs["negatives"]] if inputs["negatives"] else [])
-        out: LossOutput = self.loss_fn(*[model(**self.embedder.collate(g)) for g in groups])
+        out: LossOutput = self.loss_fn(*self._encode_groups(model, self._groups(inputs)))
         return (out.loss, out) if return_outputs else out.loss
+
+    def _groups(self, inputs: dict[str, Any]) -> list[list]:
+        """Queries, positives and (when used) this rank's hard negatives, which may be none: the loss gathers
+        the other ranks' negatives all the same."""
+        groups = [inputs["queries"], inputs["positives"]]
+        if self.args.use_hard_negatives:
+            groups.append(inputs["negatives"])
+        return groups
+
+    def _encode_groups(self, model, groups: list[list]) -> list[torch.Tensor | None]:
+        """Every non-empty group in ONE call of the model (None for an empty one). DDP broadcasts buffers in
+        each forward, so a rank without hard negatives making one call fewer than the others would pair its
+        next collective with their broadcast and hang; one call also lets DDP's unused-parameter search see
+        every group's graph, not only the last one's."""
+        present = [g for g in groups if g]
+        reps = iter(model(batches=[self.embedder.collate(g) for g in present]))
+        return [next(reps) if g else None for g in groups]
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._accuracies and "loss" in logs:
@@ -328,6 +352,19 @@ def latest_checkpoint(output_dir: str | Path) -> str | None:
     return str(max(complete)[1]) if complete else None
 
 
+def log_hard_negatives(pairs: list[TrainingPair], used: bool) -> None:
+    carrying = [p for p in pairs if p.negatives]
+    count = sum(len(p.negatives) for p in carrying)
+    if not carrying:
+        log.info("hard negatives: none in the %d pairs; in-batch negatives only", len(pairs))
+    elif used:
+        log.info("hard negatives: used; %d of %d pairs carry them (%d in all)",
+                 len(carrying), len(pairs), count)
+    else:
+        log.info("hard negatives: ignored (use_hard_negatives=False), in-batch negatives only; "
+                 "%d of %d pairs carry them (%d in all)", len(carrying), len(pairs), count)
+
+
 def train_embedder(model_path: str | Path, pairs: list[TrainingPair], config: EmbedderTrainingConfig,
                    resume: bool | str = False, callbacks: list | None = None) -> Path:
     """Run stage 1 and return the final Embedder checkpoint folder (merged LoRA by default)."""
@@ -344,6 +381,7 @@ def train_embedder(model_path: str | Path, pairs: list[TrainingPair], config: Em
         set_seed(config.seed)  # LoRA A-matrices are drawn here: a rerun must draw the same ones
         embedder.add_lora(lora)
     mixture = Mixture.from_yaml(config.mixture) if config.mixture else None
+    log_hard_negatives(pairs, config.use_hard_negatives)
     trainer = ContrastiveTrainer(embedder, config, PairDataset(pairs), mixture=mixture, callbacks=callbacks)
     checkpoint = None
     if resume:

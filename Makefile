@@ -1,4 +1,5 @@
-# Two entry points (see README): `make demo` and `make test`. Both create .venv and install everything.
+# Two entry points (see README): `make demo` and `make test` (lint, then the whole suite). Both create .venv
+# and install everything.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -18,7 +19,9 @@ setup: $(STAMP)
 demo: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/embedrl demo --out demo-output
 
+# Lint first: a style error fails CI in seconds instead of after the whole suite.
 test: setup
+	$(BIN)/ruff check src tests benchmarks
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest
 
 lint: setup

@@ -159,3 +159,17 @@ def test_presets_and_style_names() -> None:
     assert EvidenceRules(keyframe_base=0, max_crops=2).style == "custom"
     with pytest.raises(ConfigError, match="unknown evidence style"):
         EvidenceRules.preset("vlm2vec")
+
+
+@pytest.mark.parametrize("coordinate", ["1e308", "1" + "0" * 400, "-1e308"])
+def test_coordinates_too_large_to_scale_are_clamped(coordinate: str) -> None:
+    ev = read_evidence(wrap(f'x {{"bbox_2d": [[0, 0, 500, {coordinate}]]}}'),
+                       crop_source=Image.new("RGB", (100, 100)), num_frames=0, rules=OFFICIAL)
+    expected = [(0, 0, 50, 100)] if not coordinate.startswith("-") else []
+    assert ev.crop_boxes == expected
+
+
+def test_a_flat_list_of_more_than_four_numbers_is_noted() -> None:
+    ev = read_evidence(wrap('x {"bbox_2d": [100, 100, 500, 500, 600, 600, 900, 900]}'),
+                       crop_source=Image.new("RGB", (100, 100)), num_frames=0, rules=PAPER)
+    assert ev.crop_boxes == [(10, 10, 50, 50)] and any("first four" in n for n in ev.notes)

@@ -250,3 +250,70 @@ def test_no_upward_imports() -> None:
 def test_settings_objects_are_plain_values() -> None:
     settings = EncodeSettings(num_frames=4, cache_dir="c")
     assert settings.cache_dir == Path("c") and np.isscalar(settings.num_frames)
+
+
+def test_one_bad_tcot_fails_its_item_only(embedder) -> None:
+    huge = '<thinking>x {"bbox_2d": [[0, 0, 500, 1e308]]}</thinking><rethink>r</rethink><answer>a</answer>'
+    items = [Item(id="fine", text="a ball"), Item(id="odd", text="a cube")]
+    result = encode_detailed(items, embedder, tcots=[None, huge], progress=False)
+    assert not result.failures and np.isfinite(result.vectors).all()
+
+    def broken(item, tcot=None, media=None):
+        if item.id == "odd":
+            raise ValueError("cannot build")
+        return Embedder.build_input(embedder, item, tcot, media)
+
+    embedder.build_input = broken  # an input error of one item
+    result = encode_detailed(items, embedder, reasoning="off", progress=False)
+    assert [(f.id, f.stage) for f in result.failures] == [("odd", "input")]
+    assert np.isfinite(result.vectors[0]).all()
+
+
+def test_a_window_lets_go_of_media_after_their_last_use(embedder, tmp_path: Path, monkeypatch) -> None:
+    held: list[int] = []
+    real_get = pipeline._MediaWindow.get
+
+    def spying_get(self, item):
+        value = real_get(self, item)
+        held.append(len(self.loaded))
+        return value
+
+    monkeypatch.setattr(pipeline._MediaWindow, "get", spying_get)
+    items = [_video(tmp_path, f"v{k}") for k in range(6)]
+    encode_detailed(items, embedder, SpyReasoner(), num_frames=FRAMES, batch_size=2, window=2, progress=False)
+    # a window's items wait between the Reasoner and the Embedder, then go: never more than a window at once
+    assert held and max(held) <= 2
+    held.clear()
+    encode_detailed(items, embedder, reasoning="off", num_frames=FRAMES, batch_size=2, progress=False,
+                    cache_dir=tmp_path / "c")
+    assert max(held) == 0  # without a Reasoner each item's media is used once and dropped at once
+
+
+def test_a_lone_surrogate_is_an_item_problem_not_a_crash(tmp_path: Path) -> None:
+    from embedrl.data.items import content_key, parse_item
+
+    problems: list = []
+    assert parse_item({"id": "a", "text": "broken \ud800 text"}, file="items.jsonl", line=3, problems=problems) is None
+    assert "lone surrogate" in str(problems[0]) and "items.jsonl:3" in str(problems[0])
+    assert content_key(Item(id="a", text="broken \ud800 text"))  # hashing never raises
+
+
+def test_several_images_take_keyframes_as_the_official_code_does(embedder, tmp_path: Path) -> None:
+    paths = []
+    for k in range(3):
+        paths.append(tmp_path / f"{k}.png")
+        Image.new("RGB", (64, 48), (10 * k, 0, 0)).save(paths[-1])
+    tcot = '<thinking>x {"key_frames": [3, 1]}</thinking>\n<rethink>r</rethink>\n<answer>a</answer>'
+    built = embedder.build_input(Item(id="album", text="t", images=[str(p) for p in paths]), tcot)
+    assert [(p.role, p.frame_index) for p in built.placements if p.role == "keyframe"] == [("keyframe", 2),
+                                                                                        ("keyframe", 0)]
+
+
+def test_a_legacy_config_keeps_its_frame_minimum(tmp_path: Path) -> None:
+    import json
+
+    from embedrl.models.embedder_input import EMBEDDER_CONFIG_FILE, EmbedderConfig
+
+    (tmp_path / EMBEDDER_CONFIG_FILE).write_text(json.dumps({"image_min_pixels": 131072, "num_frames": 8}))
+    config = EmbedderConfig.load(tmp_path)
+    assert config.frame_min_pixels == 131072 and config.evidence_style == "embedrl"

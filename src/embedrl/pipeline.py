@@ -63,7 +63,7 @@ class EncodeError(EmbedRLError):
 @dataclass
 class EncodeResult:
     vectors: np.ndarray                       # (n, dim) float32, NaN rows for failures
-    tcots: list[str | None]                   # raw T-CoT text per item (None: reasoning off or failed)
+    tcots: list[Any]                          # T-CoT per item: the Reasoner's raw text, or as given (None: none)
     failures: list[EncodeFailure] = field(default_factory=list)
     notes: dict[str, list[str]] = field(default_factory=dict)  # item id -> evidence notes (dropped boxes…)
     computed: int = 0                         # vectors computed in this call (the rest came from caches)
@@ -218,8 +218,9 @@ class EncodeSettings:
     cache_dir: Path | None = None
     """Folder of the T-CoT and vector caches; a rerun resumes from them. None: no caches."""
     progress: bool = True
-    window: int = 256
-    """Unique items whose media are held in memory at once: each is loaded once and handed to both models."""
+    window: int | None = None
+    """Unique items per window: each item's media are loaded once and handed to both models, and a window's
+    items wait in memory between the Reasoner and the Embedder. None: four Reasoner batches."""
 
     def __post_init__(self) -> None:
         if self.reasoning is not None and self.reasoning not in REASONING_MODES:
@@ -240,8 +241,9 @@ class EncodeSettings:
         if frames != embedder.config.num_frames:
             log.info("sampling %d frames per video for both models instead of the Embedder's saved %d "
                      "(EncodeSettings.num_frames)", frames, embedder.config.num_frames)
-        return replace(self, reasoning=reasoning, num_frames=frames,
-                       reasoner_batch_size=self.reasoner_batch_size or self.batch_size)
+        reasoner_batch = self.reasoner_batch_size or self.batch_size
+        return replace(self, reasoning=reasoning, num_frames=frames, reasoner_batch_size=reasoner_batch,
+                       window=self.window or 4 * max(reasoner_batch, self.batch_size))
 
     def record(self) -> dict[str, Any]:
         """What a result stores about the run."""
@@ -312,11 +314,17 @@ def _media_key(item: Item) -> str:
 
 
 class _MediaWindow:
-    """Media of the items of one window, each loaded once and handed to both models."""
+    """Media of the items of one window, each loaded once, handed to both models, and let go after its last use
+    (so a window holds at most the media still waiting for a model, not every item's frames)."""
 
     def __init__(self, num_frames: int):
         self.num_frames = num_frames
         self.loaded: dict[str, Any] = {}
+        self.uses: dict[str, int] = {}
+
+    def expect(self, item: Item, uses: int = 1) -> None:
+        key = _media_key(item)
+        self.uses[key] = self.uses.get(key, 0) + uses
 
     def get(self, item: Item) -> tuple[list, list]:
         key = _media_key(item)
@@ -326,9 +334,21 @@ class _MediaWindow:
             except MediaError as exc:
                 self.loaded[key] = exc
         value = self.loaded[key]
+        self.uses[key] = self.uses.get(key, 1) - 1
+        if self.uses[key] <= 0:
+            self.loaded.pop(key, None)
+            self.uses.pop(key, None)
         if isinstance(value, MediaError):
             raise value
         return value
+
+    def release(self, item: Item) -> None:
+        """An expected use that will not happen (its vector came from the cache after all)."""
+        key = _media_key(item)
+        self.uses[key] = self.uses.get(key, 1) - 1
+        if self.uses[key] <= 0:
+            self.loaded.pop(key, None)
+            self.uses.pop(key, None)
 
 
 def _embed_groups(embedder: EmbedderLike, items: Sequence[Item], texts: Sequence[Any], groups: dict[str, list[int]],
@@ -347,6 +367,10 @@ def _embed_groups(embedder: EmbedderLike, items: Sequence[Item], texts: Sequence
                 built = embedder.build_input(item, texts[rows[0]], media=media.get(item))
             except MediaError as exc:
                 failures.extend(EncodeFailure(row, items[row].id, "media", str(exc)) for row in rows)
+                continue
+            except (ValueError, TypeError, OverflowError) as exc:  # one bad item must not stop the others
+                failures.extend(EncodeFailure(row, items[row].id, "input", f"{type(exc).__name__}: {exc}")
+                                for row in rows)
                 continue
             for row in rows:  # every id that shares this computation gets the notes
                 if built.notes:
@@ -467,7 +491,9 @@ def encode_detailed(
     waiting = {row for rows in pending.values() for row in rows} | {f.index for f in failures}
 
     def vector_key(row: int) -> str:
-        return _digest(content_key(items[row]), _tcot_id(texts[row]), fingerprint, frames)
+        # the frame count only changes what a video item is: other items keep their keys across settings
+        seen_frames = frames if items[row].video is not None else None
+        return _digest(content_key(items[row]), _tcot_id(texts[row]), fingerprint, seen_frames)
 
     to_embed: dict[str, list[int]] = {}
     for row in range(n):
@@ -487,21 +513,30 @@ def encode_detailed(
             media = _MediaWindow(frames)
             groups = {key: to_embed[key] for kind, key in window if kind == "embed"}
             generate = [key for kind, key in window if kind == "reason"]
+            for key in generate:  # once for the Reasoner, once for the Embedder
+                media.expect(items[pending[key][0]], uses=2)
+            for rows in groups.values():
+                media.expect(items[rows[0]])
             if generate:
                 done = _generate(items, reasoner, settings, generate, pending, media, texts, tcache, tcot_keys,
                                  failures, reason_bar)
                 for key in generate:
+                    rows = pending[key]
                     if key not in done:
+                        media.release(items[rows[0]])
                         embed_bar.update(1)
                         continue
-                    rows = pending[key]
                     vkey = vector_key(rows[0])
                     cached = vcache.get(vkey) if vcache is not None else None
                     if cached is not None:
                         out[rows] = cached
+                        media.release(items[rows[0]])
                         embed_bar.update(1)
+                    elif vkey in groups:  # the same vector is already to be computed in this window
+                        groups[vkey].extend(rows)
+                        media.release(items[rows[0]])
                     else:
-                        groups.setdefault(vkey, []).extend(rows)
+                        groups[vkey] = list(rows)
             computed += _embed_groups(embedder, items, texts, groups, media, out, vcache, settings.batch_size,
                                       embed_bar, failures, notes)
     finally:
@@ -517,8 +552,9 @@ def _known_tcots(items: Sequence[Item], reasoner: ReasonerLike | None, settings:
     """(T-CoT per row or None, T-CoT key -> rows still to generate, T-CoT key -> content key)."""
     n = len(items)
     texts: list[str | None] = [None] * n
-    extra = f"{settings.side}|{settings.target_modality}|frames={settings.num_frames}"
-    contents = [_digest(content_key(it, extra=extra)) for it in items]
+    extra = f"{settings.side}|{settings.target_modality}"
+    contents = [_digest(content_key(it, extra=extra + (f"|frames={settings.num_frames}" if it.video else "")))
+                for it in items]
     if reasoner is not None:
         identity = reasoner_fingerprint(reasoner, settings.num_frames)
         keys = [_digest(content, identity) for content in contents]
@@ -542,6 +578,11 @@ def _known_tcots(items: Sequence[Item], reasoner: ReasonerLike | None, settings:
                                           "'generate' with a reasoner"))
         else:
             pending.setdefault(key, []).append(i)
+    found = sum(t is not None for t in texts)
+    if cache is not None and cache.entries and found == 0 and n:
+        log.warning("%s holds %d T-CoTs but none for these %d items with this Reasoner and these settings (written "
+                    "by another Reasoner, frame count or embedrl version?); %s", cache.path, len(cache.entries), n,
+                    "they are generated again" if settings.reasoning == "generate" else "each item fails")
     return texts, pending, dict(zip(keys, contents))
 
 

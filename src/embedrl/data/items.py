@@ -111,6 +111,13 @@ def _expect(obj: dict, key: str, kinds: tuple, problems: list[Problem], where: d
             Problem(message=f"expected {names}, got {type(value).__name__}", field=key, **where)
         )
         return None
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # JSON's "\ud800" escapes decode to text no tokenizer can encode
+            problems.append(Problem(message=f"contains a lone surrogate {value[exc.start]!r} at character "
+                                    f"{exc.start + 1}; fix the text's encoding", field=key, **where))
+            return None
     return value
 
 
@@ -306,7 +313,8 @@ def content_key(item: Item, extra: str = "") -> str:
     bytes, so editing an image in place invalidates caches.
     """
     h = hashlib.sha256()
-    h.update(json.dumps([item.instruction, item.text, extra], ensure_ascii=False).encode())
+    # ensure_ascii: a lone surrogate (valid in JSON, not in UTF-8) must not stop the hash of the whole run
+    h.update(json.dumps([item.instruction, item.text, extra]).encode())
     for img in item.images:
         h.update(b"\x00img")
         _hash_media(h, img)

@@ -145,6 +145,8 @@ class EmbedderConfig:
                         "</answer>, frames before the text); it is now read with layout %d, the official one. "
                         "Retrain it for exact vectors.", file, INPUT_LAYOUT)
             legacy = EvidenceRules.preset("embedrl")
+            if known.get("image_min_pixels") and "frame_min_pixels" not in raw:
+                known["frame_min_pixels"] = known["image_min_pixels"]  # layout 1 applied it to frames too
             known.pop("max_crops", None)
             known.pop("max_keyframes", None)
             known.update(keyframe_base=legacy.keyframe_base, repair_cue_json=legacy.repair_cue_json,
@@ -275,7 +277,11 @@ def build_input(
     if truncate is not None and text:
         text = truncate(text)
     visuals = len(images) + len(frames)
-    frame_layout = visuals > 1 and bool(frames) and config.video_mode == "frames"
+    # Keyframes index the item's visual sequence: its frames, or (as the official code reads any list of more
+    # than one picture as frames) its images when it has several and no video.
+    sequence_pictures = list(frames) if frames else (list(images) if len(images) > 1 else [])
+    if config.video_mode == "video" and frames:
+        sequence_pictures = []
     content: list[dict] = []
     placed: list[Image.Image] = []
     placements: list[ImagePlacement] = []
@@ -304,7 +310,7 @@ def build_input(
 
     notes: list[str] = []
     crop_source = images[0] if images else (frames[0] if frames else None)
-    evidence = read_evidence(tcot, crop_source=crop_source, num_frames=len(frames) if frame_layout else 0,
+    evidence = read_evidence(tcot, crop_source=crop_source, num_frames=len(sequence_pictures),
                              rules=config.evidence_rules)
     if evidence is not None:
         notes.extend(evidence.notes)
@@ -316,7 +322,7 @@ def build_input(
             for box, crop in zip(evidence.crop_boxes, evidence.crops):
                 place(crop, "crop", crop_bounds, crop_box=box)
             for index in evidence.keyframe_indices:
-                place(frames[index], "keyframe", bounds.frame, frame_index=index)
+                place(sequence_pictures[index], "keyframe", bounds.frame, frame_index=index)
             if evidence.tail_text:
                 content.append({"type": "text", "text": evidence.tail_text})
     content.append({"type": "text", "text": config.summary_prompt})

@@ -190,9 +190,19 @@ def _lenient_cue(text: str) -> dict | None:
     return {kind: [list(v) for v in value] if kind == "bbox_2d" else list(value)}
 
 
+# Far outside any image: coordinates beyond it are clamped to the image anyway, and scaling a larger one (a
+# 400-digit integer a degenerate rollout can write) would overflow.
+_COORDINATE_LIMIT = 1e9
+
+
 def _is_number(value: Any) -> bool:
     # JSON allows NaN and Infinity; they cannot be scaled to a pixel (the official code raises on them).
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float: clamped by pixel_box
+        return True
 
 
 def _boxes(value: Any, notes: list[str]) -> list[list]:
@@ -201,6 +211,8 @@ def _boxes(value: Any, notes: list[str]) -> list[list]:
             notes.append("bbox_2d is not a list: no crops")
         return []
     if len(value) >= 4 and all(_is_number(v) for v in value):
+        if len(value) > 4:
+            notes.append(f"a flat bbox_2d of {len(value)} numbers: only the first four are one box")
         return [value]  # one flat box
     boxes = []
     for number, box in enumerate(value, start=1):
@@ -213,7 +225,8 @@ def _boxes(value: Any, notes: list[str]) -> list[list]:
 
 def pixel_box(box: list, width: int, height: int) -> tuple[int, int, int, int]:
     """A 0–1000 box in pixels: each coordinate scaled and truncated toward zero, then clamped to the image."""
-    x1, y1, x2, y2 = (int(v * size / COORDINATE_MAX) for v, size in zip(box[:4], (width, height, width, height)))
+    x1, y1, x2, y2 = (int(max(-_COORDINATE_LIMIT, min(v, _COORDINATE_LIMIT)) * size / COORDINATE_MAX)
+                      for v, size in zip(box[:4], (width, height, width, height)))
     return (max(0, min(x1, width)), max(0, min(y1, height)), max(0, min(x2, width)), max(0, min(y2, height)))
 
 

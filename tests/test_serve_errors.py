@@ -1,5 +1,6 @@
-"""The server answers what a client gets wrong with a 400 naming the field, survives clients that go away, and
-tells OpenAI clients why a reply ended and what it cost."""
+"""The server answers what a client gets wrong with a 400 naming the field, survives clients that go away, tells
+OpenAI clients why a reply ended and what it cost, and answers overload (503), slowness (504) and a missing API
+key (401) with a JSON error."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import logging
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass
 
 import pytest
 
 from embedrl.models.embedder import Embedder
 from embedrl.models.reasoner import TransformersBackend
-from embedrl.serve import EmbedRLServer
+from embedrl.serve import EmbedRLServer, ServeSettings
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n{ } loop\n"
 EPS_URL = "data:image/png;base64," + base64.b64encode(EPS).decode()
@@ -29,14 +31,20 @@ def server(tiny_qwen3_embedder, tiny_qwen3_reasoner):
         yield srv
 
 
-def _post(server, route: str, body: bytes | dict) -> tuple[int, dict]:
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    host, port = server.httpd.server_address[:2]
+def _post(server, route: str, body: bytes | dict, headers: dict | None = None) -> tuple[int, dict]:
+    status, reply, _ = _exchange(server, "POST", route, body, headers)
+    return status, reply
+
+
+def _exchange(server, method: str, route: str, body: bytes | dict | None = None,
+              headers: dict | None = None) -> tuple[int, dict, http.client.HTTPResponse]:
+    raw = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    host, port = server.address
     conn = http.client.HTTPConnection(host, port, timeout=60)
     try:
-        conn.request("POST", route, body=raw, headers={"Content-Type": "application/json"})
+        conn.request(method, route, body=raw, headers={"Content-Type": "application/json", **(headers or {})})
         response = conn.getresponse()
-        return response.status, json.loads(response.read())
+        return response.status, json.loads(response.read()), response
     finally:
         conn.close()
 
@@ -71,6 +79,48 @@ def test_client_mistakes_are_400_naming_the_field(server, route, body, message) 
     status, reply = _post(server, route, body)
     assert status == 400, reply
     assert message in reply["error"]["message"]
+
+
+def test_an_item_the_embedder_cannot_take_fails_only_its_request(server) -> None:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (600, 2), (0, 0, 0)).save(buffer, format="PNG")  # 300:1 cannot be resized for the model
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    results: dict = {}
+    bodies = {"bad": {"input": ["fine", {"images": [url]}]}, "good": {"input": ["also fine"]}}
+    threads = [threading.Thread(target=lambda k=k, b=b: results.__setitem__(k, _post(server, "/v1/embeddings", b)))
+               for k, b in bodies.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    status, reply = results["bad"]
+    assert status == 400 and reply["error"]["message"].startswith("input[1]: media: image of 600x2 px cannot be")
+    assert results["good"][0] == 200
+
+
+def test_a_reply_before_the_body_was_read_closes_the_connection_only_when_needed() -> None:
+    with EmbedRLServer(generator=PlainGenerator(), api_key="k") as srv:
+        # a small body arrives with its headers: the 401 keeps the connection for the next request
+        # (the next request is sent after the reply: pipelined requests are not what this checks)
+        with socket.create_connection(srv.address, timeout=10) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+            first = http.client.HTTPResponse(sock)
+            first.begin()
+            first.read()
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            second = http.client.HTTPResponse(sock)
+            second.begin()
+            assert (first.status, second.status) == (401, 200)
+        # a body that keeps coming is not read for nobody: the 401 closes the connection
+        with socket.create_connection(srv.address, timeout=10) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            assert response.status == 401 and response.getheader("Connection") == "close"
 
 
 def test_the_server_still_works_after_the_bad_requests(server) -> None:
@@ -151,26 +201,87 @@ def test_the_transformers_backend_reports_a_reply_cut_by_max_tokens(server) -> N
 def test_a_client_that_hangs_up_mid_reply_leaves_no_traceback(capsys, caplog) -> None:
     generator = StubGenerator()
     with EmbedRLServer(generator=generator) as srv:
-        handled = threading.Event()
-        shutdown_request = srv.httpd.shutdown_request
-
-        def done(request) -> None:  # runs after the handler, and after any traceback it printed
-            shutdown_request(request)
-            handled.set()
-
-        srv.httpd.shutdown_request = done
         body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
-        sock = socket.create_connection(srv.httpd.server_address[:2], timeout=30)
+        sock = socket.create_connection(srv.address, timeout=30)
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         assert generator.started.wait(30)
         # SO_LINGER 0: close with a reset, so the server's reply meets a dead connection at once
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        with caplog.at_level(logging.DEBUG, logger="embedrl.serve"):
+        with caplog.at_level(logging.DEBUG):
             sock.close()
             generator.release.set()
-            assert handled.wait(30)
-        status, reply = _post(srv, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
+            deadline = time.monotonic() + 30
+            while srv.service.inflight and time.monotonic() < deadline:  # the reply is written right after
+                time.sleep(0.01)
+            status, reply = _post(srv, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
     assert status == 200
     assert "Traceback" not in capsys.readouterr().err
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+
+
+# ------------------------------------------------------------------------ overload, slowness, auth
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_model_gives_504_and_a_full_queue_503_with_retry_after(tiny_qwen3_embedder) -> None:
+    generator = StubGenerator()  # holds the one model thread until released
+    settings = ServeSettings(request_timeout=0.5, max_queue=3)
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    with EmbedRLServer(generator, Embedder.from_pretrained(tiny_qwen3_embedder), settings=settings) as srv:
+        results: list = []
+        blocker = threading.Thread(target=lambda: results.append(_post(srv, CHAT, chat)))
+        blocker.start()
+        assert generator.started.wait(30)
+        started = time.monotonic()
+        status, reply = _post(srv, "/v1/embeddings", {"input": ["waits behind the chat"]})
+        assert status == 504 and "--request-timeout" in reply["error"]["message"]
+        assert time.monotonic() - started < 5
+        status, reply, response = _exchange(srv, "POST", "/v1/embeddings", {"input": ["a", "b", "c"]})
+        assert status == 503 and "--max-queue" in reply["error"]["message"]
+        assert int(response.getheader("Retry-After")) >= 1
+        status, reply = _post(srv, "/v1/embeddings", {"input": ["a"] * 4})
+        assert status == 400 and "split it" in reply["error"]["message"]
+        generator.release.set()
+        blocker.join(30)
+        assert results[0][0] == 504  # the chat itself also outlived the timeout
+        status, reply = _post(srv, "/v1/embeddings", {"input": ["the model is free again"]})
+        assert status == 200
+        _, health, _ = _exchange(srv, "GET", "/health")
+        assert health["batches"]["timeouts"] >= 2 and health["batches"]["rejected_queue_full"] == 1
+
+
+def test_an_api_key_is_required_except_for_health() -> None:
+    with EmbedRLServer(generator=PlainGenerator(), api_key="s3cret") as srv:
+        chat = {"messages": [{"role": "user", "content": "hi"}]}
+        status, reply, response = _exchange(srv, "POST", CHAT, chat)
+        assert status == 401 and "missing API key" in reply["error"]["message"]
+        assert response.getheader("WWW-Authenticate") == "Bearer"
+        status, reply = _post(srv, CHAT, chat, {"Authorization": "Bearer wrong"})
+        assert status == 401 and "wrong API key" in reply["error"]["message"]
+        assert _exchange(srv, "GET", "/v1/models")[0] == 401
+        assert _post(srv, CHAT, chat, {"Authorization": "Bearer s3cret"})[0] == 200
+        assert _exchange(srv, "GET", "/health")[0] == 200
+        status, document, _ = _exchange(srv, "GET", "/openapi.json")
+        assert status == 200 and document["security"] == [{"bearer": []}]
+
+
+def test_the_openapi_document_describes_routes_and_limits() -> None:
+    settings = ServeSettings(max_items=7, max_images=3)
+    with EmbedRLServer(generator=PlainGenerator(), settings=settings) as srv:
+        status, document, _ = _exchange(srv, "GET", "/openapi.json")
+    assert status == 200 and document["openapi"].startswith("3.")
+    assert {"/v1/embeddings", "/v1/chat/completions", "/v1/search", "/health"} <= set(document["paths"])
+    schemas = document["components"]["schemas"]
+    assert schemas["EmbeddingRequest"]["properties"]["input"]["oneOf"][1]["maxItems"] == 7
+    assert schemas["Item"]["properties"]["images"]["maxItems"] == 3
+
+
+def test_unknown_routes_and_methods_get_json_errors() -> None:
+    with EmbedRLServer(generator=PlainGenerator()) as srv:
+        status, reply, _ = _exchange(srv, "GET", "/v1/chat/completions")
+        assert status == 405 and "GET is not allowed" in reply["error"]["message"]
+        status, reply, _ = _exchange(srv, "GET", "/nowhere")
+        assert status == 404 and reply["error"]["message"] == "no route /nowhere"
+        status, reply = _post(srv, "/v1/embeddings", {"input": "x"})
+        assert status == 404 and "no embedding model" in reply["error"]["message"]

@@ -45,7 +45,9 @@ Typical flow:
   embedrl report --benchmark mmeb-v2 R  aggregate per-task results into the benchmark table
   embedrl data annotate|filter|split    teacher T-CoTs for training pairs, relevance filter, RL/stage-1 split
   embedrl train embedder|reasoner ...   stage 1 (contrastive) and stage 2 (EG-RL) training
-  embedrl serve --embedder DIR ...      OpenAI-compatible /v1/embeddings and /v1/chat/completions
+  embedrl serve --embedder DIR ...      OpenAI-compatible /v1/embeddings, /v1/chat/completions, /v1/search
+  embedrl index build|add ...           embed a corpus into a searchable index (T-CoT evidence kept)
+  embedrl search INDEX --text ...       ranked hits with the evidence each T-CoT pointed at
 """
 
 
@@ -57,13 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f".commands.{name}", __package__)
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__package__}.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f".commands.{name}", __package__).register(sub)
     return parser
 
 

@@ -59,21 +59,39 @@ def worker(args: argparse.Namespace) -> None:
         step()
     seconds = (time.perf_counter() - start) / args.steps
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"s_per_step": seconds, "peak_rss_mb": peak / 2**20,
-                      "delta_mb": max(0, peak - base_rss) / 2**20}))
+    print(
+        json.dumps(
+            {"s_per_step": seconds, "peak_rss_mb": peak / 2**20, "delta_mb": max(0, peak - base_rss) / 2**20}
+        )
+    )
 
 
 def run(model: str, pairs: str, batch: int, chunk: int | None, steps: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--model", model, "--pairs", pairs, "--batch", str(batch),
-           "--steps", str(steps)] + (["--chunk", str(chunk)] if chunk else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--model",
+        model,
+        "--pairs",
+        pairs,
+        "--batch",
+        str(batch),
+        "--steps",
+        str(steps),
+    ] + (["--chunk", str(chunk)] if chunk else [])
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    )
     if out.returncode != 0:
         raise SystemExit(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model")
     parser.add_argument("--pairs")
@@ -97,12 +115,17 @@ def main() -> None:
         pairs = write_training_pairs(Path(tmp) / "pairs" / "pairs.jsonl", n=max(sweep), datasets=("syn_t2i",))
         print("| batch (pairs) | mode | s/step | pairs/s | peak RSS (MB) | peak - set-up RSS (MB) |")
         print("|---:|---|---:|---:|---:|---:|")
-        rows = [(64, None), (64, 8)] + [(b, 8) for b in sweep if b != 64] + [(b, None) for b in sweep if b != 64]
+        rows = (
+            [(64, None), (64, 8)] + [(b, 8) for b in sweep if b != 64] + [(b, None) for b in sweep if b != 64]
+        )
         for batch, chunk in rows:
             r = run(str(model), str(pairs), batch, chunk, args.steps)
             mode = f"GradCache chunk {chunk}" if chunk else "plain"
-            print(f"| {batch} | {mode} | {r['s_per_step']:.2f} | {batch / r['s_per_step']:.1f} | "
-                  f"{r['peak_rss_mb']:.0f} | {r['delta_mb']:.0f} |", flush=True)
+            print(
+                f"| {batch} | {mode} | {r['s_per_step']:.2f} | {batch / r['s_per_step']:.1f} | "
+                f"{r['peak_rss_mb']:.0f} | {r['delta_mb']:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

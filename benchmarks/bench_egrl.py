@@ -18,7 +18,9 @@ from pathlib import Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pairs-per-step", type=int, default=4)
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--steps", type=int, default=6)
@@ -43,6 +45,7 @@ def main() -> None:
                 return fn(*a, **k)
             finally:
                 timings[name].append(time.perf_counter() - start)
+
         return wrapper
 
     GRPOTrainer._generate = timed("generation", GRPOTrainer._generate)
@@ -55,8 +58,11 @@ def main() -> None:
         embedder_path = make_tiny("qwen3-vl", root / "embedder", seed=0)
         Embedder.from_pretrained(embedder_path).save_pretrained(embedder_path)
         judge_path = make_tiny("qwen3-vl", root / "judge", seed=2)
-        pairs = read_pairs(write_training_pairs(root / "pairs" / "pairs.jsonl", n=8 * args.pairs_per_step,
-                                                datasets=("syn_i2t", "syn_t2i")))
+        pairs = read_pairs(
+            write_training_pairs(
+                root / "pairs" / "pairs.jsonl", n=8 * args.pairs_per_step, datasets=("syn_i2t", "syn_t2i")
+            )
+        )
         frozen = egrl.local_embed_fn(Embedder.from_pretrained(embedder_path))
         embed_time: list[float] = []
         judge_tokens: list[int] = []
@@ -74,13 +80,27 @@ def main() -> None:
 
         def counting_generate(conversations, settings):
             tokenizer = judge.backend.processor.tokenizer
-            judge_tokens.extend(len(tokenizer(c[0]["content"][0]["text"])["input_ids"]) for c in conversations)
+            judge_tokens.extend(
+                len(tokenizer(c[0]["content"][0]["text"])["input_ids"]) for c in conversations
+            )
             return original_generate(conversations, settings)
+
         judge.backend.generate = counting_generate
-        config = egrl.EGRLConfig(output_dir=str(root / "out"), use_cpu=True, report_to="none", disable_tqdm=True,
-                                 max_steps=args.steps, pairs_per_step=args.pairs_per_step,
-                                 num_generations=args.generations, max_completion_length=args.max_new_tokens,
-                                 learning_rate=1e-4, beta=0.0, save_strategy="no", logging_steps=1, plot=False)
+        config = egrl.EGRLConfig(
+            output_dir=str(root / "out"),
+            use_cpu=True,
+            report_to="none",
+            disable_tqdm=True,
+            max_steps=args.steps,
+            pairs_per_step=args.pairs_per_step,
+            num_generations=args.generations,
+            max_completion_length=args.max_new_tokens,
+            learning_rate=1e-4,
+            beta=0.0,
+            save_strategy="no",
+            logging_steps=1,
+            plot=False,
+        )
         egrl.train_reasoner(reasoner, pairs, config, embed, judge)
 
     def mean_after_warmup(values):
@@ -94,15 +114,24 @@ def main() -> None:
     emb = mean_after_warmup(embed_time)
     update = step - gen - reward
     rollouts = 2 * args.pairs_per_step * args.generations
-    print(f"B={args.pairs_per_step}, G={args.generations}: {rollouts} rollouts/step, "
-          f"max {args.max_new_tokens} new tokens, mean of steps 2..{args.steps}")
+    print(
+        f"B={args.pairs_per_step}, G={args.generations}: {rollouts} rollouts/step, "
+        f"max {args.max_new_tokens} new tokens, mean of steps 2..{args.steps}"
+    )
     print("| part | seconds/step | share |")
     print("|---|---:|---:|")
-    for name, value in (("generation", gen), ("reward: embedding", emb), ("reward: judge", judge_t),
-                        ("reward: other (format, outcome math)", reward - emb - judge_t), ("update (GRPO loss, "
-                        "backward, optimizer)", update), ("whole step", step)):
+    for name, value in (
+        ("generation", gen),
+        ("reward: embedding", emb),
+        ("reward: judge", judge_t),
+        ("reward: other (format, outcome math)", reward - emb - judge_t),
+        ("update (GRPO loss, backward, optimizer)", update),
+        ("whole step", step),
+    ):
         print(f"| {name} | {value:.2f} | {100 * value / step:.0f}% |")
-    print(f"\njudge prompts per step: {rollouts}, mean length {sum(judge_tokens) // len(judge_tokens)} tokens")
+    print(
+        f"\njudge prompts per step: {rollouts}, mean length {sum(judge_tokens) // len(judge_tokens)} tokens"
+    )
     print(json.dumps({"reward_less_than_generation": reward < gen}))
 
 

@@ -43,12 +43,17 @@ def make_items(root: Path, n: int) -> list[dict]:
     from embedrl.data.synthetic import caption, draw_scene, moving_frames, random_scene
 
     rng = random.Random(0)
-    labels = [f"{c} {s}" for c in ("red", "green", "blue", "yellow", "purple", "orange") for s in
-              ("circle", "square", "triangle", "star", "ring", "cross", "bar", "dot", "box", "shape")]
+    labels = [
+        f"{c} {s}"
+        for c in ("red", "green", "blue", "yellow", "purple", "orange")
+        for s in ("circle", "square", "triangle", "star", "ring", "cross", "bar", "dot", "box", "shape")
+    ]
     n_text, n_video = int(n * 0.4), int(n * 0.1)
     n_image = n - n_text - n_video
-    items = [{"id": f"t{i}", "text": rng.choice(labels), "instruction": "Represent the given label."}
-             for i in range(n_text)]
+    items = [
+        {"id": f"t{i}", "text": rng.choice(labels), "instruction": "Represent the given label."}
+        for i in range(n_text)
+    ]
     for i in range(n_image):
         shapes = random_scene(rng, 128)
         path = root / f"img{i}.png"
@@ -67,21 +72,63 @@ def make_items(root: Path, n: int) -> list[dict]:
 
 
 # Dense bf16 tensor-core peaks (TFLOP/s, without sparsity) by device-name fragment; the first match wins.
-BF16_PEAK_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("H800", 989.0), ("GH200", 989.0),
-                    ("B200", 2250.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("L40", 181.0),
-                    ("A10G", 70.0), ("A10", 125.0), ("L4", 121.0), ("RTX 4090", 165.0), ("A6000", 155.0))
+BF16_PEAK_TFLOPS = (
+    ("H200", 989.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("H800", 989.0),
+    ("GH200", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.0),
+    ("L40", 181.0),
+    ("A10G", 70.0),
+    ("A10", 125.0),
+    ("L4", 121.0),
+    ("RTX 4090", 165.0),
+    ("A6000", 155.0),
+)
 
 SHAPES = {
     # Qwen3-VL-2B-Instruct's published configuration
-    "2b": {"text": {"hidden_size": 2048, "num_layers": 28, "num_heads": 16, "num_kv_heads": 8,
-                    "intermediate_size": 6144, "vision_hidden": 1024, "vision_depth": 24, "vision_heads": 16},
-           "vocab_size": 151936, "vision_intermediate": 4096, "deepstack": [5, 11, 17], "position_embeddings": 2304,
-           "mrope_section": [24, 20, 20], "rope_theta": 5_000_000.0},
+    "2b": {
+        "text": {
+            "hidden_size": 2048,
+            "num_layers": 28,
+            "num_heads": 16,
+            "num_kv_heads": 8,
+            "intermediate_size": 6144,
+            "vision_hidden": 1024,
+            "vision_depth": 24,
+            "vision_heads": 16,
+        },
+        "vocab_size": 151936,
+        "vision_intermediate": 4096,
+        "deepstack": [5, 11, 17],
+        "position_embeddings": 2304,
+        "mrope_section": [24, 20, 20],
+        "rope_theta": 5_000_000.0,
+    },
     # the same code path at a size a CPU runs in seconds
-    "small": {"text": {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2,
-                       "intermediate_size": 512, "vision_hidden": 128, "vision_depth": 4, "vision_heads": 4},
-              "vocab_size": 8192, "vision_intermediate": 256, "deepstack": [1, 2], "position_embeddings": 256,
-              "mrope_section": [12, 10, 10], "rope_theta": 5_000_000.0},
+    "small": {
+        "text": {
+            "hidden_size": 256,
+            "num_layers": 4,
+            "num_heads": 4,
+            "num_kv_heads": 2,
+            "intermediate_size": 512,
+            "vision_hidden": 128,
+            "vision_depth": 4,
+            "vision_heads": 4,
+        },
+        "vocab_size": 8192,
+        "vision_intermediate": 256,
+        "deepstack": [1, 2],
+        "position_embeddings": 256,
+        "mrope_section": [12, 10, 10],
+        "rope_theta": 5_000_000.0,
+    },
 }
 
 
@@ -101,7 +148,9 @@ def build_shaped_embedder(shape: str, device: str, dtype_name: str):
     tokenizer = build_tokenizer(seed=0)
     config = build_config(family, tokenizer, TinySize(**spec["text"]))
     config.text_config.vocab_size = spec["vocab_size"]
-    config.text_config.rope_parameters.update(mrope_section=spec["mrope_section"], rope_theta=spec["rope_theta"])
+    config.text_config.rope_parameters.update(
+        mrope_section=spec["mrope_section"], rope_theta=spec["rope_theta"]
+    )
     config.vision_config.intermediate_size = spec["vision_intermediate"]
     config.vision_config.deepstack_visual_indexes = spec["deepstack"]
     config.vision_config.num_position_embeddings = spec["position_embeddings"]
@@ -111,8 +160,13 @@ def build_shaped_embedder(shape: str, device: str, dtype_name: str):
         model = transformers.Qwen3VLForConditionalGeneration._from_config(config, dtype=dtype)
     model.eval()
     use_fast_paths(model)  # as load_model does
-    image_processor = FastQwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
-                                                   image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    image_processor = FastQwen2VLImageProcessorPil(
+        patch_size=16,
+        merge_size=2,
+        temporal_patch_size=2,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
     processor = image_only_processor(family, tokenizer, image_processor)
     return Embedder(model, processor, family, EmbedderConfig.official())
 
@@ -135,7 +189,7 @@ def matmul_flops(model, batch) -> float:
     total += 4.0 * batch["input_ids"].shape[0] * length * length * width * text_config.num_hidden_layers
     if patches:
         visual = model.model.visual
-        merge = visual.config.spatial_merge_size ** 2
+        merge = visual.config.spatial_merge_size**2
         for name, module in visual.named_modules():
             if isinstance(module, torch.nn.Linear):
                 tokens = patches // merge if "merger" in name else patches
@@ -152,10 +206,36 @@ def shaped_items(root: Path, n_text: int, n_image: int, side: int) -> tuple[list
     from embedrl.data.synthetic import caption, draw_scene, random_scene
 
     rng = random.Random(0)
-    words = ("red", "green", "blue", "circle", "square", "left", "right", "above", "below", "small", "large",
-             "photo", "scene", "object", "near", "far", "bright", "dark", "striped", "dotted")
-    texts = [Item(id=f"t{i}", instruction="Represent the given sentence for retrieval.",
-                  text=" ".join(rng.choice(words) for _ in range(rng.randint(20, 60)))) for i in range(n_text)]
+    words = (
+        "red",
+        "green",
+        "blue",
+        "circle",
+        "square",
+        "left",
+        "right",
+        "above",
+        "below",
+        "small",
+        "large",
+        "photo",
+        "scene",
+        "object",
+        "near",
+        "far",
+        "bright",
+        "dark",
+        "striped",
+        "dotted",
+    )
+    texts = [
+        Item(
+            id=f"t{i}",
+            instruction="Represent the given sentence for retrieval.",
+            text=" ".join(rng.choice(words) for _ in range(rng.randint(20, 60))),
+        )
+        for i in range(n_text)
+    ]
     images = []
     for i in range(n_image):
         shapes = random_scene(rng, side)
@@ -190,11 +270,18 @@ def shaped_main(args: argparse.Namespace) -> None:
     embedder.embed_collated = counting
     with tempfile.TemporaryDirectory() as tmp:
         texts, images = shaped_items(Path(tmp), args.text_items, args.image_items, args.image_side)
-        print(f"device: {name}; shape {args.shape} ({params / 1e9:.2f} B parameters, {args.dtype}), built in "
-              f"{build_s:.1f} s; peak used: {peak or 'unknown'} TFLOP/s")
-        print("| items | count | batch | seconds | items/s | tokens/s | achieved TFLOP/s | fraction of peak |")
+        print(
+            f"device: {name}; shape {args.shape} ({params / 1e9:.2f} B parameters, {args.dtype}), built in "
+            f"{build_s:.1f} s; peak used: {peak or 'unknown'} TFLOP/s"
+        )
+        print(
+            "| items | count | batch | seconds | items/s | tokens/s | achieved TFLOP/s | fraction of peak |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for label, items, batch in (("text", texts, args.text_batch), ("one image", images, args.image_batch)):
+        for label, items, batch in (
+            ("text", texts, args.text_batch),
+            ("one image", images, args.image_batch),
+        ):
             encode(items[:batch], embedder, reasoning="off", batch_size=batch, progress=False)  # warm-up
             flops[0], tokens[0] = 0.0, 0
             if device.startswith("cuda"):
@@ -206,8 +293,10 @@ def shaped_main(args: argparse.Namespace) -> None:
             seconds = time.perf_counter() - begin
             achieved = flops[0] / seconds / 1e12
             fraction = f"{achieved / peak:.1%}" if peak else "-"
-            print(f"| {label} | {len(items)} | {batch} | {seconds:.2f} | {len(items) / seconds:.1f} | "
-                  f"{tokens[0] / seconds:.0f} | {achieved:.3g} | {fraction} |")
+            print(
+                f"| {label} | {len(items)} | {batch} | {seconds:.2f} | {len(items) / seconds:.1f} | "
+                f"{tokens[0] / seconds:.0f} | {achieved:.3g} | {fraction} |"
+            )
         if device.startswith("cuda"):
             print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
@@ -228,8 +317,16 @@ def worker(args: argparse.Namespace) -> None:
         if not keep_freed_memory():
             raise SystemExit("--malloc keep: mallopt is not available here (needs glibc on Linux)")
     raw = json.loads(Path(args.items).read_text())
-    items = [Item(id=r["id"], text=r.get("text"), instruction=r.get("instruction"), images=r.get("images", []),
-                  video=VideoRef(frames=r["video"]["frames"]) if r.get("video") else None) for r in raw]
+    items = [
+        Item(
+            id=r["id"],
+            text=r.get("text"),
+            instruction=r.get("instruction"),
+            images=r.get("images", []),
+            video=VideoRef(frames=r["video"]["frames"]) if r.get("video") else None,
+        )
+        for r in raw
+    ]
     emb = Embedder.from_pretrained(args.model)
 
     def run_once() -> None:
@@ -256,13 +353,29 @@ def worker(args: argparse.Namespace) -> None:
 class _Worker:
     """The parent's handle on one worker process."""
 
-    def __init__(self, method: str, args: argparse.Namespace, model: Path, items_file: Path, log: Path) -> None:
-        cmd = [sys.executable, __file__, "--worker", "--method", method, "--model", str(model), "--items",
-               str(items_file), "--batch-size", str(args.batch_size), "--malloc", args.malloc]
+    def __init__(
+        self, method: str, args: argparse.Namespace, model: Path, items_file: Path, log: Path
+    ) -> None:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--method",
+            method,
+            "--model",
+            str(model),
+            "--items",
+            str(items_file),
+            "--batch-size",
+            str(args.batch_size),
+            "--malloc",
+            args.malloc,
+        ]
         self.method, self.log = method, log
         self._log_file = log.open("w")  # stderr to a file: a full pipe would block the worker
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log_file,
-                                     text=True)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log_file, text=True
+        )
 
     def receive(self) -> dict:
         while True:
@@ -270,8 +383,10 @@ class _Worker:
             if not line:
                 self.proc.wait()
                 self._log_file.close()
-                raise SystemExit(f"{self.method} worker exited with {self.proc.returncode}:\n"
-                                 f"{self.log.read_text()[-3000:]}")
+                raise SystemExit(
+                    f"{self.method} worker exited with {self.proc.returncode}:\n"
+                    f"{self.log.read_text()[-3000:]}"
+                )
             if line.startswith("{"):
                 return json.loads(line)
 
@@ -302,7 +417,7 @@ def paired_runs(args: argparse.Namespace, model: Path, items_file: Path, root: P
             passes: dict[str, list[float]] = {"naive": [], "encode": []}
             for pass_index in range(1 + args.repeats):
                 first_naive = (round_index + pass_index) % 2 == 0
-                for method in (("naive", "encode") if first_naive else ("encode", "naive")):
+                for method in ("naive", "encode") if first_naive else ("encode", "naive"):
                     passes[method].append(workers[method].send("pass")["seconds"])
             for method, w in workers.items():
                 seconds[method].append(passes[method])
@@ -320,22 +435,33 @@ def paired_runs(args: argparse.Namespace, model: Path, items_file: Path, root: P
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", choices=["naive", "encode"])
     parser.add_argument("--model")
     parser.add_argument("--items", default=None)
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="fresh worker pairs, each run in lockstep for 1 cold + --repeats warm passes")
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="warm passes per worker after the cold one")
-    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
-                        help="keep: both workers keep freed memory for reuse, as `embedrl` commands do "
-                             "(embedrl.runtime.keep_freed_memory); default: glibc's own settings")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="fresh worker pairs, each run in lockstep for 1 cold + --repeats warm passes",
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="warm passes per worker after the cold one")
+    parser.add_argument(
+        "--malloc",
+        choices=["keep", "default"],
+        default="keep",
+        help="keep: both workers keep freed memory for reuse, as `embedrl` commands do "
+        "(embedrl.runtime.keep_freed_memory); default: glibc's own settings",
+    )
     shaped = parser.add_argument_group("model-shaped run (GPU)")
-    shaped.add_argument("--shape", choices=sorted(SHAPES), help="time a randomly initialised model of this shape")
+    shaped.add_argument(
+        "--shape", choices=sorted(SHAPES), help="time a randomly initialised model of this shape"
+    )
     shaped.add_argument("--device", default="cuda")
     shaped.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     shaped.add_argument("--text-items", type=int, default=512)
@@ -367,21 +493,31 @@ def main() -> None:
             return [n / t for n, t in zip(naive[regime], rows[method][regime])]
 
         print(f"allocator: {args.malloc}")
-        print("| method | items | cold pass (s, median) | warm passes (s) | warm median (s) | items/s (warm) | "
-              "peak RSS (MB) | speed-up cold | speed-up warm |")
+        print(
+            "| method | items | cold pass (s, median) | warm passes (s) | warm median (s) | items/s (warm) | "
+            "peak RSS (MB) | speed-up cold | speed-up warm |"
+        )
         print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
-        for method, label in (("naive", "naive loop (batch 1)"), ("encode", f"encode() (batch {args.batch_size})")):
+        for method, label in (
+            ("naive", "naive loop (batch 1)"),
+            ("encode", f"encode() (batch {args.batch_size})"),
+        ):
             r = rows[method]
             passes = " / ".join(f"{t:.2f}" for t in r["warm"])
             warm = statistics.median(r["warm"])
-            print(f"| {label} | {args.n} | {statistics.median(r['cold']):.2f} | {passes} | {warm:.2f} | "
-                  f"{args.n / warm:.0f} | {r['peak_rss_mb']:.0f} | {statistics.median(paired(method, 'cold')):.2f}x | "
-                  f"{statistics.median(paired(method, 'warm')):.2f}x |")
+            print(
+                f"| {label} | {args.n} | {statistics.median(r['cold']):.2f} | {passes} | {warm:.2f} | "
+                f"{args.n / warm:.0f} | {r['peak_rss_mb']:.0f} | {statistics.median(paired(method, 'cold')):.2f}x | "
+                f"{statistics.median(paired(method, 'warm')):.2f}x |"
+            )
         for regime in ("cold", "warm"):
             ratios = paired("encode", regime)
-            print(f"paired {regime} speed-ups (naive pass / encode() pass timed next to it): "
-                  + ", ".join(f"{x:.2f}" for x in ratios)
-                  + f"; median {statistics.median(ratios):.2f}x, range {min(ratios):.2f}-{max(ratios):.2f}x")
+            print(
+                f"paired {regime} speed-ups (naive pass / encode() pass timed next to it): "
+                + ", ".join(f"{x:.2f}" for x in ratios)
+                + f"; median {statistics.median(ratios):.2f}x, range {min(ratios):.2f}-{max(ratios):.2f}x"
+            )
+
 
 if __name__ == "__main__":
     main()

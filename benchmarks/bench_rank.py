@@ -36,7 +36,7 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux reports KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
@@ -49,10 +49,10 @@ def _data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
 def _naive(queries: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
     q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
     c = candidates / np.linalg.norm(candidates, axis=1, keepdims=True)
-    scores = q @ c.T                                   # the full matrix: queries x candidates float32
+    scores = q @ c.T  # the full matrix: queries x candidates float32
     top = np.empty((len(q), k), dtype=np.int64)
-    for start in range(0, len(q), 256):                # argsort per row chunk, so only `scores` is full-size
-        top[start:start + 256] = np.argsort(-scores[start:start + 256], axis=1)[:, :k]
+    for start in range(0, len(q), 256):  # argsort per row chunk, so only `scores` is full-size
+        top[start : start + 256] = np.argsort(-scores[start : start + 256], axis=1)[:, :k]
     return top
 
 
@@ -88,9 +88,25 @@ def run_parent(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
             result = Path(tmp) / f"{method}.npy"
-            cmd = [sys.executable, __file__, "--child", "--method", method, "--result", str(result),
-                   "--queries", str(args.queries), "--candidates", str(args.candidates), "--dim", str(args.dim),
-                   "--k", str(args.k), "--seed", str(args.seed)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--method",
+                method,
+                "--result",
+                str(result),
+                "--queries",
+                str(args.queries),
+                "--candidates",
+                str(args.candidates),
+                "--dim",
+                str(args.dim),
+                "--k",
+                str(args.k),
+                "--seed",
+                str(args.seed),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{method} failed:\n{proc.stderr}", file=sys.stderr)
@@ -99,21 +115,35 @@ def run_parent(args: argparse.Namespace) -> None:
             tops[method] = np.load(result)
             print(f"{method}: {rows[method]['seconds']:.2f} s", file=sys.stderr)
     base = rows.get("naive", {}).get("seconds")
-    print(f"Exact top-{args.k}, cosine: {args.queries:,} queries x {args.candidates:,} candidates x {args.dim} "
-          f"dims, float32, {os.cpu_count()} CPU cores\n")
-    print("| method | seconds | peak RSS (MB) | RSS after data (MB) | speedup vs naive | same top-k as naive |")
+    print(
+        f"Exact top-{args.k}, cosine: {args.queries:,} queries x {args.candidates:,} candidates x {args.dim} "
+        f"dims, float32, {os.cpu_count()} CPU cores\n"
+    )
+    print(
+        "| method | seconds | peak RSS (MB) | RSS after data (MB) | speedup vs naive | same top-k as naive |"
+    )
     print("|---|---:|---:|---:|---:|---|")
     for method, row in rows.items():
         speedup = f"{base / row['seconds']:.1f}x" if base else "-"
-        same = "-" if "naive" not in tops or method == "naive" else (
-            "yes" if np.array_equal(tops[method], tops["naive"]) else
-            f"no ({np.mean(tops[method] != tops['naive']):.2e} of entries differ)")
-        print(f"| {method} | {row['seconds']:.2f} | {row['peak_rss_mb']:.0f} | {row['rss_data_mb']:.0f} | "
-              f"{speedup} | {same} |")
+        same = (
+            "-"
+            if "naive" not in tops or method == "naive"
+            else (
+                "yes"
+                if np.array_equal(tops[method], tops["naive"])
+                else f"no ({np.mean(tops[method] != tops['naive']):.2e} of entries differ)"
+            )
+        )
+        print(
+            f"| {method} | {row['seconds']:.2f} | {row['peak_rss_mb']:.0f} | {row['rss_data_mb']:.0f} | "
+            f"{speedup} | {same} |"
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--candidates", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=512)

@@ -40,17 +40,33 @@ def _tiny_embedder(root: Path) -> Path:
     """Built in a child process: the client process never imports torch, whose idle worker threads would
     compete with the server for the cores."""
     out = root / "embedder"
-    code = ("import sys; from embedrl.models.tiny import make_tiny; from embedrl.models.embedder import Embedder; "
-            "make_tiny('qwen3-vl', sys.argv[1], seed=0); Embedder.from_pretrained(sys.argv[1]).save_pretrained("
-            "sys.argv[1])")
+    code = (
+        "import sys; from embedrl.models.tiny import make_tiny; from embedrl.models.embedder import Embedder; "
+        "make_tiny('qwen3-vl', sys.argv[1], seed=0); Embedder.from_pretrained(sys.argv[1]).save_pretrained("
+        "sys.argv[1])"
+    )
     subprocess.run([sys.executable, "-c", code, str(out)], check=True, capture_output=True)
     return out
 
 
 def _start(embedder: Path, max_batch: int, log: Path) -> tuple[subprocess.Popen, str, int]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    command = [sys.executable, "-m", "embedrl", "serve", "--embedder", str(embedder), "--port", "0",
-               "--max-batch", str(max_batch), "--max-wait-ms", "5", "--max-queue", "100000"]
+    command = [
+        sys.executable,
+        "-m",
+        "embedrl",
+        "serve",
+        "--embedder",
+        str(embedder),
+        "--port",
+        "0",
+        "--max-batch",
+        str(max_batch),
+        "--max-wait-ms",
+        "5",
+        "--max-queue",
+        "100000",
+    ]
     with log.open("w") as err:
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
     match = re.search(r"http://([\d.]+):(\d+)", process.stdout.readline())
@@ -83,8 +99,10 @@ def _bodies(kind: str, count: int = 64) -> list[bytes]:
             ImageDraw.Draw(image).rectangle((i % 40, 10, i % 40 + 40, 60), fill=(200, 30 + i, 30))
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
-            entry = {"text": f"image {i}", "images": ["data:image/png;base64,"
-                                                      + base64.b64encode(buffer.getvalue()).decode()]}
+            entry = {
+                "text": f"image {i}",
+                "images": ["data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()],
+            }
         bodies.append(json.dumps({"input": [entry]}).encode())
     return bodies
 
@@ -102,8 +120,12 @@ def _load(host: str, port: int, bodies: list[bytes], concurrency: int, seconds: 
         while time.monotonic() < stop:
             started = time.perf_counter()
             try:
-                conn.request("POST", "/v1/embeddings", body=bodies[i % len(bodies)],
-                             headers={"Content-Type": "application/json"})
+                conn.request(
+                    "POST",
+                    "/v1/embeddings",
+                    body=bodies[i % len(bodies)],
+                    headers={"Content-Type": "application/json"},
+                )
                 response = conn.getresponse()
                 response.read()
                 ok = response.status == 200
@@ -129,9 +151,13 @@ def _load(host: str, port: int, bodies: list[bytes], concurrency: int, seconds: 
         thread.join()
     elapsed = time.monotonic() - started
     ms = np.asarray(latencies) * 1000
-    return {"rps": len(latencies) / elapsed, "p50": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
-            "p99": float(np.percentile(ms, 99)) if len(ms) else float("nan"), "errors": errors[0],
-            "requests": len(latencies)}
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
+        "p99": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
+        "errors": errors[0],
+        "requests": len(latencies),
+    }
 
 
 def _health(host: str, port: int) -> dict:
@@ -162,30 +188,40 @@ def bench_serving(args: argparse.Namespace, root: Path) -> None:
                 for _ in range(args.repeats):
                     for max_batch in configs:
                         runs.setdefault((max_batch, kind, level), []).append(
-                            _load(*servers[max_batch][1:], bodies[kind], level, args.seconds))
+                            _load(*servers[max_batch][1:], bodies[kind], level, args.seconds)
+                        )
         for max_batch in configs:
             batches = _health(*servers[max_batch][1:])["batches"]
-            print(f"# --max-batch {max_batch}: {batches['count']} model batches, largest {batches['max_size']} "
-                  "items", file=sys.stderr)
+            print(
+                f"# --max-batch {max_batch}: {batches['count']} model batches, largest {batches['max_size']} "
+                "items",
+                file=sys.stderr,
+            )
     finally:
         for process, _host, _port in servers.values():
             process.send_signal(signal.SIGTERM)
             process.wait(60)
             process.stdout.close()
     results = {key: sorted(cells, key=lambda r: r["rps"])[len(cells) // 2] for key, cells in runs.items()}
-    print(f"| request | concurrency | max batch 1: req/s | p50 ms | p99 ms | max batch {args.max_batch}: req/s | "
-          "p50 ms | p99 ms | speed-up |")
+    print(
+        f"| request | concurrency | max batch 1: req/s | p50 ms | p99 ms | max batch {args.max_batch}: req/s | "
+        "p50 ms | p99 ms | speed-up |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for kind in kinds:
         for level in levels:
             one, many = results[(1, kind, level)], results[(args.max_batch, kind, level)]
-            print(f"| {kind} | {level} | {one['rps']:.1f} | {one['p50']:.0f} | {one['p99']:.0f} | "
-                  f"{many['rps']:.1f} | {many['p50']:.0f} | {many['p99']:.0f} | {many['rps'] / one['rps']:.2f}x |")
+            print(
+                f"| {kind} | {level} | {one['rps']:.1f} | {one['p50']:.0f} | {one['p99']:.0f} | "
+                f"{many['rps']:.1f} | {many['p50']:.0f} | {many['p99']:.0f} | {many['rps'] / one['rps']:.2f}x |"
+            )
     for kind in kinds:
         base = results[(1, kind, levels[0])]["rps"]
         top = results[(args.max_batch, kind, levels[-1])]["rps"]
-        print(f"{kind}: batched throughput at concurrency {levels[-1]} is {top / base:.2f}x the one-at-a-time "
-              f"throughput at concurrency {levels[0]}")
+        print(
+            f"{kind}: batched throughput at concurrency {levels[-1]} is {top / base:.2f}x the one-at-a-time "
+            f"throughput at concurrency {levels[0]}"
+        )
     failed = sum(r["errors"] for cells in runs.values() for r in cells)
     print(f"failed requests: {failed}")
 
@@ -197,7 +233,9 @@ def bench_search(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     vectors = normalize_rows(rng.standard_normal((args.pool, args.dim), dtype=np.float32))
     queries = normalize_rows(rng.standard_normal((args.queries, args.dim), dtype=np.float32))
-    print(f"\n| search ({args.pool:,} x {args.dim}, top-{args.k}, one query at a time) | build s | p50 ms | p99 ms |")
+    print(
+        f"\n| search ({args.pool:,} x {args.dim}, top-{args.k}, one query at a time) | build s | p50 ms | p99 ms |"
+    )
     print("|---|---:|---:|---:|")
     for kind in args.search_kinds.split(","):
         started = time.perf_counter()
@@ -205,24 +243,37 @@ def bench_search(args: argparse.Namespace) -> None:
         if kind != "exact":
             import faiss
 
-            faiss_index = faiss.IndexFlatIP(args.dim) if kind == "flat" else \
-                faiss.IndexHNSWFlat(args.dim, 32, faiss.METRIC_INNER_PRODUCT)
+            faiss_index = (
+                faiss.IndexFlatIP(args.dim)
+                if kind == "flat"
+                else faiss.IndexHNSWFlat(args.dim, 32, faiss.METRIC_INNER_PRODUCT)
+            )
             faiss_index.add(vectors)
         build = time.perf_counter() - started
-        index = Index(Path("."), {"search": kind}, vectors, [str(i) for i in range(args.pool)], [{}] * args.pool,
-                      faiss_index)
+        index = Index(
+            Path("."),
+            {"search": kind},
+            vectors,
+            [str(i) for i in range(args.pool)],
+            [{}] * args.pool,
+            faiss_index,
+        )
         index.topk(queries[:5], args.k)  # warm-up
         times = []
         for query in queries:
             started = time.perf_counter()
             index.topk(query[None], args.k)
             times.append((time.perf_counter() - started) * 1000)
-        print(f"| {kind if kind == 'exact' else 'faiss ' + kind} | {build:.1f} | {np.percentile(times, 50):.2f} | "
-              f"{np.percentile(times, 99):.2f} |")
+        print(
+            f"| {kind if kind == 'exact' else 'faiss ' + kind} | {build:.1f} | {np.percentile(times, 50):.2f} | "
+            f"{np.percentile(times, 99):.2f} |"
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=6.0, help="load per table cell")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--kinds", default="text,image")
@@ -231,11 +282,16 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("-k", type=int, default=10)
-    parser.add_argument("--search-kinds", default="exact,flat",
-                        help="exact, flat, hnsw (building HNSW over 100k x 512 takes about 1.5 min on 2 cores)")
+    parser.add_argument(
+        "--search-kinds",
+        default="exact,flat",
+        help="exact, flat, hnsw (building HNSW over 100k x 512 takes about 1.5 min on 2 cores)",
+    )
     parser.add_argument("--skip-serving", action="store_true")
     parser.add_argument("--skip-search", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per cell, alternating the servers (median)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs per cell, alternating the servers (median)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

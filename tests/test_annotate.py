@@ -67,15 +67,21 @@ def write_pairs(folder: Path, counts: dict[str, int], duplicate_first: bool = Fa
             colour = ((37 * i) % 256, (91 * i) % 256, 120)
             words = f"{dataset} sample {i} end" + " word" * (i % 5)
             if dataset.startswith("t2i"):
-                pair = {"query": {"text": f"a picture of {words}", "instruction": "Find an image:"},
-                        "positive": {"images": [_png(folder / "media" / dataset / f"{i}.png", colour)]}}
+                pair = {
+                    "query": {"text": f"a picture of {words}", "instruction": "Find an image:"},
+                    "positive": {"images": [_png(folder / "media" / dataset / f"{i}.png", colour)]},
+                }
             elif dataset.startswith("v2t"):
                 frames = [_png(folder / "media" / dataset / f"{i}-{t}.png", colour[::-1]) for t in range(2)]
-                pair = {"query": {"video": {"frames": frames}, "instruction": "Find a caption:"},
-                        "positive": {"text": f"a clip of {words}"}}
+                pair = {
+                    "query": {"video": {"frames": frames}, "instruction": "Find a caption:"},
+                    "positive": {"text": f"a clip of {words}"},
+                }
             else:
-                pair = {"query": {"text": f"question about {words}", "instruction": "Find the answer:"},
-                        "positive": {"text": f"answer about {words}"}}
+                pair = {
+                    "query": {"text": f"question about {words}", "instruction": "Find the answer:"},
+                    "positive": {"text": f"answer about {words}"},
+                }
             lines.append({"dataset": dataset, **pair})
     if duplicate_first:
         lines.append(dict(lines[0]))
@@ -124,8 +130,19 @@ class ScriptedChat:
                     number = len(outer.bodies)
                     outer.bodies.append(body)
                 status, text = outer.script(number, body)
-                reply = ({"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                       "finish_reason": "stop"}]} if status == 200 else {"error": {"message": text}})
+                reply = (
+                    {
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": text},
+                                "finish_reason": "stop",
+                            }
+                        ]
+                    }
+                    if status == 200
+                    else {"error": {"message": text}}
+                )
                 try:
                     self._send(status, reply)
                 except (BrokenPipeError, ConnectionResetError):
@@ -145,8 +162,9 @@ class ScriptedChat:
 
 
 def prompt_of(body: dict) -> str:
-    return "\n".join(part["text"] for message in body["messages"] for part in message["content"]
-                     if part["type"] == "text")
+    return "\n".join(
+        part["text"] for message in body["messages"] for part in message["content"] if part["type"] == "text"
+    )
 
 
 def images_of(body: dict) -> int:
@@ -161,8 +179,10 @@ def echo_teacher(number: int, body: dict) -> tuple[int, str]:
     value = {"text_keywords": '["echo"]', "bbox_2d": "[[10, 20, 300, 400]]", "key_frames": "[1, 2]"}[cue]
     own = re.search(r"^- (?:Query text|Text): (.*)$", prompt, re.MULTILINE)
     answer = own.group(1) if own else "no text"
-    return 200, (f'<thinking>Evidence. {{"{cue}": {value}}}</thinking><rethink>Focus.</rethink>'
-                 f"<answer>{answer}</answer>")
+    return 200, (
+        f'<thinking>Evidence. {{"{cue}": {value}}}</thinking><rethink>Focus.</rethink>'
+        f"<answer>{answer}</answer>"
+    )
 
 
 def _annotate_config(**overrides) -> AnnotateConfig:
@@ -178,8 +198,12 @@ def test_each_pair_gets_its_own_tcots_under_concurrency(tmp_path) -> None:
     pairs = write_pairs(tmp_path / "data", {"txt": 12, "t2i": 5, "v2t": 3})
     out = tmp_path / "out" / "annotated.jsonl"
     with ScriptedChat(echo_teacher) as server:
-        summary = annotate(pairs, out, OpenAIChatBackend(server.url, "scripted", retries=0),
-                           _annotate_config(answer_rate=0.5, seed=3))
+        summary = annotate(
+            pairs,
+            out,
+            OpenAIChatBackend(server.url, "scripted", retries=0),
+            _annotate_config(answer_rate=0.5, seed=3),
+        )
     assert (summary.total, summary.annotated, summary.errors, summary.problems) == (20, 20, 0, {})
     assert summary.cue_valid == {"bbox_2d": [5, 5], "key_frames": [3, 3], "text_keywords": [32, 32]}
     rows, keys = _lines(out), [r.key for r in read_pair_records(pairs)]
@@ -195,8 +219,9 @@ def test_each_pair_gets_its_own_tcots_under_concurrency(tmp_path) -> None:
         assert report["key"] == key and report["query"]["problems"] == [] and report["positive"]["cue_valid"]
         wanted = is_answer_conditioned(3, key, 0.5)
         assert report["query"]["answer_conditioned"] == wanted
-        assert report["query"]["answer_source"] == (None if not wanted else
-                                                    "positive_text" if positive.get("text") else "positive_tcot")
+        assert report["query"]["answer_source"] == (
+            None if not wanted else "positive_text" if positive.get("text") else "positive_tcot"
+        )
     assert 3 <= summary.answer_conditioned <= 17
     # what the teacher was sent: one image per picture, one per video frame, the reference answer only
     # for the chosen pairs, greedy decoding with the seed
@@ -207,8 +232,12 @@ def test_each_pair_gets_its_own_tcots_under_concurrency(tmp_path) -> None:
     assert main(["train", "check-data", str(out)]) == 0
     # a rerun finds everything in the journal and asks nothing
     with ScriptedChat(echo_teacher) as again:
-        rerun = annotate(pairs, out, OpenAIChatBackend(again.url, "scripted", retries=0),
-                         _annotate_config(answer_rate=0.5, seed=3))
+        rerun = annotate(
+            pairs,
+            out,
+            OpenAIChatBackend(again.url, "scripted", retries=0),
+            _annotate_config(answer_rate=0.5, seed=3),
+        )
     assert again.bodies == [] and (rerun.from_journal, rerun.annotated) == (20, 0)
 
 
@@ -220,7 +249,9 @@ def test_5xx_replies_are_retried_with_backoff_until_they_succeed(tmp_path) -> No
         return (500, "overloaded") if number < 2 else echo_teacher(number, body)
 
     with ScriptedChat(flaky) as server:
-        summary = annotate(pairs, out, OpenAIChatBackend(server.url, "scripted", retries=0), _annotate_config())
+        summary = annotate(
+            pairs, out, OpenAIChatBackend(server.url, "scripted", retries=0), _annotate_config()
+        )
     assert summary.errors == 0 and len(server.bodies) == 4  # 2 failures, then positive and query
     _, records = read_journal(out.with_name("annotated.jsonl.journal.jsonl"), ANNOTATE_JOURNAL)
     (record,) = records.values()
@@ -237,8 +268,12 @@ def test_a_timed_out_request_is_retried(tmp_path) -> None:
         return echo_teacher(number, body)
 
     with ScriptedChat(slow_first) as server:
-        summary = annotate(pairs, tmp_path / "a.jsonl", OpenAIChatBackend(server.url, "s", timeout=0.3, retries=0),
-                           _annotate_config(teacher="s"))
+        summary = annotate(
+            pairs,
+            tmp_path / "a.jsonl",
+            OpenAIChatBackend(server.url, "s", timeout=0.3, retries=0),
+            _annotate_config(teacher="s"),
+        )
     assert summary.errors == 0 and len(server.bodies) == 3
 
 
@@ -261,8 +296,19 @@ def test_a_pair_that_keeps_failing_is_an_error_record_that_a_rerun_retries(tmp_p
             return status["now"], "refused"
         return echo_teacher(number, body)
 
-    command = ["data", "annotate", "--pairs", str(pairs), "--out", str(out), "--retries", "2", "--backoff",
-               "0.01", "--no-progress"]
+    command = [
+        "data",
+        "annotate",
+        "--pairs",
+        str(pairs),
+        "--out",
+        str(out),
+        "--retries",
+        "2",
+        "--backoff",
+        "0.01",
+        "--no-progress",
+    ]
     with ScriptedChat(fails_for_one) as server:
         assert main([*command, "--teacher-url", server.url]) == 1
         assert sum("sample 1 " in prompt_of(b) for b in server.bodies) == 3  # the first try and two retries
@@ -282,16 +328,38 @@ def test_malformed_teacher_output_is_kept_with_its_problems(tmp_path, capsys) ->
     pairs = write_pairs(tmp_path / "data", {"t2i": 2})
     out = tmp_path / "annotated.jsonl"
     with ScriptedChat(lambda n, b: (200, "Sure! Here is a description without any tags.")) as server:
-        assert main(["data", "annotate", "--teacher-url", server.url, "--pairs", str(pairs), "--out", str(out),
-                     "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "data",
+                    "annotate",
+                    "--teacher-url",
+                    server.url,
+                    "--pairs",
+                    str(pairs),
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     printed = capsys.readouterr().out
     assert "no_tags x4" in printed and "text_keywords: 0 of 2" in printed
     for row in _lines(out):
         assert row["query_tcot"] == "Sure! Here is a description without any tags."
         report = row["meta"]["tcot_annotation"]
-        assert report["query"] == {**report["query"], "kind": "query_text_to_image", "cue": "text_keywords",
-                                   "problems": ["no_tags"], "cue_valid": False, "format_ok": False}
-        assert report["positive"]["kind"] == "candidate_image" and report["positive"]["problems"] == ["no_tags"]
+        assert report["query"] == {
+            **report["query"],
+            "kind": "query_text_to_image",
+            "cue": "text_keywords",
+            "problems": ["no_tags"],
+            "cue_valid": False,
+            "format_ok": False,
+        }
+        assert report["positive"]["kind"] == "candidate_image" and report["positive"]["problems"] == [
+            "no_tags"
+        ]
     run = json.loads(out.with_name("annotated.jsonl.run.json").read_text())
     assert run["summary"]["problems"] == {"no_tags": 4} and run["settings"]["teacher"] == "scripted"
 
@@ -311,11 +379,17 @@ def test_journal_cuts_a_torn_line_and_refuses_other_settings(tmp_path) -> None:
         assert set(journal.open()) == {"a", "b"} and journal.torn_line_dropped
         journal.append({"key": "c", "status": "ok"})
     assert set(read_journal(path, ANNOTATE_JOURNAL)[1]) == {"a", "b", "c"}
-    with pytest.raises(ConfigError, match=r"seed: 1 then, 2 now"), Journal(path, ANNOTATE_JOURNAL, {"seed": 2}) as j:
+    with (
+        pytest.raises(ConfigError, match=r"seed: 1 then, 2 now"),
+        Journal(path, ANNOTATE_JOURNAL, {"seed": 2}) as j,
+    ):
         j.open()
     with Journal(path, ANNOTATE_JOURNAL, {"seed": 2}, restart=True) as journal:
         assert journal.open() == {}
-    with Journal(path, ANNOTATE_JOURNAL, {"seed": 2}) as first, Journal(path, ANNOTATE_JOURNAL, {"seed": 2}) as second:
+    with (
+        Journal(path, ANNOTATE_JOURNAL, {"seed": 2}) as first,
+        Journal(path, ANNOTATE_JOURNAL, {"seed": 2}) as second,
+    ):
         first.open()
         with pytest.raises(ConfigError, match="another run"):
             second.open()
@@ -328,7 +402,9 @@ def test_keys_follow_content_and_answer_choice_is_seeded(tmp_path) -> None:
     shuffled = tmp_path / "b" / "pairs.jsonl"
     shuffled.parent.mkdir()
     shuffled.write_text("".join(reversed(pairs.read_text().splitlines(keepends=True))))
-    assert sorted(r.key.split("#")[0] for r in read_pair_records(shuffled)) == sorted(k.split("#")[0] for k in keys)
+    assert sorted(r.key.split("#")[0] for r in read_pair_records(shuffled)) == sorted(
+        k.split("#")[0] for k in keys
+    )
     chosen = [is_answer_conditioned(7, f"k{i}", 0.3) for i in range(2000)]
     assert chosen == [is_answer_conditioned(7, f"k{i}", 0.3) for i in range(2000)]
     assert 0.26 < sum(chosen) / 2000 < 0.34
@@ -360,14 +436,30 @@ def test_filter_drops_yes_keeps_no_sets_unparsable_aside_and_replays(tmp_path, c
     annotated = _annotated(tmp_path, {"txt": 6, "t2i": 5})
     out = tmp_path / "kept" / "kept.jsonl"
     with ScriptedChat(verdict_by_sample) as judge:
-        code = main(["data", "filter", "--judge-url", judge.url, "--in", str(annotated), "--out", str(out),
-                     "--dropped", str(tmp_path / "dropped.jsonl"), "--no-progress"])
+        code = main(
+            [
+                "data",
+                "filter",
+                "--judge-url",
+                judge.url,
+                "--in",
+                str(annotated),
+                "--out",
+                str(out),
+                "--dropped",
+                str(tmp_path / "dropped.jsonl"),
+                "--no-progress",
+            ]
+        )
         assert code == 0 and len(judge.bodies) == 11
         assert "Reply with one word: Yes or No." in prompt_of(judge.bodies[0])
     assert "kept 5 of 11 pair(s); dropped 4" in capsys.readouterr().out
     kept, aside = _lines(out), _lines(out.with_name("kept.jsonl.aside.jsonl"))
-    assert {re.search(r"sample (\d+)", r["positive"].get("text") or r["query"]["text"])[1] for r in kept} == \
-        {"1", "2", "5"}
+    assert {re.search(r"sample (\d+)", r["positive"].get("text") or r["query"]["text"])[1] for r in kept} == {
+        "1",
+        "2",
+        "5",
+    }
     assert len(aside) == 2 and all(r["meta"]["relevance"]["raw"] == "I cannot tell." for r in aside)
     assert all(r["meta"]["relevance"]["verdict"] == "no" for r in kept)
     assert len(_lines(tmp_path / "dropped.jsonl")) == 4
@@ -377,13 +469,21 @@ def test_filter_drops_yes_keeps_no_sets_unparsable_aside_and_replays(tmp_path, c
     assert Counter(decision(r) for r in records.values()) == {"keep": 5, "drop": 4, "aside": 2}
     # the decision again, from the stored verdicts alone: no judge is reachable, the same bytes come out
     replay = out.with_name("replay.jsonl")
-    assert main(["data", "filter", "--from-verdicts", str(verdicts), "--in", str(annotated),
-                 "--out", str(replay)]) == 0
+    assert (
+        main(
+            ["data", "filter", "--from-verdicts", str(verdicts), "--in", str(annotated), "--out", str(replay)]
+        )
+        == 0
+    )
     assert replay.read_text() == out.read_text()
     # resuming: nothing is judged twice
     with ScriptedChat(verdict_by_sample) as judge:
-        summary = filter_pairs(annotated, out, OpenAIChatBackend(judge.url, "scripted", retries=0),
-                               FilterConfig(judge="scripted", retry=FAST_RETRY, progress=False))
+        summary = filter_pairs(
+            annotated,
+            out,
+            OpenAIChatBackend(judge.url, "scripted", retries=0),
+            FilterConfig(judge="scripted", retry=FAST_RETRY, progress=False),
+        )
         assert judge.bodies == [] and summary.kept == 5 and summary.judged_now == 0
 
 
@@ -391,8 +491,13 @@ def test_filter_without_tcots_drops_unjudged_and_missing_verdicts_are_errors(tmp
     pairs = write_pairs(tmp_path / "data", {"txt": 3})
     verdicts = tmp_path / "v.jsonl"
     with ScriptedChat(verdict_by_sample) as judge:
-        summary = filter_pairs(pairs, tmp_path / "kept.jsonl", OpenAIChatBackend(judge.url, "s", retries=0),
-                               FilterConfig(judge="s", retry=FAST_RETRY, progress=False), verdicts)
+        summary = filter_pairs(
+            pairs,
+            tmp_path / "kept.jsonl",
+            OpenAIChatBackend(judge.url, "s", retries=0),
+            FilterConfig(judge="s", retry=FAST_RETRY, progress=False),
+            verdicts,
+        )
         assert judge.bodies == []
     assert (summary.kept, summary.dropped, summary.without_tcot) == (0, 3, 3)
     other = write_pairs(tmp_path / "other", {"txt": 4})  # sample 3 has no stored verdict
@@ -424,8 +529,25 @@ def test_split_sizes_proportions_disjointness_and_statistics(tmp_path, capsys) -
     rows.append(dict(rows[0]))  # a repeated pair
     annotated.write_text("".join(json.dumps(r) + "\n" for r in rows))
     stage1, rl = tmp_path / "s1" / "stage1.jsonl", tmp_path / "rl" / "rl.jsonl"
-    assert main(["data", "split", "--in", str(annotated), "--rl-fraction", "0.25", "--out-stage1", str(stage1),
-                 "--out-rl", str(rl), "--seed", "4"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "split",
+                "--in",
+                str(annotated),
+                "--rl-fraction",
+                "0.25",
+                "--out-stage1",
+                str(stage1),
+                "--out-rl",
+                str(rl),
+                "--seed",
+                "4",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| dataset" in printed and "keywords ok" in printed
     a, b = read_pair_records(stage1), read_pair_records(rl)
@@ -436,10 +558,16 @@ def test_split_sizes_proportions_disjointness_and_statistics(tmp_path, capsys) -
     assert stats["txt"]["pairs"] == 21 and stats["txt"]["cue_valid"]["text_keywords"] == round(41 / 42, 4)
     assert stats["t2i"]["cue_valid"]["bbox_2d"] == 1.0 and stats["v2t"]["cue_valid"]["key_frames"] == 1.0
     assert stats["all"]["rl"] == len(b) and stats["all"]["mean_tcot_chars"] > 40
-    again = split_pairs(annotated, tmp_path / "x1.jsonl", tmp_path / "x2.jsonl", SplitConfig(rl_fraction=0.25, seed=4))
+    again = split_pairs(
+        annotated, tmp_path / "x1.jsonl", tmp_path / "x2.jsonl", SplitConfig(rl_fraction=0.25, seed=4)
+    )
     assert [r.key for r in read_pair_records(tmp_path / "x2.jsonl")] == [r.key for r in b]
-    other = split_pairs(annotated, tmp_path / "y1.jsonl", tmp_path / "y2.jsonl",
-                        SplitConfig(rl_size=10, seed=4, sampling="random"))
+    other = split_pairs(
+        annotated,
+        tmp_path / "y1.jsonl",
+        tmp_path / "y2.jsonl",
+        SplitConfig(rl_size=10, seed=4, sampling="random"),
+    )
     assert other.rl_pairs in (10, 11) and again.stage1_pairs + again.rl_pairs == 41
 
 
@@ -462,9 +590,12 @@ def served_teacher(tiny_qwen3_reasoner):
     port = _free_port()
     # One thread: a tiny model gains nothing from two, and OpenMP threads spinning against other test processes
     # on a 2-core machine made each request about 20 times slower.
-    proc = subprocess.Popen([_embedrl(), "serve", "--reasoner", str(tiny_qwen3_reasoner), "--port", str(port),
-                             "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [_embedrl(), "serve", "--reasoner", str(tiny_qwen3_reasoner), "--port", str(port), "--device", "cpu"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -485,8 +616,23 @@ def served_teacher(tiny_qwen3_reasoner):
 
 
 def _annotate_command(url: str, pairs: Path, out: Path) -> list[str]:
-    return ["data", "annotate", "--teacher-url", url, "--pairs", str(pairs), "--out", str(out),
-            "--max-new-tokens", "2", "--answer-rate", "0.5", "--concurrency", "2", "--no-progress"]
+    return [
+        "data",
+        "annotate",
+        "--teacher-url",
+        url,
+        "--pairs",
+        str(pairs),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "2",
+        "--answer-rate",
+        "0.5",
+        "--concurrency",
+        "2",
+        "--no-progress",
+    ]
 
 
 def _ok_records(journal: Path) -> int:
@@ -502,8 +648,11 @@ def test_sigkill_half_way_then_rerun_equals_an_uninterrupted_run(served_teacher,
     assert main(_annotate_command(served_teacher, pairs, whole)) == 0
 
     journal = killed.with_name("annotated.jsonl.journal.jsonl")
-    proc = subprocess.Popen([_embedrl(), *_annotate_command(served_teacher, pairs, killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [_embedrl(), *_annotate_command(served_teacher, pairs, killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while _ok_records(journal) < 12 and proc.poll() is None and time.monotonic() < deadline:
@@ -525,7 +674,9 @@ def test_sigkill_half_way_then_rerun_equals_an_uninterrupted_run(served_teacher,
     counts = re.search(r"annotated 40 of 40 pair\(s\): (\d+) now, (\d+) from the journal", printed)
     assert counts and int(counts[2]) == before and int(counts[1]) == 40 - before, printed
     _, records = read_journal(journal, ANNOTATE_JOURNAL)
-    oks = [json.loads(line)["key"] for line in journal.read_text().splitlines()[1:] if '"status": "ok"' in line]
+    oks = [
+        json.loads(line)["key"] for line in journal.read_text().splitlines()[1:] if '"status": "ok"' in line
+    ]
     assert len(oks) == len(set(oks)) == 40 and set(records) == set(oks)  # each pair exactly once
     assert killed.read_text() == whole.read_text()  # identical to the uninterrupted run, line for line
     rows = _lines(whole)
@@ -535,26 +686,79 @@ def test_sigkill_half_way_then_rerun_equals_an_uninterrupted_run(served_teacher,
 
 
 @pytest.mark.slow
-def test_served_judge_verdicts_are_recorded_and_the_split_trains(served_teacher, tiny_qwen3_embedder, tmp_path,
-                                                                 capsys) -> None:
+def test_served_judge_verdicts_are_recorded_and_the_split_trains(
+    served_teacher, tiny_qwen3_embedder, tmp_path, capsys
+) -> None:
     # teacher T-CoTs from the scripted teacher (the tiny model writes blank ones), judged by the served model
     annotated = _annotated(tmp_path, {"txt": 8, "t2i": 6, "v2t": 4})
     out = tmp_path / "kept.jsonl"
-    code = main(["data", "filter", "--judge-url", served_teacher, "--in", str(annotated), "--out", str(out),
-                 "--max-new-tokens", "2", "--no-progress"])
+    code = main(
+        [
+            "data",
+            "filter",
+            "--judge-url",
+            served_teacher,
+            "--in",
+            str(annotated),
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     _, records = read_journal(out.with_name("kept.jsonl.verdicts.jsonl"), "embedrl data filter")
-    assert len(records) == 18 and all(r["status"] == "ok" and isinstance(r["raw"], str) for r in records.values())
+    assert len(records) == 18 and all(
+        r["status"] == "ok" and isinstance(r["raw"], str) for r in records.values()
+    )
     summary = capsys.readouterr().out
     assert re.search(r"kept (\d+) of 18", summary)
     # a random tiny judge answers neither yes nor no: split the annotated file itself, with the verdicts
     stage1, rl = tmp_path / "stage1.jsonl", tmp_path / "rl.jsonl"
-    assert main(["data", "split", "--in", str(annotated), "--rl-size", "6", "--out-stage1", str(stage1),
-                 "--out-rl", str(rl), "--verdicts", str(out.with_name("kept.jsonl.verdicts.jsonl"))]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "split",
+                "--in",
+                str(annotated),
+                "--rl-size",
+                "6",
+                "--out-stage1",
+                str(stage1),
+                "--out-rl",
+                str(rl),
+                "--verdicts",
+                str(out.with_name("kept.jsonl.verdicts.jsonl")),
+            ]
+        )
+        == 0
+    )
     stats = json.loads(rl.with_name("rl.jsonl.stats.json").read_text())["statistics"]
     assert stats["all"]["judged"] == 18 and stats["all"]["rl"] == 6
     assert main(["train", "check-data", str(stage1)]) == 0 and main(["train", "check-data", str(rl)]) == 0
     run = tmp_path / "stage1-run"
-    assert main(["train", "embedder", "--model", str(tiny_qwen3_embedder), "--pairs", str(stage1), "--out", str(run),
-                 "--preset", "tiny", "--max-steps", "2", "--sub-batch-size", "2", "--cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "embedder",
+                "--model",
+                str(tiny_qwen3_embedder),
+                "--pairs",
+                str(stage1),
+                "--out",
+                str(run),
+                "--preset",
+                "tiny",
+                "--max-steps",
+                "2",
+                "--sub-batch-size",
+                "2",
+                "--cpu",
+            ]
+        )
+        == 0
+    )
     assert (run / "final" / "config.json").is_file()

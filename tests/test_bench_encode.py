@@ -10,13 +10,20 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_encode.py"
 
 
 def _table_rows(output: str) -> list[list[str]]:
-    return [[c.strip() for c in line.strip("|").split("|")] for line in output.splitlines()
-            if line.startswith("| ") and not line.startswith("| method") and not line.startswith("| items")]
+    return [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in output.splitlines()
+        if line.startswith("| ") and not line.startswith("| method") and not line.startswith("| items")
+    ]
 
 
 def test_cpu_comparison_prints_both_methods() -> None:
-    out = subprocess.run([sys.executable, str(SCRIPT), "--n", "20", "--rounds", "1", "--repeats", "2"],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--n", "20", "--rounds", "1", "--repeats", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     rows = _table_rows(out.stdout)
     assert [r[0] for r in rows] == ["naive loop (batch 1)", "encode() (batch 32)"]
@@ -32,9 +39,31 @@ def test_cpu_comparison_prints_both_methods() -> None:
 
 
 def test_model_shaped_run_on_cpu() -> None:
-    out = subprocess.run([sys.executable, str(SCRIPT), "--shape", "small", "--device", "cpu", "--dtype", "fp32",
-                          "--text-items", "6", "--image-items", "3", "--text-batch", "4", "--image-batch", "2",
-                          "--image-side", "96"], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--shape",
+            "small",
+            "--device",
+            "cpu",
+            "--dtype",
+            "fp32",
+            "--text-items",
+            "6",
+            "--image-items",
+            "3",
+            "--text-batch",
+            "4",
+            "--image-batch",
+            "2",
+            "--image-side",
+            "96",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     rows = _table_rows(out.stdout)
     assert [r[0] for r in rows] == ["text", "one image"]

@@ -106,8 +106,10 @@ def deny_writes_to(monkeypatch, folder: Path) -> None:
 # ------------------------------------------------------------------------- A. outputs never replace inputs
 
 
-@pytest.mark.parametrize("case", ["same", "dot-slash", "symlink", "failures", "tcots", "cache-dir",
-                                  "in-checkpoint", "is-checkpoint-file"])
+@pytest.mark.parametrize(
+    "case",
+    ["same", "dot-slash", "symlink", "failures", "tcots", "cache-dir", "in-checkpoint", "is-checkpoint-file"],
+)
 def test_encode_refuses_an_output_that_is_an_input(case, tmp_path, monkeypatch, capsys, no_models) -> None:
     monkeypatch.chdir(tmp_path)
     items = items_file(tmp_path / "items.jsonl")
@@ -141,8 +143,11 @@ def test_score_refuses_to_write_into_the_task_or_over_its_inputs(tmp_path, capsy
     task = text_task(tmp_path / "T")
     np.save(tmp_path / "s.npy", np.eye(2, 3, dtype=np.float32))
     before = snapshot(tmp_path)
-    for out, flag in ((task / "qrels.jsonl", "--task"), (task / "result.json", "--task"),
-                      (tmp_path / "s.npy", "--scores")):
+    for out, flag in (
+        (task / "qrels.jsonl", "--task"),
+        (task / "result.json", "--task"),
+        (tmp_path / "s.npy", "--scores"),
+    ):
         code, err = run(["score", "--task", task, "--scores", tmp_path / "s.npy", "--out", out], capsys)
         assert code == 2
         error_line(err, "--out", flag)
@@ -150,8 +155,20 @@ def test_score_refuses_to_write_into_the_task_or_over_its_inputs(tmp_path, capsy
     np.save(tmp_path / "q.npy", np.eye(2, 4, dtype=np.float32))
     np.save(tmp_path / "c.npy", np.eye(3, 4, dtype=np.float32))
     before = snapshot(tmp_path)
-    code, err = run(["score", "--task", task, "--query-emb", tmp_path / "q.npy", "--cand-emb", tmp_path / "c.npy",
-                     "--out", tmp_path / "c.npy"], capsys)
+    code, err = run(
+        [
+            "score",
+            "--task",
+            task,
+            "--query-emb",
+            tmp_path / "q.npy",
+            "--cand-emb",
+            tmp_path / "c.npy",
+            "--out",
+            tmp_path / "c.npy",
+        ],
+        capsys,
+    )
     assert code == 2
     error_line(err, "--cand-emb")
     assert snapshot(tmp_path) == before
@@ -164,8 +181,11 @@ def test_report_refuses_an_output_among_its_inputs(tmp_path, capsys) -> None:
     single = tmp_path / "single.json"
     single.write_text(json.dumps({"ImageNet-1K": 50.0}))
     before = snapshot(tmp_path)
-    for extra, needle in ((["--out", results / "table.json"], "results"), (["--plot", single], "single.json"),
-                          (["--out", tmp_path / "t.md", "--plot", tmp_path / "t.md"], "--plot")):
+    for extra, needle in (
+        (["--out", results / "table.json"], "results"),
+        (["--plot", single], "single.json"),
+        (["--out", tmp_path / "t.md", "--plot", tmp_path / "t.md"], "--plot"),
+    ):
         code, err = run(["report", "--benchmark", "mmeb-v2", results, single, *extra], capsys)
         assert code == 2
         error_line(err, needle)
@@ -176,8 +196,12 @@ def test_report_refuses_an_output_among_its_inputs(tmp_path, capsys) -> None:
 def test_eval_refuses_a_results_folder_around_or_inside_an_input(where, tmp_path, capsys, no_models) -> None:
     task = text_task(tmp_path / "tasks" / "T")
     ckpt = fake_checkpoint(tmp_path / "ckpt")
-    out = {"is-task": task, "in-task": task / "results", "holds-task": tmp_path / "tasks",
-           "in-checkpoint": ckpt / "results"}[where]
+    out = {
+        "is-task": task,
+        "in-task": task / "results",
+        "holds-task": tmp_path / "tasks",
+        "in-checkpoint": ckpt / "results",
+    }[where]
     before = snapshot(tmp_path)
     code, err = run(["eval", "--task", task, "--embedder", ckpt, "--reasoning", "off", "--out", out], capsys)
     assert code == 2
@@ -188,15 +212,30 @@ def test_eval_refuses_a_results_folder_around_or_inside_an_input(where, tmp_path
 def test_convert_refuses_an_output_inside_its_source(tmp_path, capsys) -> None:
     root = tmp_path / "UVRB" / "CRB_G"
     (root / "jsonl").mkdir(parents=True)
-    code, err = run(["task", "convert", "uvrb", "--dataset", "CRB_G", "--root", root, "--out", root / "tasks"],
-                    capsys)
+    code, err = run(
+        ["task", "convert", "uvrb", "--dataset", "CRB_G", "--root", root, "--out", root / "tasks"], capsys
+    )
     assert code == 2
     error_line(err, "--out", "--root")
     assert not (root / "tasks").exists()
     records = tmp_path / "records.jsonl"
     records.write_text("{}\n")
-    code, err = run(["task", "convert", "mmeb-image", "--task", "ImageNet-1K", "--records", records,
-                     "--images", tmp_path, "--out", tmp_path / "tasks"], capsys)
+    code, err = run(
+        [
+            "task",
+            "convert",
+            "mmeb-image",
+            "--task",
+            "ImageNet-1K",
+            "--records",
+            records,
+            "--images",
+            tmp_path,
+            "--out",
+            tmp_path / "tasks",
+        ],
+        capsys,
+    )
     assert code == 2
     error_line(err, "--out", "--images")
 
@@ -209,13 +248,45 @@ def test_training_refuses_an_output_folder_around_or_inside_an_input(tmp_path, c
     pairs.write_text(json.dumps({"dataset": "d", "query": {"text": "a"}, "positive": {"text": "b"}}) + "\n")
     before = snapshot(tmp_path)
     for out, flag in ((model, "--model"), (model / "run", "--model"), (tmp_path / "data", "--pairs")):
-        code, err = run(["train", "embedder", "--model", model, "--pairs", pairs, "--out", out, "--preset", "tiny",
-                         "--cpu"], capsys)
+        code, err = run(
+            [
+                "train",
+                "embedder",
+                "--model",
+                model,
+                "--pairs",
+                pairs,
+                "--out",
+                out,
+                "--preset",
+                "tiny",
+                "--cpu",
+            ],
+            capsys,
+        )
         assert code == 2
         error_line(err, "--out", flag)
     for out, flag in ((embedder / "rl", "--embedder"), (tmp_path, "--model")):
-        code, err = run(["train", "reasoner", "--model", model, "--pairs", pairs, "--out", out, "--embedder",
-                         embedder, "--preset", "tiny", "--cpu", "--process-weight", "0"], capsys)
+        code, err = run(
+            [
+                "train",
+                "reasoner",
+                "--model",
+                model,
+                "--pairs",
+                pairs,
+                "--out",
+                out,
+                "--embedder",
+                embedder,
+                "--preset",
+                "tiny",
+                "--cpu",
+                "--process-weight",
+                "0",
+            ],
+            capsys,
+        )
         assert code == 2
         error_line(err, "--out", flag)
     assert snapshot(tmp_path) == before
@@ -229,14 +300,18 @@ def test_make_tiny_refuses_a_folder_that_is_not_its_own(tmp_path, monkeypatch, c
     assert code == 2
     error_line(err, "--out", "not empty")
     assert (notes / "todo.txt").read_text() == "keep me"
-    real = fake_checkpoint(tmp_path / "real")  # a checkpoint make-tiny did not build: random weights would replace it
+    real = fake_checkpoint(
+        tmp_path / "real"
+    )  # a checkpoint make-tiny did not build: random weights would replace it
     code, err = run(["models", "make-tiny", "--out", real], capsys)
     assert code == 2
     error_line(err, "--out")
     assert (real / "model.safetensors").read_bytes() == b"weights"
 
     built = []
-    monkeypatch.setattr("embedrl.models.tiny.make_tiny", lambda family, out, **kw: built.append(out) or Path(out))
+    monkeypatch.setattr(
+        "embedrl.models.tiny.make_tiny", lambda family, out, **kw: built.append(out) or Path(out)
+    )
     (real / "embedrl_tiny.json").write_text("{}")  # an earlier make-tiny build is rebuilt in place
     assert run(["models", "make-tiny", "--out", real], capsys)[0] == 0
     assert run(["models", "make-tiny", "--out", tmp_path / "new"], capsys)[0] == 0
@@ -249,38 +324,79 @@ def test_make_tiny_refuses_a_folder_that_is_not_its_own(tmp_path, monkeypatch, c
 UNWRITABLE = "/proc/version/out"  # below a file of /proc: no one, root included, can create it
 
 
-def test_encode_refuses_an_unwritable_out_before_the_model_loads(tmp_path, monkeypatch, capsys, no_models) -> None:
+def test_encode_refuses_an_unwritable_out_before_the_model_loads(
+    tmp_path, monkeypatch, capsys, no_models
+) -> None:
     items = items_file(tmp_path / "items.jsonl")
-    code, err = run(["encode", "--embedder", tmp_path / "no-such-model", "--input", items, "--out",
-                     f"{UNWRITABLE}/v.npy"], capsys)
+    code, err = run(
+        [
+            "encode",
+            "--embedder",
+            tmp_path / "no-such-model",
+            "--input",
+            items,
+            "--out",
+            f"{UNWRITABLE}/v.npy",
+        ],
+        capsys,
+    )
     assert code == 2
     error_line(err, "--out", "/proc/version")
     locked = tmp_path / "locked"
     locked.mkdir()
     deny_writes_to(monkeypatch, locked)
-    code, err = run(["encode", "--embedder", tmp_path / "no-such-model", "--input", items, "--out",
-                     locked / "v.npy"], capsys)
+    code, err = run(
+        ["encode", "--embedder", tmp_path / "no-such-model", "--input", items, "--out", locked / "v.npy"],
+        capsys,
+    )
     assert code == 2
     error_line(err, "--out", str(locked), "not writable")
-    code, err = run(["encode", "--embedder", tmp_path / "no-such-model", "--input", items, "--out",
-                     locked / "new" / "v.npy"], capsys)
+    code, err = run(
+        [
+            "encode",
+            "--embedder",
+            tmp_path / "no-such-model",
+            "--input",
+            items,
+            "--out",
+            locked / "new" / "v.npy",
+        ],
+        capsys,
+    )
     assert code == 2
     error_line(err, "--out", str(locked))
 
 
-@pytest.mark.parametrize("argv", [
-    ["eval", "--task", "TASK", "--embedder", "CKPT", "--out", "OUT"],
-    ["score", "--task", "TASK", "--scores", "S", "--out", "OUT/r.json"],
-    ["report", "--benchmark", "mmeb-v2", "S", "--out", "OUT/t.md"],
-    ["report", "--benchmark", "mmeb-v2", "S", "--plot", "OUT/p.png"],
-    ["task", "convert", "uvrb", "--dataset", "CRB_G", "--root", "TASK", "--out", "OUT"],
-    ["train", "embedder", "--model", "CKPT", "--pairs", "S", "--out", "OUT", "--preset", "tiny", "--cpu"],
-    ["train", "reasoner", "--model", "CKPT", "--pairs", "S", "--embedder", "CKPT", "--out", "OUT", "--cpu"],
-    ["models", "make-tiny", "--out", "OUT"],
-    ["demo", "--out", "OUT"],
-], ids=lambda argv: "-".join(argv[:2]))
-def test_every_command_refuses_an_unwritable_out_up_front(argv, tmp_path, monkeypatch, capsys,
-                                                          no_training) -> None:
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "--task", "TASK", "--embedder", "CKPT", "--out", "OUT"],
+        ["score", "--task", "TASK", "--scores", "S", "--out", "OUT/r.json"],
+        ["report", "--benchmark", "mmeb-v2", "S", "--out", "OUT/t.md"],
+        ["report", "--benchmark", "mmeb-v2", "S", "--plot", "OUT/p.png"],
+        ["task", "convert", "uvrb", "--dataset", "CRB_G", "--root", "TASK", "--out", "OUT"],
+        ["train", "embedder", "--model", "CKPT", "--pairs", "S", "--out", "OUT", "--preset", "tiny", "--cpu"],
+        [
+            "train",
+            "reasoner",
+            "--model",
+            "CKPT",
+            "--pairs",
+            "S",
+            "--embedder",
+            "CKPT",
+            "--out",
+            "OUT",
+            "--cpu",
+        ],
+        ["models", "make-tiny", "--out", "OUT"],
+        ["demo", "--out", "OUT"],
+    ],
+    ids=lambda argv: "-".join(argv[:2]),
+)
+def test_every_command_refuses_an_unwritable_out_up_front(
+    argv, tmp_path, monkeypatch, capsys, no_training
+) -> None:
     import embedrl.demo
 
     monkeypatch.setattr(embedrl.demo, "run_demo", no_training)
@@ -327,8 +443,21 @@ def test_a_full_disk_after_encoding_is_one_line(tiny_qwen3_embedder, tmp_path, m
     monkeypatch.setattr(embedrl.commands.encode, "save_npy", _full_disk, raising=False)
     items = items_file(tmp_path / "items.jsonl")
     out = tmp_path / "v.npy"
-    code, err = run(["encode", "--embedder", tiny_qwen3_embedder, "--input", items, "--out", out, "--reasoning",
-                     "off", "--no-progress"], capsys)
+    code, err = run(
+        [
+            "encode",
+            "--embedder",
+            tiny_qwen3_embedder,
+            "--input",
+            items,
+            "--out",
+            out,
+            "--reasoning",
+            "off",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code not in (0, None)
     error_line(err, str(out), "No space left on device")
 
@@ -349,14 +478,54 @@ def test_a_garbage_config_json_is_an_argument_error(tmp_path, capsys, no_trainin
     good = fake_checkpoint(tmp_path / "good")
     for argv, flag in (
         (["encode", "--embedder", broken, "--input", items, "--out", tmp_path / "v.npy"], "--embedder"),
-        (["encode", "--embedder", good, "--reasoner", listed, "--input", items, "--out", tmp_path / "v.npy"],
-         "--reasoner"),
+        (
+            [
+                "encode",
+                "--embedder",
+                good,
+                "--reasoner",
+                listed,
+                "--input",
+                items,
+                "--out",
+                tmp_path / "v.npy",
+            ],
+            "--reasoner",
+        ),
         (["eval", "--task", task, "--embedder", broken, "--out", tmp_path / "r"], "--embedder"),
         (["train", "embedder", "--model", broken, "--pairs", pairs, "--out", tmp_path / "o"], "--model"),
-        (["train", "reasoner", "--model", good, "--pairs", pairs, "--out", tmp_path / "o", "--embedder", listed],
-         "--embedder"),
-        (["train", "reasoner", "--model", good, "--pairs", pairs, "--out", tmp_path / "o", "--embedder", good,
-          "--judge", broken], "--judge"),
+        (
+            [
+                "train",
+                "reasoner",
+                "--model",
+                good,
+                "--pairs",
+                pairs,
+                "--out",
+                tmp_path / "o",
+                "--embedder",
+                listed,
+            ],
+            "--embedder",
+        ),
+        (
+            [
+                "train",
+                "reasoner",
+                "--model",
+                good,
+                "--pairs",
+                pairs,
+                "--out",
+                tmp_path / "o",
+                "--embedder",
+                good,
+                "--judge",
+                broken,
+            ],
+            "--judge",
+        ),
     ):
         code, err = run(argv, capsys)
         assert code == 2, argv
@@ -367,40 +536,59 @@ def test_a_garbage_config_json_is_an_argument_error(tmp_path, capsys, no_trainin
 def test_an_unavailable_device_is_an_argument_error(device, tmp_path, capsys, no_models) -> None:
     import torch
 
-    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > int(
-            (device + ":0").split(":")[1]):
+    if (
+        device.startswith("cuda")
+        and torch.cuda.is_available()
+        and torch.cuda.device_count() > int((device + ":0").split(":")[1])
+    ):
         pytest.skip("this machine has that CUDA device")
     items = items_file(tmp_path / "items.jsonl")
-    code, err = run(["encode", "--embedder", fake_checkpoint(tmp_path / "ckpt"), "--input", items, "--out",
-                     tmp_path / "v.npy", "--device", device], capsys)
+    code, err = run(
+        [
+            "encode",
+            "--embedder",
+            fake_checkpoint(tmp_path / "ckpt"),
+            "--input",
+            items,
+            "--out",
+            tmp_path / "v.npy",
+            "--device",
+            device,
+        ],
+        capsys,
+    )
     assert code == 2
     error_line(err, "--device", device)
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["encode", "--temperature", "nan"], "--temperature"),
-    (["encode", "--temperature", "-1"], "--temperature"),
-    (["encode", "--temperature", "inf"], "--temperature"),
-    (["encode", "--max-new-tokens", "0"], "--max-new-tokens"),
-    (["eval", "--max-new-tokens", "-3"], "--max-new-tokens"),
-    (["eval", "--temperature", "-0.5"], "--temperature"),
-    (["train-reasoner", "--temperature", "-1"], "--temperature"),
-    (["train-reasoner", "--generations", "0"], "--generations"),
-    (["train-reasoner", "--max-completion-length", "0"], "--max-completion-length"),
-    (["train-reasoner", "--sft-steps", "-1"], "--sft-steps"),
-    (["train-reasoner", "--beta", "-1"], "--beta"),
-    (["train-embedder", "--max-steps", "0"], "--max-steps"),
-    (["train-embedder", "--lora-r", "0"], "--lora-r"),
-    (["train-embedder", "--epochs", "nan"], "--epochs"),
-    (["train-embedder", "--save-steps", "0"], "--save-steps"),
-    (["demo", "--stage1-steps", "0"], "--stage1-steps"),
-    (["demo", "--eval-size", "-1"], "--eval-size"),
-    (["make-tiny", "--hidden-size", "0"], "--hidden-size"),
-    (["make-tiny", "--layers", "-1"], "--layers"),
-    (["make-tiny", "--layers", "0"], "--layers"),
-])
-def test_values_that_cannot_work_are_argument_errors(argv, flag, tmp_path, monkeypatch, capsys,
-                                                     no_training) -> None:
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["encode", "--temperature", "nan"], "--temperature"),
+        (["encode", "--temperature", "-1"], "--temperature"),
+        (["encode", "--temperature", "inf"], "--temperature"),
+        (["encode", "--max-new-tokens", "0"], "--max-new-tokens"),
+        (["eval", "--max-new-tokens", "-3"], "--max-new-tokens"),
+        (["eval", "--temperature", "-0.5"], "--temperature"),
+        (["train-reasoner", "--temperature", "-1"], "--temperature"),
+        (["train-reasoner", "--generations", "0"], "--generations"),
+        (["train-reasoner", "--max-completion-length", "0"], "--max-completion-length"),
+        (["train-reasoner", "--sft-steps", "-1"], "--sft-steps"),
+        (["train-reasoner", "--beta", "-1"], "--beta"),
+        (["train-embedder", "--max-steps", "0"], "--max-steps"),
+        (["train-embedder", "--lora-r", "0"], "--lora-r"),
+        (["train-embedder", "--epochs", "nan"], "--epochs"),
+        (["train-embedder", "--save-steps", "0"], "--save-steps"),
+        (["demo", "--stage1-steps", "0"], "--stage1-steps"),
+        (["demo", "--eval-size", "-1"], "--eval-size"),
+        (["make-tiny", "--hidden-size", "0"], "--hidden-size"),
+        (["make-tiny", "--layers", "-1"], "--layers"),
+        (["make-tiny", "--layers", "0"], "--layers"),
+    ],
+)
+def test_values_that_cannot_work_are_argument_errors(
+    argv, flag, tmp_path, monkeypatch, capsys, no_training
+) -> None:
     import embedrl.demo
 
     monkeypatch.setattr(embedrl.demo, "run_demo", no_training)
@@ -411,10 +599,36 @@ def test_values_that_cannot_work_are_argument_errors(argv, flag, tmp_path, monke
     base = {
         "encode": ["encode", "--embedder", ckpt, "--input", items, "--out", tmp_path / "v.npy"],
         "eval": ["eval", "--task", task, "--embedder", ckpt, "--out", tmp_path / "r"],
-        "train-reasoner": ["train", "reasoner", "--model", ckpt, "--pairs", items, "--out", tmp_path / "o",
-                           "--embedder", ckpt, "--cpu", "--preset", "tiny", "--process-weight", "0"],
-        "train-embedder": ["train", "embedder", "--model", ckpt, "--pairs", items, "--out", tmp_path / "o",
-                           "--cpu", "--preset", "tiny"],
+        "train-reasoner": [
+            "train",
+            "reasoner",
+            "--model",
+            ckpt,
+            "--pairs",
+            items,
+            "--out",
+            tmp_path / "o",
+            "--embedder",
+            ckpt,
+            "--cpu",
+            "--preset",
+            "tiny",
+            "--process-weight",
+            "0",
+        ],
+        "train-embedder": [
+            "train",
+            "embedder",
+            "--model",
+            ckpt,
+            "--pairs",
+            items,
+            "--out",
+            tmp_path / "o",
+            "--cpu",
+            "--preset",
+            "tiny",
+        ],
         "demo": ["demo", "--out", tmp_path / "demo"],
         "make-tiny": ["models", "make-tiny", "--out", tmp_path / "tiny"],
     }[command]
@@ -431,8 +645,14 @@ def test_make_tiny_refuses_sizes_the_model_cannot_have(tmp_path, capsys, no_mode
     assert code == 2
     error_line(err, "hidden")
     assert not (tmp_path / "tiny").exists()
-    for bad in ({"num_heads": 0}, {"vocab_size": -1}, {"vision_depth": 0}, {"num_kv_heads": 3},
-                {"intermediate_size": 0}, {"hidden_size": 20}):
+    for bad in (
+        {"num_heads": 0},
+        {"vocab_size": -1},
+        {"vision_depth": 0},
+        {"num_kv_heads": 3},
+        {"intermediate_size": 0},
+        {"hidden_size": 20},
+    ):
         with pytest.raises(ConfigError):
             TinySize(**bad)
     TinySize(hidden_size=8, num_layers=1, intermediate_size=16)  # the smallest model that still works
@@ -475,8 +695,11 @@ def test_evidence_style_flag_sets_the_embedders_reading(tiny_qwen3_embedder) -> 
     parser = argparse.ArgumentParser()
     add_model_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=2)
-    for flag, style in (([], "paper"), (["--evidence-style", "official"], "official"),
-                        (["--evidence-style", "embedrl"], "embedrl")):
+    for flag, style in (
+        ([], "paper"),
+        (["--evidence-style", "official"], "official"),
+        (["--evidence-style", "embedrl"], "embedrl"),
+    ):
         embedder, _ = load_models(parser.parse_args(["--embedder", str(tiny_qwen3_embedder), *flag]))
         assert embedder.config.evidence_style == style
     with pytest.raises(SystemExit):

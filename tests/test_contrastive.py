@@ -62,12 +62,14 @@ def _rank_worker(rank: int, world: int, port: int, q: torch.Tensor, p: torch.Ten
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         n = q.shape[0] // world
-        local_q = q[rank * n:(rank + 1) * n].clone().requires_grad_(True)
-        local_p = p[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+        local_q = q[rank * n : (rank + 1) * n].clone().requires_grad_(True)
+        local_p = p[rank * n : (rank + 1) * n].clone().requires_grad_(True)
         out = ContrastiveLoss(temperature=0.05)(local_q, local_p)
         out.loss.backward()
-        torch.save({"loss": out.loss.item(), "gq": local_q.grad, "gp": local_p.grad, "acc": out.accuracy},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {"loss": out.loss.item(), "gq": local_q.grad, "gp": local_p.grad, "acc": out.accuracy},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 
@@ -139,7 +141,7 @@ def test_grad_cache_gradients_equal_plain(tiny_qwen3_embedder, pair_batch, dropo
     if dropout == 0.0:
         reps = [encode(g) for g in groups]
     else:
-        reps = [torch.cat([encode(g[i:i + 2]) for i in range(0, len(g), 2)]) for g in groups]
+        reps = [torch.cat([encode(g[i : i + 2]) for i in range(0, len(g), 2)]) for g in groups]
     plain = loss_fn(*reps)
     plain.loss.backward()
     reference = _grads(emb.model)

@@ -25,8 +25,21 @@ def _embedrl() -> str:
 
 
 def _command(embedder: Path, folder: Path) -> list[str]:
-    return [_embedrl(), "encode", "--embedder", str(embedder), "--input", str(folder / "items.jsonl"),
-            "--out", str(folder / "v.npy"), "--batch-size", str(BATCH), "--device", "cpu", "--no-progress"]
+    return [
+        _embedrl(),
+        "encode",
+        "--embedder",
+        str(embedder),
+        "--input",
+        str(folder / "items.jsonl"),
+        "--out",
+        str(folder / "v.npy"),
+        "--batch-size",
+        str(BATCH),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
 
 
 def _write_items(folder: Path) -> None:
@@ -57,8 +70,9 @@ def test_sigkill_then_rerun_gives_the_vectors_of_an_uninterrupted_run(tiny_qwen3
     expected = np.load(whole / "v.npy")
     assert expected.shape[0] == NUM_ITEMS and np.isfinite(expected).all()
 
-    proc = subprocess.Popen(_command(tiny_qwen3_embedder, killed), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _command(tiny_qwen3_embedder, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 90
         while len(_shards(killed)) < 4 and proc.poll() is None and time.monotonic() < deadline:

@@ -19,8 +19,18 @@ def test_eval_cli_scores_resumes_and_isolates_failures(tiny_qwen3_embedder, tmp_
     tasks = write_benchmark(tmp_path / "bench", n=6)
     picked = [t for t in tasks if t.name in ("SynT2I", "SynCLS")]
     out = tmp_path / "results"
-    args = ["eval", "--task", *map(str, picked), "--embedder", str(tiny_qwen3_embedder), "--reasoning", "cached",
-            "--out", str(out), "--no-progress"]
+    args = [
+        "eval",
+        "--task",
+        *map(str, picked),
+        "--embedder",
+        str(tiny_qwen3_embedder),
+        "--reasoning",
+        "cached",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     result = json.loads((out / "synthetic" / "SynT2I.json").read_text())
     assert result["num_queries"] == 6 and 0.0 <= result["main_score"] <= 1.0
@@ -32,39 +42,73 @@ def test_eval_cli_scores_resumes_and_isolates_failures(tiny_qwen3_embedder, tmp_
     assert "(kept: an identical earlier run's result)" in capsys.readouterr().out
 
     # another model (or the same task name from another folder) must not be shown the stored score
-    other = main(["eval", "--task", str(picked[0]), "--embedder", str(tiny_qwen3_embedder), "--reasoning", "off",
-                  "--out", str(out), "--no-progress"])
-    assert other == 1 and "holds the result of a different run (its reasoning differs)" in capsys.readouterr().err
+    other = main(
+        [
+            "eval",
+            "--task",
+            str(picked[0]),
+            "--embedder",
+            str(tiny_qwen3_embedder),
+            "--reasoning",
+            "off",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert (
+        other == 1
+        and "holds the result of a different run (its reasoning differs)" in capsys.readouterr().err
+    )
     assert (out / "synthetic" / "SynT2I.json").stat().st_mtime_ns == stamp
     twin = tmp_path / "twin"
     shutil.copytree(picked[0], twin)  # same benchmark and task name, other content
-    (twin / "qrels.jsonl").write_text("\n".join(sorted((picked[0] / "qrels.jsonl").read_text().splitlines(),
-                                                         reverse=True)) + "\n")
-    args_twin = [*args[:2], str(twin), *args[2 + len(picked):]]
+    (twin / "qrels.jsonl").write_text(
+        "\n".join(sorted((picked[0] / "qrels.jsonl").read_text().splitlines(), reverse=True)) + "\n"
+    )
+    args_twin = [*args[:2], str(twin), *args[2 + len(picked) :]]
     assert main(args_twin) == 1 and "its task differs" in capsys.readouterr().err
 
     broken = next(t for t in tasks if t.name == "SynI2T")
     first_image = sorted((broken / "media" / "images").iterdir())[0]
     first_image.write_bytes(b"not an image")
-    code = main(["eval", "--task", str(broken), str(next(t for t in tasks if t.name == "SynDoc")),
-                 "--embedder", str(tiny_qwen3_embedder), "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--task",
+            str(broken),
+            str(next(t for t in tasks if t.name == "SynDoc")),
+            "--embedder",
+            str(tiny_qwen3_embedder),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "SynI2T: 1 item(s) could not be encoded" in err and first_image.name in err
     assert (out / "synthetic" / "SynDoc.json").is_file()  # the other task still ran
     assert not (out / "synthetic" / "SynI2T.json").exists()
 
 
-def test_videos_are_sampled_with_the_tasks_frame_count(tiny_qwen3_embedder, tmp_path: Path, monkeypatch) -> None:
+def test_videos_are_sampled_with_the_tasks_frame_count(
+    tiny_qwen3_embedder, tmp_path: Path, monkeypatch
+) -> None:
     task = next(t for t in write_benchmark(tmp_path / "bench", n=3, num_frames=6) if t.name == "SynT2V")
     assert json.loads((task / "task.json").read_text())["num_frames"] == 6
     seen: list[int] = []
     real = pipeline_module.load_item_media
-    monkeypatch.setattr(pipeline_module, "load_item_media",
-                        lambda item, num_frames: seen.append(num_frames) or real(item, num_frames))
+    monkeypatch.setattr(
+        pipeline_module,
+        "load_item_media",
+        lambda item, num_frames: seen.append(num_frames) or real(item, num_frames),
+    )
     embedder = Embedder.from_pretrained(tiny_qwen3_embedder)
     assert embedder.config.num_frames == 8
     out = tmp_path / "results"
-    result = evaluate_task(task, embedder, out_dir=out, settings=EvalSettings(reasoning="cached", progress=False))
+    result = evaluate_task(
+        task, embedder, out_dir=out, settings=EvalSettings(reasoning="cached", progress=False)
+    )
     assert result["run"]["frames_per_video"] == 6
     assert seen and set(seen) == {6}
     assert embedder.config.num_frames == 8  # the model's own setting is back after the task
@@ -76,8 +120,9 @@ def test_videos_are_sampled_with_the_tasks_frame_count(tiny_qwen3_embedder, tmp_
     with pytest.raises(TaskFailed, match="its task, frames_per_video differ"):
         evaluate_task(task, embedder, out_dir=out, settings=EvalSettings(reasoning="cached", progress=False))
     seen.clear()
-    result = evaluate_task(task, embedder, out_dir=out,
-                           settings=EvalSettings(reasoning="cached", progress=False, overwrite=True))
+    result = evaluate_task(
+        task, embedder, out_dir=out, settings=EvalSettings(reasoning="cached", progress=False, overwrite=True)
+    )
     assert result["run"]["frames_per_video"] == 4 and set(seen) == {4}
     # the frame count is its own part of the identity (and of every vector cache key): 6-frame vectors not reused
     assert result["run"]["identity"]["frames_per_video"] != first_identity["frames_per_video"]
@@ -87,8 +132,12 @@ def test_videos_are_sampled_with_the_tasks_frame_count(tiny_qwen3_embedder, tmp_
 def test_text_and_image_tasks_leave_the_frame_count_alone(tiny_qwen3_embedder, tmp_path: Path) -> None:
     task = next(t for t in write_benchmark(tmp_path / "bench", n=3) if t.name == "SynT2I")
     embedder = Embedder.from_pretrained(tiny_qwen3_embedder)
-    result = evaluate_task(task, embedder, out_dir=tmp_path / "results",
-                           settings=EvalSettings(reasoning="cached", progress=False))
+    result = evaluate_task(
+        task,
+        embedder,
+        out_dir=tmp_path / "results",
+        settings=EvalSettings(reasoning="cached", progress=False),
+    )
     assert result["run"]["frames_per_video"] is None
 
 
@@ -103,6 +152,7 @@ def test_a_media_file_edited_in_place_is_a_different_task(tiny_qwen3_embedder, t
     images[0].write_bytes(images[1].read_bytes())  # still a valid picture, but another one
     with pytest.raises(TaskFailed, match="its task differs"):
         evaluate_task(task, embedder, out_dir=out, settings=settings)
-    again = evaluate_task(task, embedder, out_dir=out, settings=EvalSettings(reasoning="cached", progress=False,
-                                                                             overwrite=True))
+    again = evaluate_task(
+        task, embedder, out_dir=out, settings=EvalSettings(reasoning="cached", progress=False, overwrite=True)
+    )
     assert again["run"]["identity"]["task"] != first["run"]["identity"]["task"]

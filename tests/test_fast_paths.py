@@ -115,7 +115,10 @@ def test_fast_image_processor_saves_as_the_stock_class(tiny_qwen3_embedder, tmp_
 
     fast = load_processor(tiny_qwen3_embedder).image_processor
     fast.save_pretrained(tmp_path)
-    assert '"image_processor_type": "Qwen2VLImageProcessor"' in (tmp_path / "preprocessor_config.json").read_text()
+    assert (
+        '"image_processor_type": "Qwen2VLImageProcessor"'
+        in (tmp_path / "preprocessor_config.json").read_text()
+    )
     reloaded = AutoImageProcessor.from_pretrained(tmp_path)
     assert type(reloaded).__name__.startswith("Qwen2VLImageProcessor")
     assert reloaded.patch_size == fast.patch_size
@@ -140,8 +143,9 @@ def test_packed_attention_equals_one_call_per_segment() -> None:
     expected, start = [], 0
     for length in lengths:
         span = slice(start, start + length)
-        out = torch.nn.functional.scaled_dot_product_attention(query[:, :, span], key[:, :, span],
-                                                               value[:, :, span], scale=0.3)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, span], key[:, :, span], value[:, :, span], scale=0.3
+        )
         expected.append(out.transpose(1, 2))
         start += length
     assert torch.allclose(got, torch.cat(expected, dim=1), atol=1e-6)
@@ -159,9 +163,12 @@ def test_packed_vision_attention_gives_the_same_embeddings(tiny_factory, family:
     for i, (h, w) in enumerate([(64, 64), (64, 64), (96, 40), (64, 64)]):
         paths.append(tmp_path / f"{i}.png")
         _random_image(rng, h, w).save(paths[-1])
-    items = [Item(id="a", images=[str(paths[0]), str(paths[1])], text="two"),
-             Item(id="b", images=[str(paths[2])], text="one"), Item(id="c", images=[str(paths[3])]),
-             Item(id="d", text="text only")]
+    items = [
+        Item(id="a", images=[str(paths[0]), str(paths[1])], text="two"),
+        Item(id="b", images=[str(paths[2])], text="one"),
+        Item(id="c", images=[str(paths[3])]),
+        Item(id="d", text="text only"),
+    ]
     batch = embedder.collate([embedder.build_input(item) for item in items])
     from transformers import AttentionInterface
 
@@ -220,20 +227,26 @@ def test_vision_rotary_positions_equal_transformers() -> None:
 
     rng = np.random.default_rng(4)
     for merge in (1, 2):
-        grids = [[int(rng.integers(1, 4)), merge * int(rng.integers(1, 9)), merge * int(rng.integers(1, 9))]
-                 for _ in range(40)] + [[1, 2 * merge, 2 * merge]] * 3  # repeated sizes hit the cache
+        grids = [
+            [int(rng.integers(1, 4)), merge * int(rng.integers(1, 9)), merge * int(rng.integers(1, 9))]
+            for _ in range(40)
+        ] + [[1, 2 * merge, 2 * merge]] * 3  # repeated sizes hit the cache
         grid_thw = torch.tensor(grids)
         expected = get_vision_position_ids(grid_thw, merge)
         got = vision_rotary_positions(grid_thw, merge)
         assert got.dtype == expected.dtype and torch.equal(got, expected)
     with torch.device("meta"):  # a dry run first must not leave meta tensors in the cache
         vision_rotary_positions(torch.tensor([[1, 10, 6]], device="cpu"), 2)
-    assert torch.equal(vision_rotary_positions(torch.tensor([[1, 10, 6]]), 2),
-                       get_vision_position_ids(torch.tensor([[1, 10, 6]]), 2))
+    assert torch.equal(
+        vision_rotary_positions(torch.tensor([[1, 10, 6]]), 2),
+        get_vision_position_ids(torch.tensor([[1, 10, 6]]), 2),
+    )
     again = vision_rotary_positions(torch.tensor([[1, 4, 4]]), 2)
     again += 100  # a caller writing into the result must not corrupt the cache
-    assert torch.equal(vision_rotary_positions(torch.tensor([[1, 4, 4]]), 2), get_vision_position_ids(
-        torch.tensor([[1, 4, 4]]), 2))
+    assert torch.equal(
+        vision_rotary_positions(torch.tensor([[1, 4, 4]]), 2),
+        get_vision_position_ids(torch.tensor([[1, 4, 4]]), 2),
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -254,12 +267,13 @@ def test_vision_tower_uses_the_cached_positions(tiny_factory, family: str, monke
     monkeypatch.setattr(speedups, "vision_rotary_positions", spy)
     grid = torch.tensor([[1, 4, 4], [1, 4, 6], [2, 4, 4]])
     patches = int(grid.prod(dim=1).sum())
-    width = visual.config.in_channels * visual.config.temporal_patch_size * visual.config.patch_size ** 2
+    width = visual.config.in_channels * visual.config.temporal_patch_size * visual.config.patch_size**2
     pixels = torch.randn(patches, width)
     with torch.no_grad():
         hooked = visual(pixels, grid_thw=grid).pooler_output
-        explicit = visual(pixels, grid_thw=grid,
-                          position_ids=get_vision_position_ids(grid, visual.spatial_merge_size)).pooler_output
+        explicit = visual(
+            pixels, grid_thw=grid, position_ids=get_vision_position_ids(grid, visual.spatial_merge_size)
+        ).pooler_output
     assert calls == [3]  # the hook ran for the first call and left the explicit positions alone
     assert torch.equal(hooked, explicit)
 
@@ -267,7 +281,9 @@ def test_vision_tower_uses_the_cached_positions(tiny_factory, family: str, monke
 def test_batched_token_types_equal_the_processor_per_row(tiny_qwen3_embedder) -> None:
     processor = load_processor(tiny_qwen3_embedder)
     # ProcessorMixin's own per-row implementation, which the mixin overrides
-    stock = next(cls for cls in type(processor).__mro__ if cls.__module__.startswith("transformers.processing"))
+    stock = next(
+        cls for cls in type(processor).__mro__ if cls.__module__.startswith("transformers.processing")
+    )
     image, video = processor.image_token_id, processor.video_token_id
     ragged = [[1, image, image, 2], [], [video, 5, image], [7]]
     padded = torch.tensor([[0, 0, image, 3], [video, image, 4, 4]])
@@ -281,7 +297,9 @@ def test_batched_token_types_equal_the_processor_per_row(tiny_qwen3_embedder) ->
 @pytest.mark.parametrize("family", FAMILIES)
 def test_image_placeholders_equal_the_family_processor(tiny_factory, family: str) -> None:
     processor = load_processor(tiny_factory(family))
-    family_cls = next(cls for cls in type(processor).__mro__ if cls.__module__.startswith("transformers.models"))
+    family_cls = next(
+        cls for cls in type(processor).__mro__ if cls.__module__.startswith("transformers.models")
+    )
     grids = {"image_grid_thw": torch.tensor([[1, 4, 4], [1, 6, 2], [2, 4, 8]])}
     for index in range(3):
         expected = family_cls.replace_image_token(processor, grids, image_idx=index)
@@ -304,14 +322,19 @@ def test_image_rope_positions_equal_the_model_own(tiny_factory, family: str, sid
     for i, (h, w) in enumerate([(64, 64), (40, 100), (128, 70), (33, 33)]):
         paths.append(tmp_path / f"{i}.png")
         _random_image(rng, h, w).save(paths[-1])
-    items = [Item(id="a", text="hello there world, a longer text row"),
-             Item(id="b", text="x", images=[str(paths[0])]),
-             Item(id="c", images=[str(paths[1]), str(paths[2])], text="two images and some words"),
-             Item(id="d", images=[str(paths[3])])]
+    items = [
+        Item(id="a", text="hello there world, a longer text row"),
+        Item(id="b", text="x", images=[str(paths[0])]),
+        Item(id="c", images=[str(paths[1]), str(paths[2])], text="two images and some words"),
+        Item(id="d", images=[str(paths[3])]),
+    ]
     batch = embedder.collate([embedder.build_input(item) for item in items], padding_side=side)
     expected, _ = embedder.model.model.get_rope_index(
-        batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"], image_grid_thw=batch["image_grid_thw"],
-        attention_mask=batch["attention_mask"])
+        batch["input_ids"],
+        mm_token_type_ids=batch["mm_token_type_ids"],
+        image_grid_thw=batch["image_grid_thw"],
+        attention_mask=batch["attention_mask"],
+    )
     got = image_rope_positions(batch, embedder.model.config.vision_config.spatial_merge_size)
     assert got is not None
     valid = batch["attention_mask"].bool()
@@ -328,14 +351,23 @@ def test_image_rope_positions_defer_to_the_model_when_not_all_still_images() -> 
     ids = torch.tensor([[1, 2, 3]])
     text_only = {"input_ids": ids, "mm_token_type_ids": torch.zeros_like(ids), "image_grid_thw": None}
     assert image_rope_positions(text_only, 2) is None
-    video = {"input_ids": ids, "mm_token_type_ids": torch.tensor([[0, 2, 2]]),
-             "image_grid_thw": torch.tensor([[1, 2, 2]])}
+    video = {
+        "input_ids": ids,
+        "mm_token_type_ids": torch.tensor([[0, 2, 2]]),
+        "image_grid_thw": torch.tensor([[1, 2, 2]]),
+    }
     assert image_rope_positions(video, 2) is None
-    frames = {"input_ids": ids, "mm_token_type_ids": torch.tensor([[0, 1, 1]]),
-              "image_grid_thw": torch.tensor([[2, 2, 2]])}
+    frames = {
+        "input_ids": ids,
+        "mm_token_type_ids": torch.tensor([[0, 1, 1]]),
+        "image_grid_thw": torch.tensor([[2, 2, 2]]),
+    }
     assert image_rope_positions(frames, 2) is None
-    mismatch = {"input_ids": ids, "mm_token_type_ids": torch.tensor([[0, 1, 1]]),
-                "image_grid_thw": torch.tensor([[1, 4, 4]])}
+    mismatch = {
+        "input_ids": ids,
+        "mm_token_type_ids": torch.tensor([[0, 1, 1]]),
+        "image_grid_thw": torch.tensor([[1, 4, 4]]),
+    }
     assert image_rope_positions(mismatch, 2) is None
 
 

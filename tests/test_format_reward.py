@@ -41,8 +41,16 @@ def test_conversational_completions() -> None:
     assert format_reward(conversational, ["text", "image", "text"]) == [1.0, 1.0, 0.0]
 
 
-@pytest.mark.parametrize("completion,text", [("a", "a"), ([], ""), (None, ""), ([{"content": None}], ""),
-                                             ([{"role": "user", "content": "q"}, {"content": "ans"}], "ans")])
+@pytest.mark.parametrize(
+    "completion,text",
+    [
+        ("a", "a"),
+        ([], ""),
+        (None, ""),
+        ([{"content": None}], ""),
+        ([{"role": "user", "content": "q"}, {"content": "ans"}], "ans"),
+    ],
+)
 def test_completion_text(completion: object, text: str) -> None:
     assert completion_text(completion) == text
 

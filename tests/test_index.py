@@ -21,12 +21,18 @@ from embedrl.index import Index, build_index
 from embedrl.models.embedder import Embedder
 from embedrl.pipeline import encode
 
-RED_BOX_TCOT = ('<thinking>A red square sits top left. {"bbox_2d": [[50, 50, 500, 500]]}</thinking>\n'
-                "<rethink>The red square.</rethink>\n<answer>red square</answer>")
-KEYFRAME_TCOT = ('<thinking>The dot moves right. {"key_frames": [2, 5]}</thinking>\n'
-                 "<rethink>A moving dot.</rethink>\n<answer>dot moving right</answer>")
-KEYWORD_TCOT = ('<thinking>A caption about colours. {"text_keywords": ["blue", "circle"]}</thinking>\n'
-                "<rethink>Blue circle.</rethink>\n<answer>blue circle</answer>")
+RED_BOX_TCOT = (
+    '<thinking>A red square sits top left. {"bbox_2d": [[50, 50, 500, 500]]}</thinking>\n'
+    "<rethink>The red square.</rethink>\n<answer>red square</answer>"
+)
+KEYFRAME_TCOT = (
+    '<thinking>The dot moves right. {"key_frames": [2, 5]}</thinking>\n'
+    "<rethink>A moving dot.</rethink>\n<answer>dot moving right</answer>"
+)
+KEYWORD_TCOT = (
+    '<thinking>A caption about colours. {"text_keywords": ["blue", "circle"]}</thinking>\n'
+    "<rethink>Blue circle.</rethink>\n<answer>blue circle</answer>"
+)
 
 
 def _scene(path: Path, color: tuple[int, int, int], shape: str) -> str:
@@ -48,27 +54,56 @@ def corpus(tmp_path_factory) -> Path:
         ImageDraw.Draw(frame).ellipse((4 + 9 * i, 18, 16 + 9 * i, 30), fill=(0, 0, 0))
         frame.save(frames / f"frame_{i:02d}.png")
     records = [
-        {"id": "red-square", "images": [_scene(root / "red.png", (230, 0, 0), "square")],
-         "meta": {"tcot": RED_BOX_TCOT}},
-        {"id": "green-circle", "images": [_scene(root / "green.png", (0, 190, 0), "circle")],
-         "meta": {"tcot": RED_BOX_TCOT.replace("[[50, 50, 500, 500]]", "[[60, 80, 480, 520], [500, 0, 900, 400]]")}},
-        {"id": "moving-dot", "video": {"frames": [f"clip/frame_{i:02d}.png" for i in range(6)]},
-         "meta": {"tcot": KEYFRAME_TCOT}},
+        {
+            "id": "red-square",
+            "images": [_scene(root / "red.png", (230, 0, 0), "square")],
+            "meta": {"tcot": RED_BOX_TCOT},
+        },
+        {
+            "id": "green-circle",
+            "images": [_scene(root / "green.png", (0, 190, 0), "circle")],
+            "meta": {
+                "tcot": RED_BOX_TCOT.replace(
+                    "[[50, 50, 500, 500]]", "[[60, 80, 480, 520], [500, 0, 900, 400]]"
+                )
+            },
+        },
+        {
+            "id": "moving-dot",
+            "video": {"frames": [f"clip/frame_{i:02d}.png" for i in range(6)]},
+            "meta": {"tcot": KEYFRAME_TCOT},
+        },
         {"id": "caption-blue", "text": "a blue circle on white paper", "meta": {"tcot": KEYWORD_TCOT}},
         {"id": "caption-plain", "text": "an empty white page", "meta": {"tcot": "no structure at all"}},
     ]
     (root / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (root / "more.jsonl").write_text(json.dumps({"id": "late-text", "text": "a late arrival",
-                                                 "meta": {"tcot": KEYWORD_TCOT}}) + "\n")
-    (root / "dup.jsonl").write_text(json.dumps({"id": "red-square", "text": "again", "meta": {"tcot": "x"}}) + "\n")
+    (root / "more.jsonl").write_text(
+        json.dumps({"id": "late-text", "text": "a late arrival", "meta": {"tcot": KEYWORD_TCOT}}) + "\n"
+    )
+    (root / "dup.jsonl").write_text(
+        json.dumps({"id": "red-square", "text": "again", "meta": {"tcot": "x"}}) + "\n"
+    )
     return root
 
 
 @pytest.fixture(scope="module")
 def built(corpus, tiny_qwen3_embedder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("idx") / "index"
-    code = main(["index", "build", "--embedder", str(tiny_qwen3_embedder), "--items", str(corpus / "items.jsonl"),
-                 "--reasoning", "cached", "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "index",
+            "build",
+            "--embedder",
+            str(tiny_qwen3_embedder),
+            "--items",
+            str(corpus / "items.jsonl"),
+            "--reasoning",
+            "cached",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     return out
 
@@ -113,7 +148,9 @@ def test_build_writes_vectors_ids_evidence_and_fingerprints(built, corpus, embed
 
 
 def test_search_table_and_json_show_the_evidence(built, capsys) -> None:
-    code = main(["search", str(built), "--text", "a blue circle on white paper", "--tcot", KEYWORD_TCOT, "-k", "3"])
+    code = main(
+        ["search", str(built), "--text", "a blue circle on white paper", "--tcot", KEYWORD_TCOT, "-k", "3"]
+    )
     out = capsys.readouterr().out
     assert code == 0
     lines = out.splitlines()
@@ -147,8 +184,20 @@ def test_exact_and_faiss_search_agree(built, corpus, embedder, tmp_path) -> None
 
 def test_explain_page_lists_the_hits_and_draws_boxes(built, corpus, tmp_path, capsys) -> None:
     explain = tmp_path / "why"
-    code = main(["search", str(built), "--image", str(corpus / "red.png"), "-k", "5", "--explain", str(explain),
-                 "--format", "json"])
+    code = main(
+        [
+            "search",
+            str(built),
+            "--image",
+            str(corpus / "red.png"),
+            "-k",
+            "5",
+            "--explain",
+            str(explain),
+            "--format",
+            "json",
+        ]
+    )
     reply = json.loads(capsys.readouterr().out)
     assert code == 0
     page = (explain / "index.html").read_text()
@@ -156,9 +205,9 @@ def test_explain_page_lists_the_hits_and_draws_boxes(built, corpus, tmp_path, ca
         assert f">{hit['id']}</a>" in page
     rank = next(h["rank"] for h in reply["hits"] if h["id"] == "red-square")
     drawn = np.asarray(Image.open(explain / f"hit-{rank:02d}.png").convert("RGB"))
-    assert ((drawn == (255, 40, 40)).all(axis=-1)).sum() > 50   # the crop box outline
+    assert ((drawn == (255, 40, 40)).all(axis=-1)).sum() > 50  # the crop box outline
     video_rank = next(h["rank"] for h in reply["hits"] if h["id"] == "moving-dot")
-    assert (explain / f"hit-{video_rank:02d}.png").is_file()   # the frames, keyframes framed
+    assert (explain / f"hit-{video_rank:02d}.png").is_file()  # the frames, keyframes framed
     assert (explain / "query.png").is_file() and "keyframes: 2, 5 of 6" in page
 
 
@@ -172,12 +221,26 @@ def test_add_appends_and_refuses_duplicate_ids(built, corpus, capsys) -> None:
     assert after.ids == before.ids + ["late-text"] and len(after.vectors) == 6
     np.testing.assert_array_equal(np.asarray(after.vectors[:5]), np.asarray(before.vectors))
     assert [p.name for p in built.glob("data-*")] == [after.manifest["data"]]  # the old generation is gone
-    main(["search", str(built), "--text", "a late arrival", "--tcot", KEYWORD_TCOT, "-k", "1", "--format", "json"])
+    main(
+        [
+            "search",
+            str(built),
+            "--text",
+            "a late arrival",
+            "--tcot",
+            KEYWORD_TCOT,
+            "-k",
+            "1",
+            "--format",
+            "json",
+        ]
+    )
     assert json.loads(capsys.readouterr().out)["hits"][0]["id"] == "late-text"
 
 
-def test_another_embedder_is_refused_with_the_reason(built, corpus, tiny_factory, tiny_qwen3_embedder,
-                                                     capsys) -> None:
+def test_another_embedder_is_refused_with_the_reason(
+    built, corpus, tiny_factory, tiny_qwen3_embedder, capsys
+) -> None:
     other = tiny_factory("qwen3-vl", "embedder", seed=3)
     code = main(["search", str(built), "--text", "x", "--embedder", str(other)])
     err = capsys.readouterr().err
@@ -188,10 +251,21 @@ def test_another_embedder_is_refused_with_the_reason(built, corpus, tiny_factory
     assert code == 2 and "input settings differ (keyframe_base" in capsys.readouterr().err
 
 
-def test_build_refuses_an_existing_index_and_a_foreign_folder(built, corpus, tiny_qwen3_embedder, tmp_path,
-                                                              capsys) -> None:
-    args = ["index", "build", "--embedder", str(tiny_qwen3_embedder), "--items", str(corpus / "items.jsonl"),
-            "--reasoning", "cached", "--no-progress", "--out"]
+def test_build_refuses_an_existing_index_and_a_foreign_folder(
+    built, corpus, tiny_qwen3_embedder, tmp_path, capsys
+) -> None:
+    args = [
+        "index",
+        "build",
+        "--embedder",
+        str(tiny_qwen3_embedder),
+        "--items",
+        str(corpus / "items.jsonl"),
+        "--reasoning",
+        "cached",
+        "--no-progress",
+        "--out",
+    ]
     assert main(args + [str(built)]) == 2 and "already an index" in capsys.readouterr().err
     foreign = tmp_path / "notes"
     foreign.mkdir()
@@ -202,15 +276,28 @@ def test_build_refuses_an_existing_index_and_a_foreign_folder(built, corpus, tin
 
 def test_failed_items_write_nothing_until_fixed(corpus, tiny_qwen3_embedder, tmp_path, capsys) -> None:
     items = tmp_path / "items.jsonl"
-    items.write_text(json.dumps({"id": "a", "text": "fine"}) + "\n"
-                     + json.dumps({"id": "b", "images": [str(corpus / "missing.png")]}) + "\n")
+    items.write_text(
+        json.dumps({"id": "a", "text": "fine"})
+        + "\n"
+        + json.dumps({"id": "b", "images": [str(corpus / "missing.png")]})
+        + "\n"
+    )
     out = tmp_path / "index"
-    base = ["index", "build", "--embedder", str(tiny_qwen3_embedder), "--items", str(items), "--out", str(out),
-            "--no-progress"]
+    base = [
+        "index",
+        "build",
+        "--embedder",
+        str(tiny_qwen3_embedder),
+        "--items",
+        str(items),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(base) == 1
     err = capsys.readouterr().err
     assert "'b'" in err and "--skip-failed" in err and not (out / "index.json").exists()
-    assert main(base + ["--skip-failed"]) == 1   # indexed what it could, and says what it left out
+    assert main(base + ["--skip-failed"]) == 1  # indexed what it could, and says what it left out
     assert Index.load(out).ids == ["a"]
 
 
@@ -224,8 +311,11 @@ def test_served_search_matches_the_cli(built, embedder, capsys) -> None:
     cli = json.loads(capsys.readouterr().out)
 
     def post(srv, body):
-        request = urllib.request.Request(srv.url + "/v1/search", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            srv.url + "/v1/search",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as reply:
                 return reply.status, json.loads(reply.read())
@@ -236,8 +326,9 @@ def test_served_search_matches_the_cli(built, embedder, capsys) -> None:
         status, reply = post(srv, {"query": "blue", "k": 3})
         assert status == 200
         assert [h["id"] for h in reply["data"]] == [h["id"] for h in cli["hits"]]
-        np.testing.assert_allclose([h["score"] for h in reply["data"]], [h["score"] for h in cli["hits"]],
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            [h["score"] for h in reply["data"]], [h["score"] for h in cli["hits"]], atol=1e-5
+        )
         assert reply["data"][0]["evidence"] == cli["hits"][0]["evidence"]
         status, reply = post(srv, {"query": {"text": "red", "tcot": RED_BOX_TCOT}, "k": 1})
         assert status == 200 and reply["query"]["evidence"]["crop_boxes"] == []  # a text query crops nothing
@@ -255,11 +346,29 @@ def test_served_search_matches_the_cli(built, embedder, capsys) -> None:
 @pytest.mark.timeout(180)
 def test_a_killed_build_resumes_to_the_same_vectors(tiny_qwen3_embedder, embedder, tmp_path, capsys) -> None:
     items = tmp_path / "items.jsonl"
-    items.write_text("".join(json.dumps({"id": f"t{i}", "text": f"item number {i} " + "word " * (i % 7)}) + "\n"
-                             for i in range(40)))
+    items.write_text(
+        "".join(
+            json.dumps({"id": f"t{i}", "text": f"item number {i} " + "word " * (i % 7)}) + "\n"
+            for i in range(40)
+        )
+    )
     out = tmp_path / "index"
-    command = [sys.executable, "-m", "embedrl", "index", "build", "--embedder", str(tiny_qwen3_embedder),
-               "--items", str(items), "--out", str(out), "--batch-size", "1", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "embedrl",
+        "index",
+        "build",
+        "--embedder",
+        str(tiny_qwen3_embedder),
+        "--items",
+        str(items),
+        "--out",
+        str(out),
+        "--batch-size",
+        "1",
+        "--no-progress",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -277,8 +386,24 @@ def test_a_killed_build_resumes_to_the_same_vectors(tiny_qwen3_embedder, embedde
         proc.stderr.close()
     assert still_running and not (out / "index.json").exists()
     shards = len(list(out.glob("cache/vectors/*/shard-*.npz")))
-    assert main(["index", "build", "--embedder", str(tiny_qwen3_embedder), "--items", str(items), "--out", str(out),
-                 "--batch-size", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--embedder",
+                str(tiny_qwen3_embedder),
+                "--items",
+                str(items),
+                "--out",
+                str(out),
+                "--batch-size",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     report = capsys.readouterr().out
     computed = int(re.search(r"\((\d+) computed", report).group(1))
     assert computed <= 40 - shards  # the killed run's vectors came from the cache
@@ -303,7 +428,7 @@ def test_evidence_of_an_in_memory_item(embedder) -> None:
 
     frames = [Image.new("RGB", (32, 32), (i * 40, 0, 0)) for i in range(4)]
     record = evidence_record(embedder, Item(id="v", video=VideoRef(frames=frames)), KEYFRAME_TCOT)
-    assert record["keyframes"] == [1] and record["num_frames"] == 4   # frame 5 of 4 is dropped
+    assert record["keyframes"] == [1] and record["num_frames"] == 4  # frame 5 of 4 is dropped
     assert any("outside" in note for note in record["notes"])
 
 
@@ -314,31 +439,69 @@ def test_a_task_folder_indexes_its_candidates(tiny_qwen3_embedder, tmp_path, cap
 
     task = make_t2i(tmp_path / "SynT2I", random.Random(0), n=4)
     out = tmp_path / "index"
-    assert main(["index", "build", "--embedder", str(tiny_qwen3_embedder), "--task", str(tmp_path / "SynT2I"),
-                 "--reasoning", "cached", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--embedder",
+                str(tiny_qwen3_embedder),
+                "--task",
+                str(tmp_path / "SynT2I"),
+                "--reasoning",
+                "cached",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     index = Index.load(out)
     assert index.ids == [c.id for c in task.candidates] and index.manifest["side"] == "candidate"
     assert index.manifest["modalities"] == {"image": 4}
-    assert all(r["evidence"]["crop_boxes"] for r in index.records)   # the oracle T-CoTs box every shape
+    assert all(r["evidence"]["crop_boxes"] for r in index.records)  # the oracle T-CoTs box every shape
     assert all(r["item"]["instruction"] == "Represent the given image." for r in index.records)
     assert Path(index.records[0]["item"]["images"][0]).is_absolute()
 
 
-def test_an_index_built_with_a_reasoner_reasons_for_queries_too(corpus, tiny_qwen3_embedder, tiny_qwen3_reasoner,
-                                                                tmp_path, capsys) -> None:
+def test_an_index_built_with_a_reasoner_reasons_for_queries_too(
+    corpus, tiny_qwen3_embedder, tiny_qwen3_reasoner, tmp_path, capsys
+) -> None:
     items = tmp_path / "items.jsonl"
     items.write_text("".join(json.dumps({"id": f"t{i}", "text": f"text {i}"}) + "\n" for i in range(3)))
     out = tmp_path / "index"
-    assert main(["index", "build", "--embedder", str(tiny_qwen3_embedder), "--reasoner", str(tiny_qwen3_reasoner),
-                 "--max-new-tokens", "6", "--items", str(items), "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--embedder",
+                str(tiny_qwen3_embedder),
+                "--reasoner",
+                str(tiny_qwen3_reasoner),
+                "--max-new-tokens",
+                "6",
+                "--items",
+                str(items),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     index = Index.load(out)
     assert index.manifest["reasoning"] == "generate" and index.manifest["reasoner"]["fingerprint"]
     assert all(isinstance(r["tcot"], str) for r in index.records)
     capsys.readouterr()
     assert main(["search", str(out), "--text", "text 1", "-k", "2", "--format", "json"]) == 0
     reply = json.loads(capsys.readouterr().out)
-    assert isinstance(reply["query"]["tcot"], str)   # the recorded Reasoner wrote the query's T-CoT
-    assert main(["search", str(out), "--text", "text 1", "-k", "2", "--format", "json", "--reasoning", "off"]) == 0
+    assert isinstance(reply["query"]["tcot"], str)  # the recorded Reasoner wrote the query's T-CoT
+    assert (
+        main(["search", str(out), "--text", "text 1", "-k", "2", "--format", "json", "--reasoning", "off"])
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["query"]["tcot"] is None
     more = tmp_path / "more.jsonl"
     more.write_text(json.dumps({"id": "t9", "text": "text 9"}) + "\n")

@@ -37,7 +37,9 @@ def _text_task(root: Path) -> None:
 # ------------------------------------------------------------------------------------------- the CLI
 
 
-def test_task_validate_names_the_undecodable_line_and_checks_the_lines_after_it(tmp_path: Path, capsys) -> None:
+def test_task_validate_names_the_undecodable_line_and_checks_the_lines_after_it(
+    tmp_path: Path, capsys
+) -> None:
     _text_task(tmp_path)
     queries = tmp_path / "queries.jsonl"
     lines = queries.read_bytes().splitlines()
@@ -53,7 +55,10 @@ def test_task_validate_names_the_undecodable_line_and_checks_the_lines_after_it(
     assert out[1] == f"{queries}:5: record 'q5': field 'text': expected str, got int"
     # q6 (line 6) was read: only the qrels of the two rejected queries point at unknown ones
     qrels = tmp_path / "qrels.jsonl"
-    assert out[2:] == [f"{qrels}:4: field 'qid': unknown qid 'q4'", f"{qrels}:5: field 'qid': unknown qid 'q5'"]
+    assert out[2:] == [
+        f"{qrels}:4: field 'qid': unknown qid 'q4'",
+        f"{qrels}:5: field 'qid': unknown qid 'q5'",
+    ]
 
 
 def test_check_data_names_the_undecodable_line_and_counts_the_pairs_after_it(tmp_path: Path, capsys) -> None:
@@ -62,10 +67,20 @@ def test_check_data_names_the_undecodable_line_and_counts_the_pairs_after_it(tmp
     def pair(i: int) -> bytes:
         return _line({"dataset": "D", "query": {"text": f"q{i}"}, "positive": {"text": f"p{i}"}})
 
-    pairs.write_bytes(b"\n".join([pair(1), pair(2), pair(3),
-                                  b'{"dataset": "D", "query": {"text": "\xff"}, "positive": {"text": "p"}}',
-                                  pair(5), _line({"query": {"text": "q"}, "positive": {"text": "p"}}),
-                                  pair(7)]) + b"\n")
+    pairs.write_bytes(
+        b"\n".join(
+            [
+                pair(1),
+                pair(2),
+                pair(3),
+                b'{"dataset": "D", "query": {"text": "\xff"}, "positive": {"text": "p"}}',
+                pair(5),
+                _line({"query": {"text": "q"}, "positive": {"text": "p"}}),
+                pair(7),
+            ]
+        )
+        + b"\n"
+    )
     capsys.readouterr()
 
     assert main(["train", "check-data", str(pairs)]) == 1
@@ -73,18 +88,36 @@ def test_check_data_names_the_undecodable_line_and_counts_the_pairs_after_it(tmp
     problems = [line for line in out.splitlines() if line.startswith(str(pairs))]
     assert problems[0].startswith(f"{pairs}:4: not UTF-8 text"), out
     assert problems[1:] == [f"{pairs}:6: field 'dataset': missing required field"]
-    summary = json.loads(out[out.index("{"):])
+    summary = json.loads(out[out.index("{") :])
     assert summary["D"]["pairs"] == 5  # lines 1-3, 5 and 7
 
 
 def test_encode_names_every_undecodable_line_before_loading_a_model(tmp_path: Path, capsys) -> None:
     items = tmp_path / "items.jsonl"
-    items.write_bytes(b"\n".join([_line({"id": "a", "text": "x"}), b'{"id": "b", "text": "\xe9"}',
-                                  _line({"id": "c", "text": "y"}), b'{"id": "d", "text": "\xc3"}',
-                                  _line({"id": "e", "text": 3})]) + b"\n")
+    items.write_bytes(
+        b"\n".join(
+            [
+                _line({"id": "a", "text": "x"}),
+                b'{"id": "b", "text": "\xe9"}',
+                _line({"id": "c", "text": "y"}),
+                b'{"id": "d", "text": "\xc3"}',
+                _line({"id": "e", "text": 3}),
+            ]
+        )
+        + b"\n"
+    )
     capsys.readouterr()
-    code = main(["encode", "--embedder", str(tmp_path / "no-such-model"), "--input", str(items),
-                 "--out", str(tmp_path / "v.npy")])
+    code = main(
+        [
+            "encode",
+            "--embedder",
+            str(tmp_path / "no-such-model"),
+            "--input",
+            str(items),
+            "--out",
+            str(tmp_path / "v.npy"),
+        ]
+    )
     err = capsys.readouterr().err.splitlines()
     assert code == 2
     assert [line.split(": ")[0] for line in err[:3]] == [f"{items}:2", f"{items}:4", f"{items}:5"], err
@@ -107,7 +140,7 @@ def test_conversion_reads_the_records_after_an_undecodable_line(tmp_path: Path) 
 def test_undecodable_lines_far_into_a_file_keep_their_numbers(tmp_path: Path) -> None:
     path = tmp_path / "big.jsonl"
     lines = [_line({"i": i, "pad": "x" * 100}) for i in range(1, 301)]
-    lines[149] = b'{"i": 150, "pad": "\x80"}'   # a lone continuation byte
+    lines[149] = b'{"i": 150, "pad": "\x80"}'  # a lone continuation byte
     lines[249] = b'{"i": 250, "pad": "\xe2\x82"}'  # a multi-byte character cut short
     path.write_bytes(b"\n".join(lines) + b"\n")
     records, problems = _read(path)
@@ -119,8 +152,15 @@ def test_undecodable_lines_far_into_a_file_keep_their_numbers(tmp_path: Path) ->
 
 def test_a_byte_order_mark_is_skipped_on_the_first_line_only(tmp_path: Path) -> None:
     path = tmp_path / "bom.jsonl"
-    path.write_bytes(b"\xef\xbb\xbf" + _line({"i": 1}) + b"\n\xef\xbb\xbf" + _line({"i": 2}) + b"\n"
-                     + _line({"i": 3}) + b"\n")
+    path.write_bytes(
+        b"\xef\xbb\xbf"
+        + _line({"i": 1})
+        + b"\n\xef\xbb\xbf"
+        + _line({"i": 2})
+        + b"\n"
+        + _line({"i": 3})
+        + b"\n"
+    )
     records, problems = _read(path)
     assert records == [(1, {"i": 1}), (3, {"i": 3})]
     assert [(p.line, p.message.split(" (")[0]) for p in problems] == [(2, "byte-order mark inside the file")]
@@ -128,8 +168,16 @@ def test_a_byte_order_mark_is_skipped_on_the_first_line_only(tmp_path: Path) -> 
 
 def test_line_endings_blank_lines_and_a_last_line_without_newline(tmp_path: Path) -> None:
     path = tmp_path / "mixed.jsonl"
-    path.write_bytes(_line({"i": 1}) + b"\r\n\r\n" + _line({"i": 3}) + b"\n  \t\n" + _line({"i": 5}) + b"\r\n"
-                     + b"\n" + _line({"i": 7}))
+    path.write_bytes(
+        _line({"i": 1})
+        + b"\r\n\r\n"
+        + _line({"i": 3})
+        + b"\n  \t\n"
+        + _line({"i": 5})
+        + b"\r\n"
+        + b"\n"
+        + _line({"i": 7})
+    )
     records, problems = _read(path)
     assert problems == []
     assert records == [(1, {"i": 1}), (3, {"i": 3}), (5, {"i": 5}), (7, {"i": 7})]
@@ -145,12 +193,15 @@ def test_a_lone_carriage_return_ends_a_line_as_it_does_in_text_mode(tmp_path: Pa
 
 def test_a_nul_byte_is_a_problem_of_its_line(tmp_path: Path) -> None:
     path = tmp_path / "nul.jsonl"
-    path.write_bytes(_line({"i": 1}) + b"\n\x00\x00\x00\x00\n" + b'{"i": 3, "s": "a\x00b"}\n'
-                     + _line({"i": 4}) + b"\n")
+    path.write_bytes(
+        _line({"i": 1}) + b"\n\x00\x00\x00\x00\n" + b'{"i": 3, "s": "a\x00b"}\n' + _line({"i": 4}) + b"\n"
+    )
     records, problems = _read(path)
     assert records == [(1, {"i": 1}), (4, {"i": 4})]
-    assert [(p.line, p.message.split(" (")[0]) for p in problems] == [(2, "NUL byte at column 1"),
-                                                                      (3, "NUL byte at column 17")]
+    assert [(p.line, p.message.split(" (")[0]) for p in problems] == [
+        (2, "NUL byte at column 1"),
+        (3, "NUL byte at column 17"),
+    ]
 
 
 @pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf", b"\n\n", b"\xef\xbb\xbf\r\n"])
@@ -162,7 +213,8 @@ def test_files_without_records_give_no_records_and_no_problems(tmp_path: Path, c
 
 def test_a_missing_or_unreadable_file_is_one_problem(tmp_path: Path) -> None:
     assert [(p.file, p.message) for p in _read(tmp_path / "nope.jsonl")[1]] == [
-        (str(tmp_path / "nope.jsonl"), "file not found")]
+        (str(tmp_path / "nope.jsonl"), "file not found")
+    ]
     folder = tmp_path / "folder.jsonl"
     folder.mkdir()
     problems = _read(folder)[1]

@@ -24,7 +24,9 @@ def _save(img: Image.Image, path: Path, **kw) -> Path:
     return path
 
 
-@pytest.mark.parametrize("fmt,suffix", [("PNG", ".png"), ("BMP", ".bmp"), ("TIFF", ".tif"), ("WEBP", ".webp")])
+@pytest.mark.parametrize(
+    "fmt,suffix", [("PNG", ".png"), ("BMP", ".bmp"), ("TIFF", ".tif"), ("WEBP", ".webp")]
+)
 def test_lossless_formats_round_trip_rgb(tmp_path: Path, fmt: str, suffix: str) -> None:
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 256, size=(12, 17, 3), dtype=np.uint8)
@@ -55,9 +57,9 @@ def test_gif_first_frame(tmp_path: Path) -> None:
 
 def test_rgba_composited_on_white(tmp_path: Path) -> None:
     arr = np.zeros((2, 2, 4), dtype=np.uint8)
-    arr[0, 0] = [255, 0, 0, 255]    # opaque red
-    arr[0, 1] = [255, 0, 0, 0]      # fully transparent -> white
-    arr[1, 0] = [0, 0, 0, 128]      # half black on white
+    arr[0, 0] = [255, 0, 0, 255]  # opaque red
+    arr[0, 1] = [255, 0, 0, 0]  # fully transparent -> white
+    arr[1, 0] = [0, 0, 0, 128]  # half black on white
     arr[1, 1] = [0, 0, 255, 255]
     path = _save(Image.fromarray(arr, "RGBA"), tmp_path / "a.png")
     out = np.asarray(load_image(path)).astype(int)
@@ -178,8 +180,8 @@ def test_truncated_and_corrupt_files_name_the_path(tmp_path: Path) -> None:
 
 
 def test_sample_indices() -> None:
-    assert sample_indices(3, 8) == [0, 1, 2]          # n < N: every frame once, no padding
-    assert sample_indices(8, 8) == list(range(8))      # n = N
+    assert sample_indices(3, 8) == [0, 1, 2]  # n < N: every frame once, no padding
+    assert sample_indices(8, 8) == list(range(8))  # n = N
     assert sample_indices(20, 8) == np.linspace(0, 19, 8).astype(int).tolist()
     assert sample_indices(20, 8) == [0, 2, 5, 8, 10, 13, 16, 19]
     assert sample_indices(1, 8) == [0]

@@ -43,8 +43,9 @@ def make_global_task(root: Path) -> Task:
     for rel in ("media/images/a.png", *(f"media/frames/v1/{i:06d}.jpg" for i in range(3))):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8), (10, 20, 30)).save(root / rel)
-    meta = TaskMeta(benchmark="TEST", task="t2x", modality="image", eval_type="global",
-                    primary_metric="hit@1")
+    meta = TaskMeta(
+        benchmark="TEST", task="t2x", modality="image", eval_type="global", primary_metric="hit@1"
+    )
     frames = [f"media/frames/v1/{i:06d}.jpg" for i in range(3)]
     candidates = [Item(id="c1", images=["media/images/a.png"]), Item(id="c2", video=VideoRef(frames=frames))]
     return Task(meta, [Query(id="q1", text="a square")], candidates, [Qrel("q1", "c1")])
@@ -61,13 +62,17 @@ def _image_bytes(fmt: str) -> bytes:
 # ------------------------------------------------------------------------------------------ formats
 
 
-@pytest.mark.parametrize(("head", "kind"), [
-    (EPS, "PostScript data"),
-    (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "PDF document"),
-    (b"<?xml version='1.0'?><svg xmlns='http://www.w3.org/2000/svg'/>", "SVG/XML document"),
-])
-def test_other_formats_named_png_are_refused_with_their_real_format(tmp_path: Path, no_ghostscript,
-                                                                   head: bytes, kind: str) -> None:
+@pytest.mark.parametrize(
+    ("head", "kind"),
+    [
+        (EPS, "PostScript data"),
+        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "PDF document"),
+        (b"<?xml version='1.0'?><svg xmlns='http://www.w3.org/2000/svg'/>", "SVG/XML document"),
+    ],
+)
+def test_other_formats_named_png_are_refused_with_their_real_format(
+    tmp_path: Path, no_ghostscript, head: bytes, kind: str
+) -> None:
     path = tmp_path / "x.png"
     path.write_bytes(head)
     with pytest.raises(MediaError) as info:
@@ -179,10 +184,12 @@ def test_task_validation_names_what_a_special_file_is(tmp_path: Path, capsys) ->
     (root / "media" / "frames" / "v1" / "000001.jpg").mkdir()
     problems = [str(p) for p in validate_task(root)]
     assert len(problems) == 2, problems
-    assert problems[0].endswith("field 'images[0]': media file 'media/images/a.png' is a FIFO (named pipe), "
-                                "not a regular file")
-    assert problems[1].endswith("field 'video.frames[1]': media file 'media/frames/v1/000001.jpg' is a "
-                                "directory, not a regular file")
+    assert problems[0].endswith(
+        "field 'images[0]': media file 'media/images/a.png' is a FIFO (named pipe), not a regular file"
+    )
+    assert problems[1].endswith(
+        "field 'video.frames[1]': media file 'media/frames/v1/000001.jpg' is a directory, not a regular file"
+    )
     assert main(["task", "validate", str(root)]) == 1
     assert "is a FIFO (named pipe), not a regular file" in capsys.readouterr().out
 
@@ -216,8 +223,12 @@ def test_a_fifo_never_blocks_the_content_hash_or_encode(tmp_path, tiny_qwen3_emb
     os.mkfifo(fifo)
     item = Item(id="a", images=[str(fifo)])
     assert content_key(item) != content_key(Item(id="a", images=[str(tmp_path / "other.png")]))
-    result = encode_detailed([item, Item(id="b", text="fine")], Embedder.from_pretrained(tiny_qwen3_embedder),
-                             reasoning="off", cache_dir=tmp_path / "cache")
+    result = encode_detailed(
+        [item, Item(id="b", text="fine")],
+        Embedder.from_pretrained(tiny_qwen3_embedder),
+        reasoning="off",
+        cache_dir=tmp_path / "cache",
+    )
     assert [f.id for f in result.failures] == ["a"] and "FIFO" in result.failures[0].message
 
 
@@ -228,7 +239,11 @@ def test_training_pairs_name_a_fifo_instead_of_calling_it_missing(tmp_path) -> N
     fifo = tmp_path / "x.png"
     os.mkfifo(fifo)
     path = tmp_path / "pairs.jsonl"
-    path.write_text(json.dumps({"dataset": "d", "query": {"id": "q", "text": "t"},
-                                "positive": {"id": "p", "images": ["x.png"]}}) + "\n")
+    path.write_text(
+        json.dumps(
+            {"dataset": "d", "query": {"id": "q", "text": "t"}, "positive": {"id": "p", "images": ["x.png"]}}
+        )
+        + "\n"
+    )
     problems = load_pairs(path)[1]
     assert any("FIFO" in str(p) for p in problems), problems

@@ -45,7 +45,7 @@ def test_single_positive_at_rank_3():
     assert precision_at_k(j, 5)[0] == pytest.approx(1 / 5)
     assert recall_at_k(j, 2)[0] == 0 and recall_at_k(j, 3)[0] == 1
     assert mrr_at_k(j, 2)[0] == 0 and mrr_at_k(j, 5)[0] == pytest.approx(1 / 3)
-    assert map_at_k(j, 5)[0] == pytest.approx(1 / 3)            # (1/3) / min(1, 5)
+    assert map_at_k(j, 5)[0] == pytest.approx(1 / 3)  # (1/3) / min(1, 5)
     assert ndcg_linear_at_k(j, 5)[0] == pytest.approx(1 / L2(4))  # DCG 1/log2(4), IDCG 1
     assert f1_at_k(j, 5)[0] == pytest.approx(2 * 0.2 * 1 / 1.2)
 
@@ -56,7 +56,7 @@ def test_two_positives_hand_computed():
     assert precision_at_k(j, 5)[0] == pytest.approx(2 / 5)
     assert recall_at_k(j, 2)[0] == pytest.approx(1 / 2)
     assert recall_at_k(j, 5)[0] == pytest.approx(1.0)
-    assert uvrb_recall_at_k(j, 2)[0] == 1.0                      # hit, not |P∩top|/|P|
+    assert uvrb_recall_at_k(j, 2)[0] == 1.0  # hit, not |P∩top|/|P|
     assert map_at_k(j, 5)[0] == pytest.approx((1 / 2 + 2 / 4) / 2)
     assert map_at_k(j, 1)[0] == 0.0
     idcg = 1 + 1 / L2(3)
@@ -87,15 +87,23 @@ def test_binary_grades_make_both_ndcg_forms_equal():
 
 def test_empty_relevant_set_follows_vlm2vec():
     j = one(["a", "b", "c"], {})
-    assert recall_at_k(j, 5)[0] == 1.0                 # VLM2Vec: all of nothing was found
-    for fn in (hit_at_k, precision_at_k, uvrb_recall_at_k, ndcg_linear_at_k, ndcg_exponential_at_k,
-               mrr_at_k, map_at_k, f1_at_k):
+    assert recall_at_k(j, 5)[0] == 1.0  # VLM2Vec: all of nothing was found
+    for fn in (
+        hit_at_k,
+        precision_at_k,
+        uvrb_recall_at_k,
+        ndcg_linear_at_k,
+        ndcg_exponential_at_k,
+        mrr_at_k,
+        map_at_k,
+        f1_at_k,
+    ):
         assert fn(j, 5)[0] == 0.0, fn.__name__
 
 
 def test_k_larger_than_the_pool():
-    j = one(["p", "a"], {"p": 1}, depth=10)           # two candidates, k = 10
-    assert precision_at_k(j, 5)[0] == pytest.approx(0.2)   # divided by k, not by the pool size
+    j = one(["p", "a"], {"p": 1}, depth=10)  # two candidates, k = 10
+    assert precision_at_k(j, 5)[0] == pytest.approx(0.2)  # divided by k, not by the pool size
     assert precision_at_k(j, 10)[0] == pytest.approx(0.1)
     assert hit_at_k(j, 10)[0] == 1.0 and recall_at_k(j, 10)[0] == 1.0
     assert ndcg_linear_at_k(j, 10)[0] == 1.0 and map_at_k(j, 10)[0] == 1.0
@@ -135,8 +143,11 @@ def test_tie_rate_and_pessimistic_hit():
     # q3: tie fills the whole (incomplete) row, so the rest of the tie is unseen.
     scores = np.array([[0.9, 0.9, 0.1], [0.9, 0.5, 0.1], [0.8, 0.8, 0.2], [0.7, 0.7, 0.7]])
     valid = np.ones_like(scores, dtype=bool)
-    j = judge([["p", "n", "m"], ["p", "n", "m"], ["p", "q", "n"], ["p", "q", "r"]],
-              [{"p": 1}, {"p": 1}, {"p": 1, "q": 1}, {"p": 1, "q": 1, "r": 1}], depth=3)
+    j = judge(
+        [["p", "n", "m"], ["p", "n", "m"], ["p", "q", "n"], ["p", "q", "r"]],
+        [{"p": 1}, {"p": 1}, {"p": 1, "q": 1}, {"p": 1, "q": 1, "r": 1}],
+        depth=3,
+    )
     assert top1_tied(scores, valid).tolist() == [True, False, True, True]
     complete = np.array([True, True, True, False])
     assert pessimistic_hit_at_1(j, scores, valid, complete).tolist() == [0.0, 1.0, 1.0, 0.0]

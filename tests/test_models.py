@@ -49,7 +49,9 @@ def test_emb_token_and_layout(embedder: Embedder, tmp_path: Path) -> None:
     inp = embedder.build_input(_items(tmp_path)[3])
     text = embedder.processor.apply_chat_template(inp.messages, tokenize=False)
     assert text.startswith("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>what is in")
-    assert text.endswith("Summarize the above content in one word:<|im_end|>\n<|im_start|>assistant\n<emb><|im_end|>\n")
+    assert text.endswith(
+        "Summarize the above content in one word:<|im_end|>\n<|im_start|>assistant\n<emb><|im_end|>\n"
+    )
     assert len(inp.images) == 1
 
 
@@ -75,8 +77,9 @@ def test_pooling_is_after_the_final_norm(embedder: Embedder, tmp_path: Path) -> 
     batch = embedder.collate(inputs)
     captured = {}
     last_layer = language_model(embedder.model).layers[-1]
-    hook = last_layer.register_forward_hook(lambda m, a, out: captured.__setitem__(
-        "pre", out[0] if isinstance(out, tuple) else out))
+    hook = last_layer.register_forward_hook(
+        lambda m, a, out: captured.__setitem__("pre", out[0] if isinstance(out, tuple) else out)
+    )
     try:
         with torch.no_grad():
             full = embedder.model(**batch, output_hidden_states=True)
@@ -124,7 +127,9 @@ def test_emb_token_read_from_official_config(tiny_factory, tmp_path: Path) -> No
     reloaded = Embedder.from_pretrained(tmp_path / "official")
     assert reloaded.emb_token_id == added_id and len(reloaded.tokenizer) == len(plain.tokenizer)
     assert reloaded.config.image_max_pixels == 768 * 32 * 32  # the paper's vision bounds for official weights
-    assert Embedder.from_pretrained(base).config.image_max_pixels is None  # a plain model keeps its processor's
+    assert (
+        Embedder.from_pretrained(base).config.image_max_pixels is None
+    )  # a plain model keeps its processor's
 
 
 def test_lora_target_modules_and_vision_switch(embedder: Embedder) -> None:
@@ -204,13 +209,19 @@ def test_linear_patch_embedding_equals_the_convolution(tiny_factory, family: str
         reference = patch_embed(pixels)
         assert use_linear_patch_embedding(model) == 1
         fast = patch_embed(pixels)
-        copied = copy.deepcopy(model).model.visual.patch_embed(pixels)  # survives the copy save_pretrained makes
-        unpickled = pickle.loads(pickle.dumps(model)).model.visual.patch_embed(pixels)  # torch.save(model) works
+        copied = copy.deepcopy(model).model.visual.patch_embed(
+            pixels
+        )  # survives the copy save_pretrained makes
+        unpickled = pickle.loads(pickle.dumps(model)).model.visual.patch_embed(
+            pixels
+        )  # torch.save(model) works
         assert use_linear_patch_embedding(model) == 0  # already switched
     assert torch.allclose(fast, reference, atol=1e-5)
     assert torch.allclose(copied, reference, atol=1e-5)
     assert torch.equal(unpickled, fast)
-    assert set(model.state_dict()) == set(stock_keys)  # same parameter names: checkpoints and LoRA targets unchanged
+    assert set(model.state_dict()) == set(
+        stock_keys
+    )  # same parameter names: checkpoints and LoRA targets unchanged
 
 
 def test_an_adapter_only_folder_loads_like_base_plus_adapter(tiny_qwen3_embedder, tmp_path) -> None:
@@ -235,8 +246,9 @@ def test_an_adapter_only_folder_loads_like_base_plus_adapter(tiny_qwen3_embedder
     assert direct.adapters == [str(folder)]
 
 
-def test_an_adapter_names_its_base_so_that_it_loads_from_anywhere(tiny_qwen3_embedder, tmp_path,
-                                                                   monkeypatch) -> None:
+def test_an_adapter_names_its_base_so_that_it_loads_from_anywhere(
+    tiny_qwen3_embedder, tmp_path, monkeypatch
+) -> None:
     import json
 
     from embedrl.models.embedder import Embedder, LoraSettings
@@ -266,4 +278,7 @@ def test_a_leading_tilde_is_the_home_folder(tiny_qwen3_embedder, monkeypatch) ->
     from embedrl.models.backbone import read_config
 
     monkeypatch.setenv("HOME", str(tiny_qwen3_embedder.parent))
-    assert read_config(f"~/{tiny_qwen3_embedder.name}")["model_type"] == read_config(tiny_qwen3_embedder)["model_type"]
+    assert (
+        read_config(f"~/{tiny_qwen3_embedder.name}")["model_type"]
+        == read_config(tiny_qwen3_embedder)["model_type"]
+    )

@@ -38,7 +38,9 @@ def _run_ranks(fn, args: tuple, timeout: float = 90.0) -> None:
     try:
         while not context.join(timeout=max(0.1, deadline - time.monotonic())):
             if time.monotonic() >= deadline:
-                pytest.fail(f"ranks still running after {timeout:.0f} s: a collective not matched on every rank")
+                pytest.fail(
+                    f"ranks still running after {timeout:.0f} s: a collective not matched on every rank"
+                )
     finally:
         for process in context.processes:
             if process.is_alive():
@@ -58,8 +60,11 @@ def _case_data(seed: int, counts: tuple[int, int], dim: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     n = WORLD * PER_RANK
     q = torch.randn(n, dim, generator=generator)
-    return {"q": q, "p": q + 0.7 * torch.randn(n, dim, generator=generator),
-            "neg": [torch.randn(c, dim, generator=generator) for c in counts]}
+    return {
+        "q": q,
+        "p": q + 0.7 * torch.randn(n, dim, generator=generator),
+        "neg": [torch.randn(c, dim, generator=generator) for c in counts],
+    }
 
 
 def _oracle_loss(q: torch.Tensor, p: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
@@ -178,6 +183,7 @@ def _encoder() -> torch.nn.Linear:
 def _encode_with(model: torch.nn.Module):
     def encode(chunk) -> torch.Tensor:
         return F.normalize(model(torch.stack(list(chunk))), dim=-1)
+
     return encode
 
 
@@ -191,10 +197,12 @@ def _grad_cache_worker(rank: int, port: int, cases: list[dict], out_dir: str) ->
         for case in cases:
             model = _encoder()
             groups = [list(case["q"][rows]), list(case["p"][rows]), list(case["neg"][rank])]
-            out = grad_cache_step(_encode_with(model), groups, ContrastiveLoss(temperature=TEMPERATURE),
-                                  chunk_size=2)
-            results.append({"loss": out.loss.item(), "w": model.weight.grad.clone(),
-                            "b": model.bias.grad.clone()})
+            out = grad_cache_step(
+                _encode_with(model), groups, ContrastiveLoss(temperature=TEMPERATURE), chunk_size=2
+            )
+            results.append(
+                {"loss": out.loss.item(), "w": model.weight.grad.clone(), "b": model.bias.grad.clone()}
+            )
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -209,8 +217,9 @@ def test_grad_cache_with_uneven_negatives_across_ranks_equals_the_global_batch(t
         model = _encoder()
         encode = _encode_with(model)
         negatives = torch.cat(case["neg"])
-        loss = _oracle_loss(encode(case["q"]), encode(case["p"]),
-                            encode(negatives) if len(negatives) else torch.zeros(0, DIM))
+        loss = _oracle_loss(
+            encode(case["q"]), encode(case["p"]), encode(negatives) if len(negatives) else torch.zeros(0, DIM)
+        )
         loss.backward()
         got = [r[index] for r in ranks]
         assert sum(g["loss"] for g in got) / WORLD == pytest.approx(loss.item(), abs=1e-5), counts

@@ -63,7 +63,9 @@ def embedders(released_like) -> dict[str, Embedder]:
 def _item(record: dict, root: Path) -> Item:
     video = record.get("video")
     return Item(
-        id=record["id"], instruction=record.get("instruction"), text=record.get("text"),
+        id=record["id"],
+        instruction=record.get("instruction"),
+        text=record.get("text"),
         images=[str(root / p) for p in record.get("images") or []],
         video=VideoRef(frames=[str(root / p) for p in video["frames"]]) if video else None,
     )
@@ -95,7 +97,9 @@ def _compare(embedder: Embedder, line: dict, expected: dict, root: Path) -> list
     """Every difference between what embedrl builds and the official record, as readable lines."""
     built, batch = _built(embedder, line, root)
     diffs: list[str] = []
-    chat = embedder.processor.apply_chat_template([built.messages], tokenize=False, add_generation_prompt=False)[0]
+    chat = embedder.processor.apply_chat_template(
+        [built.messages], tokenize=False, add_generation_prompt=False
+    )[0]
     if chat != expected["chat_text"]:
         diffs.append(f"chat_text:\n  embedrl:  {chat!r}\n  official: {expected['chat_text']!r}")
     prompt = embedder.tokenizer.decode(batch["input_ids"][0].tolist(), skip_special_tokens=False)
@@ -105,11 +109,17 @@ def _compare(embedder: Embedder, line: dict, expected: dict, root: Path) -> list
     grids = grids.tolist() if isinstance(grids, torch.Tensor) else []
     official_images = expected["images"]
     if len(built.placements) != len(official_images) or len(grids) != len(official_images):
-        diffs.append(f"{len(built.placements)} images placed, {len(grids)} grids; official {len(official_images)}")
+        diffs.append(
+            f"{len(built.placements)} images placed, {len(grids)} grids; official {len(official_images)}"
+        )
     for n, (ours, grid, theirs) in enumerate(zip(built.placements, grids, official_images)):
         facts = {
-            "role": ours.role, "source_hw": list(ours.source_hw), "min_pixels": ours.min_pixels,
-            "max_pixels": ours.max_pixels, "resized_hw": list(ours.resized_hw), "image_grid_thw": grid,
+            "role": ours.role,
+            "source_hw": list(ours.source_hw),
+            "min_pixels": ours.min_pixels,
+            "max_pixels": ours.max_pixels,
+            "resized_hw": list(ours.resized_hw),
+            "image_grid_thw": grid,
             "image_pad_tokens": grid[0] * grid[1] * grid[2] // 4,
         }
         if "frame_index" in theirs:
@@ -122,7 +132,11 @@ def _compare(embedder: Embedder, line: dict, expected: dict, root: Path) -> list
     crop_boxes = [list(p.crop_box) for p in built.placements if p.role == "crop"]
     frames = [p.frame_index for p in built.placements if p.role == "frame"]
     keyframes = [p.frame_index for p in built.placements if p.role == "keyframe"]
-    for key, value in (("crop_boxes", crop_boxes), ("frame_indices", frames), ("keyframe_indices", keyframes)):
+    for key, value in (
+        ("crop_boxes", crop_boxes),
+        ("frame_indices", frames),
+        ("keyframe_indices", keyframes),
+    ):
         if value != expected[key]:
             diffs.append(f"{key}: embedrl {value}, official {expected[key]}")
     return diffs
@@ -138,7 +152,13 @@ def test_embedder_input_equals_the_official_evaluation(embedders, media_dir, lin
 def test_fixture_covers_every_kind_the_issue_names() -> None:
     kinds = {line["kind"] for line in LINES}
     assert len(LINES) == 18 and len(kinds) == 18
-    assert {"tcot_keywords", "tcot_singlequote_json", "tcot_bbox", "tcot_keyframes", "video_640x360+text"} <= kinds
+    assert {
+        "tcot_keywords",
+        "tcot_singlequote_json",
+        "tcot_bbox",
+        "tcot_keyframes",
+        "video_640x360+text",
+    } <= kinds
 
 
 def test_released_checkpoint_gets_official_bounds_and_the_paper_reading(embedders) -> None:
@@ -155,8 +175,9 @@ def test_old_behaviours_would_fail_the_parity_check(embedders, media_dir) -> Non
     embedder = embedders["official"]
     # A newline after the item text.
     line = by_kind["text"]
-    expected = dict(line["official"], chat_text=line["official"]["chat_text"].replace(
-        "square", "square\n", 1))
+    expected = dict(
+        line["official"], chat_text=line["official"]["chat_text"].replace("square", "square\n", 1)
+    )
     assert _compare(embedder, line, expected, media_dir)
     # Crop boxes rounded outwards instead of truncated: [80, 120, 403, 467] for the first box.
     line = by_kind["tcot_bbox"]
@@ -175,7 +196,9 @@ def test_embedrl_style_repairs_json_caps_crops_and_drops_repeats(released_like, 
     assert [p.crop_box for p in built.placements if p.role == "crop"] == [(400, 199, 600, 400)]
     assert any("leniently" in note for note in built.notes)
     boxes = [[0, 0, 500, 500]] * 2 + [[100 * i, 0, 100 * i + 300, 300] for i in range(5)]
-    tcot = f'<thinking>x {json.dumps({"bbox_2d": boxes})}</thinking>\n<rethink>r</rethink>\n<answer>a</answer>'
+    tcot = (
+        f"<thinking>x {json.dumps({'bbox_2d': boxes})}</thinking>\n<rethink>r</rethink>\n<answer>a</answer>"
+    )
     item = Item(id="many", images=[str(media_dir / "media" / "mid_800x600.png")])
     capped = embedder.build_input(item, tcot)
     assert len([p for p in capped.placements if p.role == "crop"]) == 4
@@ -185,13 +208,16 @@ def test_embedrl_style_repairs_json_caps_crops_and_drops_repeats(released_like, 
     assert len([p for p in every.placements if p.role == "crop"]) == len(boxes)
 
 
-@pytest.mark.parametrize(("hw", "bounds", "expected"), [
-    ((600, 800), (131072, 786432), (608, 800)),
-    ((960, 1280), (131072, 786432), (768, 1024)),
-    ((200, 300), (131072, 786432), (320, 448)),
-    ((2414, 348), (131072, 786432), (2304, 320)),
-    ((720, 1280), (131072, 307200), (384, 736)),  # round(22.5) is 22: Python rounds half to even
-])
+@pytest.mark.parametrize(
+    ("hw", "bounds", "expected"),
+    [
+        ((600, 800), (131072, 786432), (608, 800)),
+        ((960, 1280), (131072, 786432), (768, 1024)),
+        ((200, 300), (131072, 786432), (320, 448)),
+        ((2414, 348), (131072, 786432), (2304, 320)),
+        ((720, 1280), (131072, 307200), (384, 736)),  # round(22.5) is 22: Python rounds half to even
+    ],
+)
 def test_smart_resize_follows_qwen_vl_utils(hw, bounds, expected) -> None:
     assert smart_resize(*hw, 32, *bounds) == expected
 
@@ -217,8 +243,12 @@ def test_encode_and_the_stage1_collator_give_the_same_vector(released_like, medi
     item = _item(line["item"], media_dir)
     item.meta["tcot"] = line["tcot"]
     vector = encode([item], embedder, reasoning="cached", side="query", cache_dir=tmp_path / "cache")[0]
-    pair = TrainingPair(dataset="d", query=_item(line["item"], media_dir), positive=Item(id="p", text="x"),
-                        query_tcot=line["tcot"])
+    pair = TrainingPair(
+        dataset="d",
+        query=_item(line["item"], media_dir),
+        positive=Item(id="p", text="x"),
+        query_tcot=line["tcot"],
+    )
     built = PairCollator(embedder)([pair])["queries"][0]
     assert [p.role for p in built.placements] == ["image", "crop", "crop"]
     with torch.no_grad():

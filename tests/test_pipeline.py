@@ -24,8 +24,9 @@ def embedder(tiny_qwen3_embedder) -> Embedder:
 
 @pytest.fixture(scope="module")
 def reasoner(tiny_qwen3_reasoner) -> Reasoner:
-    return Reasoner(TransformersBackend.from_pretrained(tiny_qwen3_reasoner),
-                    GenerationSettings(max_new_tokens=24))
+    return Reasoner(
+        TransformersBackend.from_pretrained(tiny_qwen3_reasoner), GenerationSettings(max_new_tokens=24)
+    )
 
 
 def _scene_items(root: Path, n: int = 6) -> list[Item]:
@@ -155,8 +156,18 @@ def test_cli_encode_reports_and_resumes(tiny_qwen3_embedder, tmp_path: Path, cap
     items_file = tmp_path / "items.jsonl"
     items_file.write_text("".join(json.dumps(x) + "\n" for x in lines))
     out = tmp_path / "vec.npy"
-    code = main(["encode", "--embedder", str(tiny_qwen3_embedder), "--input", str(items_file),
-                 "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "encode",
+            "--embedder",
+            str(tiny_qwen3_embedder),
+            "--input",
+            str(items_file),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "x3" in err and "missing.png" in err
@@ -166,8 +177,18 @@ def test_cli_encode_reports_and_resumes(tiny_qwen3_embedder, tmp_path: Path, cap
     assert [f["id"] for f in failures] == ["x3"]
 
     Image.new("RGB", (64, 64), (0, 0, 200)).save(tmp_path / "media" / "missing.png")
-    code = main(["encode", "--embedder", str(tiny_qwen3_embedder), "--input", str(items_file),
-                 "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "encode",
+            "--embedder",
+            str(tiny_qwen3_embedder),
+            "--input",
+            str(items_file),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     stdout = capsys.readouterr().out
     assert code == 0 and "(1 computed" in stdout  # the three others came from the cache
     again = np.load(out)
@@ -178,8 +199,17 @@ def test_cli_encode_reports_and_resumes(tiny_qwen3_embedder, tmp_path: Path, cap
 def test_cli_encode_rejects_malformed_items(tiny_qwen3_embedder, tmp_path: Path, capsys) -> None:
     items_file = tmp_path / "items.jsonl"
     items_file.write_text('{"id": "a", "text": "ok"}\n{"id": "a", "text": "dup"}\n{"text": 3}\n')
-    code = main(["encode", "--embedder", str(tiny_qwen3_embedder), "--input", str(items_file),
-                 "--out", str(tmp_path / "v.npy")])
+    code = main(
+        [
+            "encode",
+            "--embedder",
+            str(tiny_qwen3_embedder),
+            "--input",
+            str(items_file),
+            "--out",
+            str(tmp_path / "v.npy"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert f"{items_file}:2: record 'a': field 'id': duplicate id" in err
@@ -195,9 +225,11 @@ def test_directory_media_fail_per_item_and_frame_folders_embed(embedder, tmp_pat
     for t in range(3):
         Image.new("RGB", (64, 64), (0, 60 * t, 0)).save(frames / f"f{t}.png")
     (tmp_path / "adir").mkdir()
-    items = [Item(id="txt", text="a green square"),
-             Item(id="folder", video=VideoRef(path=str(frames))),   # a video given as a folder of frames
-             Item(id="dir-as-image", images=[str(tmp_path / "adir")])]
+    items = [
+        Item(id="txt", text="a green square"),
+        Item(id="folder", video=VideoRef(path=str(frames))),  # a video given as a folder of frames
+        Item(id="dir-as-image", images=[str(tmp_path / "adir")]),
+    ]
     result = encode_detailed(items, embedder, reasoning="off", progress=False, cache_dir=tmp_path / "c")
     assert [(f.id, f.stage) for f in result.failures] == [("dir-as-image", "media")]
     assert "is a directory" in result.failures[0].message
@@ -213,8 +245,17 @@ def test_directory_media_fail_per_item_and_frame_folders_embed(embedder, tmp_pat
 def test_cli_encode_rejects_an_empty_video_path(tiny_qwen3_embedder, tmp_path: Path, capsys) -> None:
     items_file = tmp_path / "items.jsonl"
     items_file.write_text('{"id": "a", "text": "ok"}\n{"id": "b", "video": ""}\n')
-    code = main(["encode", "--embedder", str(tiny_qwen3_embedder), "--input", str(items_file),
-                 "--out", str(tmp_path / "v.npy")])
+    code = main(
+        [
+            "encode",
+            "--embedder",
+            str(tiny_qwen3_embedder),
+            "--input",
+            str(items_file),
+            "--out",
+            str(tmp_path / "v.npy"),
+        ]
+    )
     assert code == 2
     assert f"{items_file}:2: record 'b': field 'video': an empty video path" in capsys.readouterr().err
 
@@ -226,7 +267,9 @@ def test_cli_encode_input_checks_before_any_work(tiny_qwen3_embedder, tmp_path: 
     # a blank line inside the file would shift every later row; blank lines at the end are fine
     assert main(base + ["--out", str(tmp_path / "v.npy")]) == 2
     assert f"{items_file}:2: blank line" in capsys.readouterr().err
-    items_file.write_text('\ufeff{"id": "a", "text": "one"}\r\n{"id": "b", "text": "two"}\r\n\r\n')  # BOM, CRLF
+    items_file.write_text(
+        '\ufeff{"id": "a", "text": "one"}\r\n{"id": "b", "text": "two"}\r\n\r\n'
+    )  # BOM, CRLF
     (tmp_path / "outdir").mkdir()
     assert main(base + ["--out", str(tmp_path / "outdir")]) == 2
     assert "--out is a directory" in capsys.readouterr().err
@@ -244,11 +287,13 @@ def test_encode_rejects_bad_settings_before_work(embedder) -> None:
     from embedrl.errors import EmbedRLError
 
     items = [Item(id="a", text="x")]
-    for kwargs, message in (({"batch_size": 0}, "batch_size must be a positive integer"),
-                            ({"batch_size": -1}, "batch_size must be a positive integer"),
-                            ({"reasoner_batch_size": 0}, "reasoner_batch_size"),
-                            ({"on_error": "skip"}, "on_error must be"),
-                            ({"return_tensors": "jax"}, "return_tensors must be")):
+    for kwargs, message in (
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"batch_size": -1}, "batch_size must be a positive integer"),
+        ({"reasoner_batch_size": 0}, "reasoner_batch_size"),
+        ({"on_error": "skip"}, "on_error must be"),
+        ({"return_tensors": "jax"}, "return_tensors must be"),
+    ):
         with pytest.raises(EmbedRLError, match=message):
             encode(items, embedder, progress=False, **kwargs)
     with pytest.raises(EmbedRLError, match="batch_size"):
@@ -277,11 +322,14 @@ def test_tcot_cache_survives_a_torn_last_line(tmp_path: Path) -> None:
     assert TCoTCache(path).entries == {"k1": "first", "k3": "third"}  # not glued to the fragment
 
 
-def test_tcot_cache_follows_generation_settings_and_serves_cached_mode(embedder, tiny_qwen3_reasoner,
-                                                                     tmp_path: Path) -> None:
+def test_tcot_cache_follows_generation_settings_and_serves_cached_mode(
+    embedder, tiny_qwen3_reasoner, tmp_path: Path
+) -> None:
     items = [Item(id="t", text="a small red circle"), Item(id="u", text="two blue squares")]
     cache = tmp_path / "cache"
-    short = Reasoner(TransformersBackend.from_pretrained(tiny_qwen3_reasoner), GenerationSettings(max_new_tokens=3))
+    short = Reasoner(
+        TransformersBackend.from_pretrained(tiny_qwen3_reasoner), GenerationSettings(max_new_tokens=3)
+    )
     first = encode_detailed(items, embedder, short, cache_dir=cache, progress=False)
     again = encode_detailed(items, embedder, short, cache_dir=cache, progress=False)
     assert again.tcots == first.tcots and again.computed == 0  # same Reasoner and settings: all cached

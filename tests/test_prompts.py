@@ -134,8 +134,11 @@ def test_video_prompt_states_frames_and_fps() -> None:
 
 
 def test_text_and_instruction_are_included() -> None:
-    prompt = reasoner_prompt(PromptKind.QUERY_IMAGE, text="What colour is the car?",
-                             instruction="Answer the question about the image.")
+    prompt = reasoner_prompt(
+        PromptKind.QUERY_IMAGE,
+        text="What colour is the car?",
+        instruction="Answer the question about the image.",
+    )
     assert "- Instruction: Answer the question about the image." in prompt
     assert "- Text: What colour is the car?" in prompt
     assert "- Query text: A dog." in reasoner_prompt(PromptKind.QUERY_TEXT_TO_IMAGE, text=" A dog. ")
@@ -146,8 +149,9 @@ def test_image_and_video_kinds_work_without_text() -> None:
     assert "- Image: shown above." in prompt and "- Text:" not in prompt
 
 
-@pytest.mark.parametrize("kind", [PromptKind.QUERY_TEXT_TO_IMAGE, PromptKind.QUERY_TEXT_TO_VIDEO,
-                                  PromptKind.CANDIDATE_TEXT])
+@pytest.mark.parametrize(
+    "kind", [PromptKind.QUERY_TEXT_TO_IMAGE, PromptKind.QUERY_TEXT_TO_VIDEO, PromptKind.CANDIDATE_TEXT]
+)
 def test_text_kinds_need_text(kind: PromptKind) -> None:
     with pytest.raises(ValueError, match="non-empty text"):
         reasoner_prompt(kind, text="  ")
@@ -170,7 +174,9 @@ def test_answer_conditioned_variant() -> None:
 
 
 def test_prompt_accepts_kind_value_string() -> None:
-    assert reasoner_prompt("candidate_text", text="dog") == reasoner_prompt(PromptKind.CANDIDATE_TEXT, text="dog")
+    assert reasoner_prompt("candidate_text", text="dog") == reasoner_prompt(
+        PromptKind.CANDIDATE_TEXT, text="dog"
+    )
 
 
 # =============================================================================================== judge
@@ -189,7 +195,9 @@ def test_format_judge_anchor() -> None:
 def test_judge_prompt_lists_numbered_candidates() -> None:
     prompt = judge_prompt("Instruction: x\n\nReasoning: y", ["first cand", "second cand", "third cand"])
     assert "Instruction: x\n\nReasoning: y" in prompt
-    positions = [prompt.index(f"[{i}]\n{word} cand") for i, word in enumerate(("first", "second", "third"), 1)]
+    positions = [
+        prompt.index(f"[{i}]\n{word} cand") for i, word in enumerate(("first", "second", "third"), 1)
+    ]
     assert positions == sorted(positions)
     assert "[4]" not in prompt
     assert "an integer from 1 to 3" in prompt
@@ -200,10 +208,22 @@ def test_judge_prompt_lists_numbered_candidates() -> None:
 
 @pytest.mark.parametrize(
     "text,n,expected",
-    [("2", 4, 2), (" 3\n", 4, 3), ("Candidate [4]", 4, 4), ("The answer is 1.", 4, 1), ("5", 4, None),
-     ("0", 4, None), ("none of them", 4, None), ("", 4, None), (None, 4, None), ("two", 4, 2),
-     ("<think>Maybe 1 or 3.</think>\n2", 4, 2), ("<think>unfinished 3", 4, None), ("12", 12, 12),
-     ("1234567", 9, None)],
+    [
+        ("2", 4, 2),
+        (" 3\n", 4, 3),
+        ("Candidate [4]", 4, 4),
+        ("The answer is 1.", 4, 1),
+        ("5", 4, None),
+        ("0", 4, None),
+        ("none of them", 4, None),
+        ("", 4, None),
+        (None, 4, None),
+        ("two", 4, 2),
+        ("<think>Maybe 1 or 3.</think>\n2", 4, 2),
+        ("<think>unfinished 3", 4, None),
+        ("12", 12, 12),
+        ("1234567", 9, None),
+    ],
 )
 def test_parse_judge_answer(text: str | None, n: int, expected: int | None) -> None:
     assert parse_judge_answer(text, n) == expected
@@ -222,9 +242,18 @@ def test_relevance_filter_prompt() -> None:
 
 @pytest.mark.parametrize(
     "text,expected",
-    [("Yes", True), ("yes.", True), ("No", False), ("NO", False), ("No, they match.", False),
-     ("<think>yes or no?</think> No", False), ("Not sure", None), ("", None), (None, None),
-     ("Eyes", None)],
+    [
+        ("Yes", True),
+        ("yes.", True),
+        ("No", False),
+        ("NO", False),
+        ("No, they match.", False),
+        ("<think>yes or no?</think> No", False),
+        ("Not sure", None),
+        ("", None),
+        (None, None),
+        ("Eyes", None),
+    ],
 )
 def test_parse_relevance_answer(text: str | None, expected: bool | None) -> None:
     assert parse_relevance_answer(text) is expected

@@ -53,7 +53,7 @@ def test_topk_from_scores_and_small_pools():
     top = rank.topk_from_scores(s, 6, block_bytes=500)
     assert top.indices.tolist() == stable_full_topk(s, 6).tolist()
     assert top.scores.dtype == np.float64
-    small = rank.topk_from_scores(s[:, :3], 6)                  # pool smaller than k: padded
+    small = rank.topk_from_scores(s[:, :3], 6)  # pool smaller than k: padded
     assert small.indices[:, 3:].tolist() == [[-1, -1, -1]] * 20
     assert np.isneginf(small.scores[:, 3:]).all()
     assert small.valid[:, :3].all() and not small.valid[:, 3:].any()
@@ -72,8 +72,8 @@ def test_memmapped_pool(tmp_path):
 def test_block_plan_bounds_memory_for_a_million_candidate_pool():
     # 1,000 queries x 1,000,000 candidates: the full float32 matrix would be 4 GB.
     q_block, c_chunk = rank.plan_blocks(1000, 1_000_000, dim=2048)
-    assert q_block * c_chunk * 4 <= rank.DEFAULT_BLOCK_BYTES           # one score block
-    assert c_chunk * 2048 * 4 <= rank.DEFAULT_BLOCK_BYTES              # one normalised pool chunk
+    assert q_block * c_chunk * 4 <= rank.DEFAULT_BLOCK_BYTES  # one score block
+    assert c_chunk * 2048 * 4 <= rank.DEFAULT_BLOCK_BYTES  # one normalised pool chunk
     assert c_chunk < 1_000_000
     q_block, c_chunk = rank.plan_blocks(10, 50, block_bytes=1 << 30)
     assert (q_block, c_chunk) == (10, 50)
@@ -87,7 +87,7 @@ def test_zero_vector_and_bad_arguments():
         rank.exact_topk(q, c, 2)
     big = np.ones((3000, 3), dtype=np.float32)
     big[2500] = 0
-    with pytest.raises(ValueError, match="candidates: row 2500 is a zero vector"):   # in a later chunk
+    with pytest.raises(ValueError, match="candidates: row 2500 is a zero vector"):  # in a later chunk
         rank.exact_topk(q, big, 2, block_bytes=8192)
     with pytest.raises(ConfigError, match="similarity"):
         rank.exact_topk(q, np.ones((4, 3)), 2, similarity="l2")
@@ -142,10 +142,10 @@ def test_peak_allocation_stays_within_the_block_budget(tmp_path):
         tracemalloc.stop()
     assert top.indices.shape == (100, 10)
     assert peak < 4 * budget, f"peak {peak / 2**20:.1f} MB"
-    assert peak < 100 * 200_000 * 4 / 4                   # far below the full matrix
+    assert peak < 100 * 200_000 * 4 / 4  # far below the full matrix
 
 
 def test_missing_faiss_is_a_clear_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "faiss", None)      # makes `import faiss` raise ImportError
+    monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` raise ImportError
     with pytest.raises(ConfigError, match=r"embedrl\[index\]"):
         rank.faiss_topk(np.ones((1, 2)), np.ones((3, 2)), 1)

@@ -25,14 +25,36 @@ needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference s
 
 # Embed-RL Table 10 per-dataset UVRB values (paper v3): (2B, 4B).
 TABLE10 = {
-    "MSRVTT": (43.7, 44.0), "DiDeMo": (42.2, 46.1), "CRB-G": (91.4, 92.1), "CRB-S": (89.7, 89.9),
-    "VDC-O": (84.6, 85.9), "CRB-T": (49.4, 53.8), "CMRB": (36.5, 38.2), "DREAM-E": (31.8, 32.0),
-    "LoVR-TH": (56.5, 57.9), "PEV-K": (33.6, 31.9), "LoVR-V": (80.0, 77.0), "VDC-D": (93.8, 95.2),
-    "MS-TI": (19.3, 15.8), "MS-TV": (21.0, 21.0), "MSRVTT-I2V": (89.1, 87.9), "LoVR-C2V": (51.4, 49.0),
+    "MSRVTT": (43.7, 44.0),
+    "DiDeMo": (42.2, 46.1),
+    "CRB-G": (91.4, 92.1),
+    "CRB-S": (89.7, 89.9),
+    "VDC-O": (84.6, 85.9),
+    "CRB-T": (49.4, 53.8),
+    "CMRB": (36.5, 38.2),
+    "DREAM-E": (31.8, 32.0),
+    "LoVR-TH": (56.5, 57.9),
+    "PEV-K": (33.6, 31.9),
+    "LoVR-V": (80.0, 77.0),
+    "VDC-D": (93.8, 95.2),
+    "MS-TI": (19.3, 15.8),
+    "MS-TV": (21.0, 21.0),
+    "MSRVTT-I2V": (89.1, 87.9),
+    "LoVR-C2V": (51.4, 49.0),
 }
 # Embed-RL Table 13 (flat scheme), 2B row.
-TABLE13_2B = {"AVG": 58.7, "TXT": 61.1, "CMP": 20.1, "VIS": 70.3, "CG": 59.1, "FG": 54.6, "LC": 86.9,
-              "S": 87.2, "T": 43.0, "PR": 40.6}
+TABLE13_2B = {
+    "AVG": 58.7,
+    "TXT": 61.1,
+    "CMP": 20.1,
+    "VIS": 70.3,
+    "CG": 59.1,
+    "FG": 54.6,
+    "LC": 86.9,
+    "S": 87.2,
+    "T": 43.0,
+    "PR": 40.6,
+}
 
 
 def printed(value: float, shown: float) -> bool:
@@ -53,23 +75,53 @@ def test_registry_sizes_and_visdoc_keys():
     assert len(reg.MMEB_TASKS) == 78
     assert {m: len(ts) for m, ts in by_modality.items()} == {"image": 36, "video": 18, "visdoc": 24}
     assert [t.name for t in by_modality["visdoc"]] == [
-        "ViDoRe_arxivqa", "ViDoRe_docvqa", "ViDoRe_infovqa", "ViDoRe_tabfquad", "ViDoRe_tatdqa",
-        "ViDoRe_shiftproject", "ViDoRe_syntheticDocQA_artificial_intelligence", "ViDoRe_syntheticDocQA_energy",
-        "ViDoRe_syntheticDocQA_government_reports", "ViDoRe_syntheticDocQA_healthcare_industry",
-        "ViDoRe_esg_reports_human_labeled_v2", "ViDoRe_biomedical_lectures_v2_multilingual",
-        "ViDoRe_economics_reports_v2_multilingual", "ViDoRe_esg_reports_v2_multilingual", "VisRAG_ArxivQA",
-        "VisRAG_ChartQA", "VisRAG_MP-DocVQA", "VisRAG_SlideVQA", "VisRAG_InfoVQA", "VisRAG_PlotQA",
-        "ViDoSeek-page-fixed", "ViDoSeek-doc", "MMLongBench-page-fixed", "MMLongBench-doc"]
+        "ViDoRe_arxivqa",
+        "ViDoRe_docvqa",
+        "ViDoRe_infovqa",
+        "ViDoRe_tabfquad",
+        "ViDoRe_tatdqa",
+        "ViDoRe_shiftproject",
+        "ViDoRe_syntheticDocQA_artificial_intelligence",
+        "ViDoRe_syntheticDocQA_energy",
+        "ViDoRe_syntheticDocQA_government_reports",
+        "ViDoRe_syntheticDocQA_healthcare_industry",
+        "ViDoRe_esg_reports_human_labeled_v2",
+        "ViDoRe_biomedical_lectures_v2_multilingual",
+        "ViDoRe_economics_reports_v2_multilingual",
+        "ViDoRe_esg_reports_v2_multilingual",
+        "VisRAG_ArxivQA",
+        "VisRAG_ChartQA",
+        "VisRAG_MP-DocVQA",
+        "VisRAG_SlideVQA",
+        "VisRAG_InfoVQA",
+        "VisRAG_PlotQA",
+        "ViDoSeek-page-fixed",
+        "ViDoSeek-doc",
+        "MMLongBench-page-fixed",
+        "MMLongBench-doc",
+    ]
     counts = {m: sum(t.meta_task == m for t in reg.MMEB_TASKS) for m in reg.MMEB_META_TASKS}
-    assert counts == {"CLS": 10, "QA": 10, "RET": 12, "GD": 4, "V-CLS": 5, "V-QA": 5, "V-RET": 5, "V-MRET": 3,
-                      "VDRv1": 10, "VDRv2": 4, "VR": 6, "OOD": 4}
+    assert counts == {
+        "CLS": 10,
+        "QA": 10,
+        "RET": 12,
+        "GD": 4,
+        "V-CLS": 5,
+        "V-QA": 5,
+        "V-RET": 5,
+        "V-MRET": 3,
+        "VDRv1": 10,
+        "VDRv2": 4,
+        "VR": 6,
+        "OOD": 4,
+    }
     assert len(reg.UVRB_DATASETS) == 16
     assert sorted(reg.uvrb_leaves("TXT")) == sorted(list(TABLE10)[:12])
     assert reg.uvrb_leaves("FG") == ["CRB-S", "VDC-O", "CRB-T", "CMRB", "DREAM-E", "LoVR-TH", "PEV-K"]
     metrics = {d.name: d.paper_metric for d in reg.UVRB_DATASETS}
     assert [n for n, m in metrics.items() if m != "R@1"] == ["CMRB", "LoVR-TH", "MS-TI", "MS-TV"]
     assert reg.resolve_task(reg.UVRB, "CRB_G") == "CRB-G"
-    assert reg.resolve_task(reg.MMEB_V2, "ViDoSeek-page") is None      # a different data version
+    assert reg.resolve_task(reg.MMEB_V2, "ViDoSeek-page") is None  # a different data version
 
 
 @needs_reference
@@ -83,10 +135,13 @@ def test_registry_matches_reference_json_keys():
 
 
 @needs_reference
-@pytest.mark.parametrize("model, expected", [
-    ("2b", {"Image": 69.24, "Video": 52.13, "VisDoc": 74.06, "All": 66.78}),
-    ("4b", {"Image": 71.19, "Video": 52.99, "VisDoc": 74.74, "All": 68.08}),
-])
+@pytest.mark.parametrize(
+    "model, expected",
+    [
+        ("2b", {"Image": 69.24, "Video": 52.13, "VisDoc": 74.06, "All": 66.78}),
+        ("4b", {"Image": 71.19, "Video": 52.99, "VisDoc": 74.74, "All": 68.08}),
+    ],
+)
 def test_reference_scores_reproduce_published_numbers(model, expected):
     report = build_report("mmeb-v2", [REFERENCE / f"embed-rl-{model}.json"])
     got = {**report.sections["modalities"], **report.sections["overall"]}
@@ -100,12 +155,24 @@ def test_reference_scores_reproduce_published_numbers(model, expected):
 def test_reference_meta_task_means():
     report = build_report("mmeb-v2", [REFERENCE / "embed-rl-2b.json"])
     meta = report.sections["meta_tasks"]
-    published = {"CLS": 62.8, "QA": 67.9, "RET": 68.6, "GD": 90.4, "V-CLS": 57.0, "V-QA": 55.9, "V-RET": 45.1,
-                 "V-MRET": 49.4, "VDRv1": 79.9, "VDRv2": 52.0, "VR": 84.6, "OOD": 65.7}
+    published = {
+        "CLS": 62.8,
+        "QA": 67.9,
+        "RET": 68.6,
+        "GD": 90.4,
+        "V-CLS": 57.0,
+        "V-QA": 55.9,
+        "V-RET": 45.1,
+        "V-MRET": 49.4,
+        "VDRv1": 79.9,
+        "VDRv2": 52.0,
+        "VR": 84.6,
+        "OOD": 65.7,
+    }
     for name, value in published.items():
         assert printed(meta[name].value, value), (name, meta[name].value)
     gd_4b = build_report("mmeb-v2", [REFERENCE / "embed-rl-4b.json"]).sections["meta_tasks"]["GD"]
-    assert gd_4b.value == pytest.approx(91.35, abs=0.005)   # printed 91.4 in the paper
+    assert gd_4b.value == pytest.approx(91.35, abs=0.005)  # printed 91.4 in the paper
 
 
 @needs_reference
@@ -133,25 +200,43 @@ def test_embedrl_results_in_a_folder(tmp_path):
     results = tmp_path / "results" / "MMEB-V2"
     results.mkdir(parents=True)
     base = {"benchmark": "MMEB-V2", "modality": "video", "eval_type": "global", "primary_metric": "hit@1"}
-    (results / "MSR-VTT.json").write_text(json.dumps({**base, "task": "MSR-VTT", "main_score": 0.5,
-                                                      "metrics": {"hit@1": 0.5, "ndcg_linear@5": 0.7}}))
-    (results / "ViDoRe_arxivqa.json").write_text(json.dumps({
-        **base, "modality": "visdoc", "task": "ViDoRe_arxivqa", "primary_metric": "hit@1", "main_score": 0.9,
-        "metrics": {"hit@1": 0.9, "ndcg_linear@5": 0.8}}))
-    (results / "ViDoSeek-page.json").write_text(json.dumps({**base, "task": "ViDoSeek-page",
-                                                            "metrics": {"hit@1": 0.2, "ndcg_linear@5": 0.2}}))
+    (results / "MSR-VTT.json").write_text(
+        json.dumps(
+            {**base, "task": "MSR-VTT", "main_score": 0.5, "metrics": {"hit@1": 0.5, "ndcg_linear@5": 0.7}}
+        )
+    )
+    (results / "ViDoRe_arxivqa.json").write_text(
+        json.dumps(
+            {
+                **base,
+                "modality": "visdoc",
+                "task": "ViDoRe_arxivqa",
+                "primary_metric": "hit@1",
+                "main_score": 0.9,
+                "metrics": {"hit@1": 0.9, "ndcg_linear@5": 0.8},
+            }
+        )
+    )
+    (results / "ViDoSeek-page.json").write_text(
+        json.dumps({**base, "task": "ViDoSeek-page", "metrics": {"hit@1": 0.2, "ndcg_linear@5": 0.2}})
+    )
     (tmp_path / "results" / "UVRB").mkdir()
-    (tmp_path / "results" / "UVRB" / "CMRB.json").write_text(json.dumps({**base, "benchmark": "UVRB",
-                                                                        "task": "CMRB", "metrics": {}}))
+    (tmp_path / "results" / "UVRB" / "CMRB.json").write_text(
+        json.dumps({**base, "benchmark": "UVRB", "task": "CMRB", "metrics": {}})
+    )
     (tmp_path / "results" / "cache.json").write_text(json.dumps({"key": [1, 2]}))
-    (tmp_path / "results" / "notes.json").write_text('{"half": "writt')  # one broken file must not stop a report
+    (tmp_path / "results" / "notes.json").write_text(
+        '{"half": "writt'
+    )  # one broken file must not stop a report
     report = build_report("mmeb-v2", [tmp_path / "results"])
     scores = {r["task"]: r["score"] for r in report.tasks if r["score"] is not None}
     # VisDoc reads ndcg_linear@5 whatever the result file calls its primary metric.
     assert scores == {"MSR-VTT": pytest.approx(50.0), "ViDoRe_arxivqa": pytest.approx(80.0)}
     notes = "\n".join(report.notes)
-    assert "ViDoSeek-page-fixed" in notes            # the unfixed set is not averaged in
-    assert "'UVRB' result; skipped" in notes and "not result files, skipped" in notes and "cache.json" in notes
+    assert "ViDoSeek-page-fixed" in notes  # the unfixed set is not averaged in
+    assert (
+        "'UVRB' result; skipped" in notes and "not result files, skipped" in notes and "cache.json" in notes
+    )
     assert "notes.json" in notes
     assert "the report uses 'ndcg_linear@5'" in notes
     assert report.sections["modalities"]["Video"].text() == "50.00 (partial 1/18)"
@@ -175,7 +260,9 @@ def test_duplicate_and_unreadable_inputs(tmp_path):
 
 
 def test_vlm2vec_per_task_score_file(tmp_path):
-    (tmp_path / "K700_score.json").write_text(json.dumps({"hit@1": 0.61, "ndcg_linear@5": 0.7, "num_pred": 10}))
+    (tmp_path / "K700_score.json").write_text(
+        json.dumps({"hit@1": 0.61, "ndcg_linear@5": 0.7, "num_pred": 10})
+    )
     report = build_report("mmeb-v2", [tmp_path / "K700_score.json"])
     assert [r["score"] for r in report.tasks if r["task"] == "K700"] == [pytest.approx(61.0)]
 
@@ -200,8 +287,15 @@ def test_uvrb_flat_scheme_reproduces_table13_2b(tmp_path):
 def test_uvrb_flat_scheme_4b_and_the_papers_inconsistencies(tmp_path):
     report = build_report("uvrb", [write_mapping(tmp_path / "t10.json", 1)])
     flat = report.sections["abilities_flat"]
-    for name, value in {"TXT": 62.0, "CMP": 18.4, "CG": 60.7, "LC": 86.1, "S": 87.9, "T": 46.0,
-                        "PR": 40.6}.items():
+    for name, value in {
+        "TXT": 62.0,
+        "CMP": 18.4,
+        "CG": 60.7,
+        "LC": 86.1,
+        "S": 87.9,
+        "T": 46.0,
+        "PR": 40.6,
+    }.items():
         assert printed(flat[name].value, value), name
     # Table 13 prints VIS 70.3 and FG 55.6 for 4B; its own Table 10 values give 68.45 and 55.66
     # (the paper's own inconsistency). We compute from the per-dataset values.
@@ -236,19 +330,20 @@ def test_uvrb_partial_and_aliases(tmp_path):
     hier = report.sections["abilities_hier"]
     assert hier["S"].value == pytest.approx(85.0) and not hier["S"].partial
     assert hier["FG"].partial and (hier["FG"].n, hier["FG"].total) == (2, 7)
-    assert hier["FG"].value == pytest.approx(85.0)           # mean over the sub-domains present
+    assert hier["FG"].value == pytest.approx(85.0)  # mean over the sub-domains present
     assert hier["LC"].value is None and hier["LC"].text() == "n/a (0/2)"
     assert hier["AVG"].partial and len(report.missing) == 13
 
 
 def test_uvrb_from_score_task_uses_hit_at_10_for_cmrb(tmp_path):
     # CMRB reports R@10 = hit@10 (Embed-RL's script); with two positives MTEB recall@10 would be 0.5.
-    meta = TaskMeta(benchmark="UVRB", task="CMRB", modality="video", eval_type="global",
-                    primary_metric="recall@10")
+    meta = TaskMeta(
+        benchmark="UVRB", task="CMRB", modality="video", eval_type="global", primary_metric="recall@10"
+    )
     queries = [Query(id="q0", text="pan left")]
     cands = [Item(id=f"c{i}", text=str(i)) for i in range(20)]
     task = Task(meta, queries, cands, [Qrel("q0", "c0"), Qrel("q0", "c19")])
-    scores = np.linspace(1, 0, 20)[None, :]       # c0 first, c19 last
+    scores = np.linspace(1, 0, 20)[None, :]  # c0 first, c19 last
     result = score_task(task, scores=scores)
     assert result["main_score"] == pytest.approx(0.5)
     (tmp_path / "CMRB.json").write_text(json.dumps(result))
@@ -277,7 +372,10 @@ def test_formats_plot_and_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| **All** | 66.78 | 78/78 |" in out
     assert (tmp_path / "p.png").stat().st_size > 1000
-    assert main(["report", "--benchmark", "mmeb-v2", ref, "--format", "csv", "--out", str(tmp_path / "r.csv")]) == 0
+    assert (
+        main(["report", "--benchmark", "mmeb-v2", ref, "--format", "csv", "--out", str(tmp_path / "r.csv")])
+        == 0
+    )
     assert (tmp_path / "r.csv").read_text().startswith("level,name,group,metric,score")
     assert main(["report", "--benchmark", "uvrb", str(tmp_path / "missing")]) == 2
 

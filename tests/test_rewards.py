@@ -17,12 +17,14 @@ from embedrl.rewards import (
 )
 
 # Two pairs (k = 0, 1), G = 2 rollouts per side. Rows: query rollouts, columns: positive rollouts.
-S = np.array([
-    [0.9, 0.7, 0.2, 0.1],
-    [0.5, 0.6, 0.8, 0.1],
-    [0.3, 0.2, 0.9, 0.8],
-    [0.4, 0.4, 0.4, 0.4],   # all tied
-])
+S = np.array(
+    [
+        [0.9, 0.7, 0.2, 0.1],
+        [0.5, 0.6, 0.8, 0.1],
+        [0.3, 0.2, 0.9, 0.8],
+        [0.4, 0.4, 0.4, 0.4],  # all tied
+    ]
+)
 GROUPS = [0, 0, 1, 1]
 
 
@@ -39,8 +41,12 @@ def test_softmax_weighted_mean() -> None:
 
 def test_outcome_hand_computed_all_mode() -> None:
     rewards, acc, margin = outcome_rewards(S, GROUPS, GROUPS, tau=0.5, acc_mode="all")
-    expected_margin = [0.8 - _soft([0.2, 0.1], 0.5), 0.55 - _soft([0.8, 0.1], 0.5),
-                       0.85 - _soft([0.3, 0.2], 0.5), 0.4 - 0.4]
+    expected_margin = [
+        0.8 - _soft([0.2, 0.1], 0.5),
+        0.55 - _soft([0.8, 0.1], 0.5),
+        0.85 - _soft([0.3, 0.2], 0.5),
+        0.4 - 0.4,
+    ]
     assert margin == pytest.approx(expected_margin)
     # row 1's top-2 is (col 2, col 1): one positive only -> 0 under "all"
     # row 3 is a full tie: the stable order (column index) puts the two negatives first -> 0
@@ -49,8 +55,9 @@ def test_outcome_hand_computed_all_mode() -> None:
 
 
 def test_outcome_fraction_mode_and_plain_negatives() -> None:
-    rewards, acc, margin = outcome_rewards(S, GROUPS, GROUPS, tau=0.5, acc_mode="fraction",
-                                           weighted_negatives=False)
+    rewards, acc, margin = outcome_rewards(
+        S, GROUPS, GROUPS, tau=0.5, acc_mode="fraction", weighted_negatives=False
+    )
     assert acc.tolist() == [1.0, 0.5, 1.0, 0.0]
     assert margin == pytest.approx([0.8 - 0.15, 0.55 - 0.45, 0.85 - 0.25, 0.0])
     assert rewards[1] == pytest.approx(0.5 * (0.55 - 0.45))
@@ -120,8 +127,10 @@ def test_weights_presets_and_total() -> None:
 def test_group_ids_of_any_hashable_kind() -> None:
     """Pair ids may be tuples (dataset, index): they must not be read as rows of a 2-D array."""
     tuple_groups = [("coco", 0), ("coco", 0), ("coco", 1), ("coco", 1)]
-    assert all(np.array_equal(a, b) for a, b in zip(outcome_rewards(S, tuple_groups, tuple_groups),
-                                                    outcome_rewards(S, GROUPS, GROUPS)))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(outcome_rewards(S, tuple_groups, tuple_groups), outcome_rewards(S, GROUPS, GROUPS))
+    )
     columns, positives = judge_candidates(S[0], tuple_groups, ("coco", 0), top_k=1, shuffle=False)
     assert (columns, positives) == judge_candidates(S[0], GROUPS, 0, top_k=1, shuffle=False)
 
@@ -130,5 +139,6 @@ def test_format_reward_takes_numpy_frame_counts() -> None:
     from embedrl.rewards import format_reward
 
     text = '<thinking>{"key_frames": [2]}</thinking><rethink>r</rethink><answer>a</answer>'
-    assert format_reward([text], ["video"], num_frames=np.int64(8)) == format_reward([text], ["video"],
-                                                                                      num_frames=8)
+    assert format_reward([text], ["video"], num_frames=np.int64(8)) == format_reward(
+        [text], ["video"], num_frames=8
+    )

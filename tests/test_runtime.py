@@ -13,8 +13,10 @@ import pytest
 from embedrl import cli
 from embedrl.runtime import KEEP_ALLOCATOR_DEFAULTS_ENV
 
-glibc_linux = pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
-                                 reason="mallopt settings are glibc-specific")
+glibc_linux = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
+    reason="mallopt settings are glibc-specific",
+)
 
 # Batch-like allocation rounds: a batch's buffers (several sizes below glibc's 32 MiB mmap ceiling, 73 MiB in
 # all) are alive together, then freed together; prints the page faults of each round.
@@ -34,8 +36,13 @@ print(json.dumps({"applied": applied, "faults": faults}))
 
 
 def _probe(mode: str, env: dict | None = None) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, **(env or {})})
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, mode],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -57,6 +64,7 @@ def test_kept_memory_stops_the_page_fault_churn() -> None:
         assert after_first_kept < after_first_default, (kept, default)
     else:  # a glibc that already reuses the probe's buffers: kept memory must not be worse than one round's noise
         assert after_first_kept <= after_first_default + full_round / 2, (kept, default)
+
 
 def test_opt_out_leaves_the_allocator_alone() -> None:
     assert _probe("keep", env={KEEP_ALLOCATOR_DEFAULTS_ENV: "1"})["applied"] is False

@@ -24,8 +24,9 @@ def _datasets() -> dict[str, list[int]]:
 def test_proportions_follow_weight_times_size() -> None:
     data = _datasets()
     weights = {"a": 2.0, "b": 1.0, "c": 0.5, "vid": 1.0}
-    sampler = SubBatchSampler(data, sub_batch_size=10, sub_batches_per_batch=1, weights=weights, seed=3,
-                              steps_per_epoch=20000)
+    sampler = SubBatchSampler(
+        data, sub_batch_size=10, sub_batches_per_batch=1, weights=weights, seed=3, steps_per_epoch=20000
+    )
     counts = Counter()
     owner = {i: name for name, idx in data.items() for i in idx}
     for batch in sampler:
@@ -40,13 +41,21 @@ def test_proportions_follow_weight_times_size() -> None:
 
 def test_video_cap_redraws_among_others() -> None:
     data = _datasets()
-    sampler = SubBatchSampler(data, 10, sub_batches_per_batch=4, weights={"vid": 50.0}, video_datasets={"vid"},
-                              max_video_sub_batches=1, seed=0, steps_per_epoch=3000)
+    sampler = SubBatchSampler(
+        data,
+        10,
+        sub_batches_per_batch=4,
+        weights={"vid": 50.0},
+        video_datasets={"vid"},
+        max_video_sub_batches=1,
+        seed=0,
+        steps_per_epoch=3000,
+    )
     owner = {i: name for name, idx in data.items() for i in idx}
     video_per_batch = []
     for batch in sampler:
         subs = [owner[batch[k * 10]] for k in range(4)]
-        assert all(len({owner[i] for i in batch[k * 10:(k + 1) * 10]}) == 1 for k in range(4))
+        assert all(len({owner[i] for i in batch[k * 10 : (k + 1) * 10]}) == 1 for k in range(4))
         video_per_batch.append(subs.count("vid"))
     assert max(video_per_batch) == 1
     assert np.mean(video_per_batch) > 0.95  # vid dominates the draw, the cap keeps exactly one
@@ -86,8 +95,9 @@ def test_configuration_errors() -> None:
         SubBatchSampler({"a": list(range(10)), "b": list(range(100))}, 50)
     with pytest.raises(ConfigError, match="no mixture weight names a dataset"):
         SubBatchSampler({"a": list(range(100))}, 10, weights={"zzz": 1.0})
-    partial = SubBatchSampler({"a": list(range(100)), "b": list(range(100, 200))}, 10,
-                              weights={"a": 3.0, "zzz": 1.0})  # absent datasets are ignored
+    partial = SubBatchSampler(
+        {"a": list(range(100)), "b": list(range(100, 200))}, 10, weights={"a": 3.0, "zzz": 1.0}
+    )  # absent datasets are ignored
     assert partial.weights == {"a": 3.0, "b": 1.0}
     with pytest.raises(ConfigError, match="not divisible"):
         SubBatchSampler({"a": list(range(100))}, 10, world_size=3)
@@ -97,7 +107,9 @@ def test_mixture_yaml_both_layouts(tmp_path: Path) -> None:
     flat = tmp_path / "flat.yaml"
     flat.write_text("MSCOCO_t2i: 2.32\nVisDial: 3.75\n")
     nested = tmp_path / "nested.yaml"
-    nested.write_text("datasets:\n  llavahound_caption: {weight: 5.27, video: true}\n  ViDoRe: {weight: 5.0}\n")
+    nested.write_text(
+        "datasets:\n  llavahound_caption: {weight: 5.27, video: true}\n  ViDoRe: {weight: 5.0}\n"
+    )
     assert Mixture.from_yaml(flat).weights == {"MSCOCO_t2i": 2.32, "VisDial": 3.75}
     m = Mixture.from_yaml(nested)
     assert m.weights == {"llavahound_caption": 5.27, "ViDoRe": 5.0} and m.video == {"llavahound_caption"}

@@ -52,7 +52,9 @@ class SpyReasoner:
 
     def reason(self, items, side, target_modality=None, media=None):
         self.seen.extend([_source_index(f) for f in frames] for _, frames in media)
-        return ['<thinking>x {"key_frames": [2, 3]}</thinking>\n<rethink>r</rethink>\n<answer>a</answer>'] * len(items)
+        return [
+            '<thinking>x {"key_frames": [2, 3]}</thinking>\n<rethink>r</rethink>\n<answer>a</answer>'
+        ] * len(items)
 
 
 @pytest.fixture()
@@ -100,34 +102,59 @@ def test_eval_shows_both_models_the_tasks_frames(embedder, tmp_path: Path, monke
     root = tmp_path / "task"
     (root / "media").mkdir(parents=True)
     _video(root / "media")
-    meta = TaskMeta(benchmark="test", task="T2V", modality="video", eval_type="global", primary_metric="hit@1",
-                    num_frames=FRAMES)
-    task = Task(meta, [Query(id="q", text="a ball")], [Item(id="c", video=VideoRef(path="media/v"))],
-                [Qrel("q", "c")])
+    meta = TaskMeta(
+        benchmark="test",
+        task="T2V",
+        modality="video",
+        eval_type="global",
+        primary_metric="hit@1",
+        num_frames=FRAMES,
+    )
+    task = Task(
+        meta, [Query(id="q", text="a ball")], [Item(id="c", video=VideoRef(path="media/v"))], [Qrel("q", "c")]
+    )
     write_task(task, root)
     reasoner = SpyReasoner()
     seen = _spy_embedder(embedder, monkeypatch)
-    result = evaluate_task(root, embedder, reasoner, out_dir=tmp_path / "out", settings=EvalSettings(progress=False))
+    result = evaluate_task(
+        root, embedder, reasoner, out_dir=tmp_path / "out", settings=EvalSettings(progress=False)
+    )
     assert result["run"]["frames_per_video"] == FRAMES
     assert [EXPECTED] == [s for s in reasoner.seen if s]
     assert EXPECTED in seen and [3, 7] in seen
 
 
-def test_the_rl_reward_embeds_the_frames_the_rollout_prompt_showed(embedder, tmp_path: Path, monkeypatch) -> None:
+def test_the_rl_reward_embeds_the_frames_the_rollout_prompt_showed(
+    embedder, tmp_path: Path, monkeypatch
+) -> None:
     from embedrl.train.egrl import EGRLConfig, EGRLReward, RLPromptDataset, local_embed_fn
     from embedrl.train.pairs import TrainingPair
 
-    pairs = [TrainingPair("d", _video(tmp_path, f"v{k}"), Item(id=f"p{k}", text=f"caption {k}")) for k in range(2)]
+    pairs = [
+        TrainingPair("d", _video(tmp_path, f"v{k}"), Item(id=f"p{k}", text=f"caption {k}")) for k in range(2)
+    ]
     dataset = RLPromptDataset(pairs, num_frames=FRAMES)
     row = dataset[0]
     assert [_source_index(f) for f in row["images"]] == EXPECTED
     seen = _spy_embedder(embedder, monkeypatch)
-    config = EGRLConfig(output_dir=str(tmp_path / "rl"), pairs_per_step=2, num_generations=2, process_weight=0.0,
-                        use_cpu=True, report_to="none", num_frames=FRAMES)
+    config = EGRLConfig(
+        output_dir=str(tmp_path / "rl"),
+        pairs_per_step=2,
+        num_generations=2,
+        process_weight=0.0,
+        use_cpu=True,
+        report_to="none",
+        num_frames=FRAMES,
+    )
     reward = EGRLReward(dataset, local_embed_fn(embedder), config)
     tcot = '<thinking>x {"key_frames": [2, 3]}</thinking>\n<rethink>r</rethink>\n<answer>a</answer>'
-    reward.score([tcot, "<thinking>y</thinking>", tcot, "z"], [0, 0, 1, 1], ["query", "positive"] * 2,
-                 ["video", "text"] * 2, [FRAMES] * 4)
+    reward.score(
+        [tcot, "<thinking>y</thinking>", tcot, "z"],
+        [0, 0, 1, 1],
+        ["query", "positive"] * 2,
+        ["video", "text"] * 2,
+        [FRAMES] * 4,
+    )
     assert seen.count(EXPECTED) == 2 and seen.count([3, 7]) == 2
 
 
@@ -143,8 +170,12 @@ def test_media_are_loaded_once_per_unique_item(embedder, tmp_path: Path, monkeyp
     video = _video(tmp_path)
     image = tmp_path / "i.png"
     Image.new("RGB", (40, 30), "blue").save(image)
-    items = [video, Item(id="img", images=[str(image)]), Item(id="img-again", images=[str(image)]),
-             Item(id="text", text="no media")]
+    items = [
+        video,
+        Item(id="img", images=[str(image)]),
+        Item(id="img-again", images=[str(image)]),
+        Item(id="text", text="no media"),
+    ]
     result = encode_detailed(items, embedder, SpyReasoner(), num_frames=FRAMES, progress=False)
     assert not result.failures
     # once each: the second image item has the same content, so it shares the first one's computation
@@ -168,8 +199,9 @@ def test_inference_and_rl_build_the_same_reasoner_prompt(tmp_path: Path) -> None
     caption = Item(id="c", text="a ball rolling", instruction="Find the video:")
     dataset = RLPromptDataset([TrainingPair("d", caption, video)], num_frames=FRAMES)
     reasoner = Reasoner(backend=None, num_frames=FRAMES)  # type: ignore[arg-type] - only the prompt is built
-    for row, (item, side, target) in zip((dataset[0], dataset[1]), ((caption, "query", "video"),
-                                                                    (video, "candidate", None))):
+    for row, (item, side, target) in zip(
+        (dataset[0], dataset[1]), ((caption, "query", "video"), (video, "candidate", None))
+    ):
         images, frames = pipeline.load_item_media(item, FRAMES)
         conversation = reasoner.conversation(item, side, target, (images, frames))
         text = [c["text"] for c in conversation[0]["content"] if c["type"] == "text"]
@@ -191,8 +223,13 @@ def _imports() -> dict[str, set[str]]:
         targets: set[str] = set()
         for node in ast.walk(ast.parse(file.read_text())):  # function-level imports count too
             if isinstance(node, ast.ImportFrom):
-                base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else [])) \
-                    if node.level else (node.module or "")
+                base = (
+                    ".".join(
+                        package[: len(package) - node.level + 1] + ([node.module] if node.module else [])
+                    )
+                    if node.level
+                    else (node.module or "")
+                )
                 candidates = [base, *(f"{base}.{alias.name}" for alias in node.names)]
             elif isinstance(node, ast.Import):
                 candidates = [alias.name for alias in node.names]
@@ -216,7 +253,10 @@ LAYERS = [
 
 def _layer(module: str) -> int:
     for depth, layer in enumerate(LAYERS):
-        if any(module == p or module.startswith(p + ".") for p in layer if p != "embedrl") or module == "embedrl":
+        if (
+            any(module == p or module.startswith(p + ".") for p in layer if p != "embedrl")
+            or module == "embedrl"
+        ):
             return depth
     raise AssertionError(f"{module} is in no layer: add it to LAYERS")
 
@@ -231,7 +271,7 @@ def test_no_import_circles() -> None:
         path.append(node)
         for target in sorted(graph[node]):
             if state.get(target) == 1:
-                raise AssertionError("import circle: " + " -> ".join(path[path.index(target):] + [target]))
+                raise AssertionError("import circle: " + " -> ".join(path[path.index(target) :] + [target]))
             if target not in state:
                 visit(target)
         path.pop()
@@ -284,8 +324,15 @@ def test_a_window_lets_go_of_media_after_their_last_use(embedder, tmp_path: Path
     # a window's items wait between the Reasoner and the Embedder, then go: never more than a window at once
     assert held and max(held) <= 2
     held.clear()
-    encode_detailed(items, embedder, reasoning="off", num_frames=FRAMES, batch_size=2, progress=False,
-                    cache_dir=tmp_path / "c")
+    encode_detailed(
+        items,
+        embedder,
+        reasoning="off",
+        num_frames=FRAMES,
+        batch_size=2,
+        progress=False,
+        cache_dir=tmp_path / "c",
+    )
     assert max(held) == 0  # without a Reasoner each item's media is used once and dropped at once
 
 
@@ -293,7 +340,10 @@ def test_a_lone_surrogate_is_an_item_problem_not_a_crash(tmp_path: Path) -> None
     from embedrl.data.items import content_key, parse_item
 
     problems: list = []
-    assert parse_item({"id": "a", "text": "broken \ud800 text"}, file="items.jsonl", line=3, problems=problems) is None
+    assert (
+        parse_item({"id": "a", "text": "broken \ud800 text"}, file="items.jsonl", line=3, problems=problems)
+        is None
+    )
     assert "lone surrogate" in str(problems[0]) and "items.jsonl:3" in str(problems[0])
     assert content_key(Item(id="a", text="broken \ud800 text"))  # hashing never raises
 
@@ -305,8 +355,10 @@ def test_several_images_take_keyframes_as_the_official_code_does(embedder, tmp_p
         Image.new("RGB", (64, 48), (10 * k, 0, 0)).save(paths[-1])
     tcot = '<thinking>x {"key_frames": [3, 1]}</thinking>\n<rethink>r</rethink>\n<answer>a</answer>'
     built = embedder.build_input(Item(id="album", text="t", images=[str(p) for p in paths]), tcot)
-    assert [(p.role, p.frame_index) for p in built.placements if p.role == "keyframe"] == [("keyframe", 2),
-                                                                                        ("keyframe", 0)]
+    assert [(p.role, p.frame_index) for p in built.placements if p.role == "keyframe"] == [
+        ("keyframe", 2),
+        ("keyframe", 0),
+    ]
 
 
 def test_a_legacy_config_keeps_its_frame_minimum(tmp_path: Path) -> None:

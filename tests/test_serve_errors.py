@@ -36,8 +36,9 @@ def _post(server, route: str, body: bytes | dict, headers: dict | None = None) -
     return status, reply
 
 
-def _exchange(server, method: str, route: str, body: bytes | dict | None = None,
-              headers: dict | None = None) -> tuple[int, dict, http.client.HTTPResponse]:
+def _exchange(
+    server, method: str, route: str, body: bytes | dict | None = None, headers: dict | None = None
+) -> tuple[int, dict, http.client.HTTPResponse]:
     raw = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     host, port = server.address
     conn = http.client.HTTPConnection(host, port, timeout=60)
@@ -54,27 +55,58 @@ HI = '{"role": "user", "content": "hi"}'
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(("route", "body", "message"), [
-    ("/v1/embeddings", b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-     "'input': JSON nested too deeply"),
-    ("/v1/embeddings", b"[" * 100_000 + b"]" * 100_000, "body: JSON nested too deeply"),
-    (CHAT, ('{"messages": [' + HI + '], "max_tokens": ' + "9" * 5000 + "}").encode(),
-     "'max_tokens' must be in [1, 1000000], not an integer of 5000 digits"),
-    ("/v1/embeddings", ('{"input": [' + "7" * 5000 + "]}").encode(),
-     "input[0]: must be a string or an object"),
-    ("/v1/embeddings", b'{"input": "a \\ud800 b"}', "input[0]: contains a lone surrogate"),
-    ("/v1/embeddings", b'{"input": [{"text": "x", "instruction": "\\udfff"}]}',
-     "input[0].instruction: contains a lone surrogate"),
-    (CHAT, b'{"messages": [{"role": "user", "content": "\\ud800"}]}', "messages[0].content: contains a lone"),
-    (CHAT, b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud800"}]}]}',
-     "messages[0].content[0].text: contains a lone surrogate"),
-    ("/v1/embeddings", {"input": [{"text": "x", "images": [EPS_URL]}]},
-     "input[0].images[0]: not a decodable image: PostScript data, not an image format embedrl reads "
-     "(PNG, JPEG, WebP, GIF, BMP, TIFF)"),
-    (CHAT, {"messages": [{"role": "user",
-                          "content": [{"type": "image_url", "image_url": {"url": EPS_URL}}]}]},
-     "messages[0].content[0]: not a decodable image: PostScript data"),
-])
+@pytest.mark.parametrize(
+    ("route", "body", "message"),
+    [
+        (
+            "/v1/embeddings",
+            b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            "'input': JSON nested too deeply",
+        ),
+        ("/v1/embeddings", b"[" * 100_000 + b"]" * 100_000, "body: JSON nested too deeply"),
+        (
+            CHAT,
+            ('{"messages": [' + HI + '], "max_tokens": ' + "9" * 5000 + "}").encode(),
+            "'max_tokens' must be in [1, 1000000], not an integer of 5000 digits",
+        ),
+        (
+            "/v1/embeddings",
+            ('{"input": [' + "7" * 5000 + "]}").encode(),
+            "input[0]: must be a string or an object",
+        ),
+        ("/v1/embeddings", b'{"input": "a \\ud800 b"}', "input[0]: contains a lone surrogate"),
+        (
+            "/v1/embeddings",
+            b'{"input": [{"text": "x", "instruction": "\\udfff"}]}',
+            "input[0].instruction: contains a lone surrogate",
+        ),
+        (
+            CHAT,
+            b'{"messages": [{"role": "user", "content": "\\ud800"}]}',
+            "messages[0].content: contains a lone",
+        ),
+        (
+            CHAT,
+            b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud800"}]}]}',
+            "messages[0].content[0].text: contains a lone surrogate",
+        ),
+        (
+            "/v1/embeddings",
+            {"input": [{"text": "x", "images": [EPS_URL]}]},
+            "input[0].images[0]: not a decodable image: PostScript data, not an image format embedrl reads "
+            "(PNG, JPEG, WebP, GIF, BMP, TIFF)",
+        ),
+        (
+            CHAT,
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": EPS_URL}}]}
+                ]
+            },
+            "messages[0].content[0]: not a decodable image: PostScript data",
+        ),
+    ],
+)
 def test_client_mistakes_are_400_naming_the_field(server, route, body, message) -> None:
     status, reply = _post(server, route, body)
     assert status == 400, reply
@@ -91,14 +123,18 @@ def test_an_item_the_embedder_cannot_take_fails_only_its_request(server) -> None
     url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
     results: dict = {}
     bodies = {"bad": {"input": ["fine", {"images": [url]}]}, "good": {"input": ["also fine"]}}
-    threads = [threading.Thread(target=lambda k=k, b=b: results.__setitem__(k, _post(server, "/v1/embeddings", b)))
-               for k, b in bodies.items()]
+    threads = [
+        threading.Thread(target=lambda k=k, b=b: results.__setitem__(k, _post(server, "/v1/embeddings", b)))
+        for k, b in bodies.items()
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
     status, reply = results["bad"]
-    assert status == 400 and reply["error"]["message"].startswith("input[1]: media: image of 600x2 px cannot be")
+    assert status == 400 and reply["error"]["message"].startswith(
+        "input[1]: media: image of 600x2 px cannot be"
+    )
     assert results["good"][0] == 200
 
 
@@ -192,7 +228,9 @@ def test_the_transformers_backend_reports_a_reply_cut_by_max_tokens(server) -> N
         pytest.skip("TransformersBackend does not count tokens yet (no generate_with_usage in reasoner.py)")
     status, reply = _post(server, CHAT, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
     usage = reply["usage"]
-    assert status == 200 and reply["choices"][0]["finish_reason"] == "length"  # the tiny model never stops by 3
+    assert (
+        status == 200 and reply["choices"][0]["finish_reason"] == "length"
+    )  # the tiny model never stops by 3
     assert usage["completion_tokens"] == 3 and usage["prompt_tokens"] > 0
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
@@ -203,8 +241,10 @@ def test_a_client_that_hangs_up_mid_reply_leaves_no_traceback(capsys, caplog) ->
     with EmbedRLServer(generator=generator) as srv:
         body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
         sock = socket.create_connection(srv.address, timeout=30)
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
         assert generator.started.wait(30)
         # SO_LINGER 0: close with a reset, so the server's reply meets a dead connection at once
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -214,7 +254,9 @@ def test_a_client_that_hangs_up_mid_reply_leaves_no_traceback(capsys, caplog) ->
             deadline = time.monotonic() + 30
             while srv.service.inflight and time.monotonic() < deadline:  # the reply is written right after
                 time.sleep(0.01)
-            status, reply = _post(srv, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
+            status, reply = _post(
+                srv, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}
+            )
     assert status == 200
     assert "Traceback" not in capsys.readouterr().err
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]

@@ -27,8 +27,9 @@ def pairs_file(tmp_path_factory) -> Path:
 
 def _config(out: Path, **overrides) -> EmbedderTrainingConfig:
     values = dict(EmbedderTrainingConfig.PRESETS["tiny"])
-    values.update(output_dir=str(out), use_cpu=True, report_to="none", disable_tqdm=True, seed=0,
-                  max_text_tokens=64)
+    values.update(
+        output_dir=str(out), use_cpu=True, report_to="none", disable_tqdm=True, seed=0, max_text_tokens=64
+    )
     values.update(overrides)
     return EmbedderTrainingConfig(**values)
 
@@ -67,8 +68,9 @@ def _adapter(path: Path) -> dict[str, torch.Tensor]:
 
 def test_kill_and_resume_gives_the_same_weights(tiny_qwen3_embedder, pairs_file, tmp_path) -> None:
     pairs = read_pairs(pairs_file)
-    settings = dict(max_steps=20, save_steps=10, sub_batch_size=4, lora_dropout=0.1, merge_lora=False,
-                    plot=False)
+    settings = dict(
+        max_steps=20, save_steps=10, sub_batch_size=4, lora_dropout=0.1, merge_lora=False, plot=False
+    )
     straight = tmp_path / "straight"
     train_embedder(tiny_qwen3_embedder, pairs, _config(straight, **settings))
 
@@ -90,9 +92,26 @@ def test_kill_and_resume_gives_the_same_weights(tiny_qwen3_embedder, pairs_file,
 
 def test_cli_train_embedder_and_check_data(tiny_qwen3_embedder, pairs_file, tmp_path, capsys) -> None:
     out = tmp_path / "cli"
-    code = main(["train", "embedder", "--model", str(tiny_qwen3_embedder), "--pairs", str(pairs_file),
-                 "--out", str(out), "--preset", "tiny", "--max-steps", "2", "--cpu", "--no-tcot",
-                 "--grad-cache-chunk", "4"])
+    code = main(
+        [
+            "train",
+            "embedder",
+            "--model",
+            str(tiny_qwen3_embedder),
+            "--pairs",
+            str(pairs_file),
+            "--out",
+            str(out),
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "2",
+            "--cpu",
+            "--no-tcot",
+            "--grad-cache-chunk",
+            "4",
+        ]
+    )
     assert code == 0
     assert (out / "final" / "config.json").is_file()
     saved = json.loads((out / "embedrl_training.json").read_text())["config"]
@@ -137,9 +156,16 @@ def test_pairs_validation_names_line_and_field(tmp_path: Path) -> None:
 def test_hard_negatives_flow_through_training(tiny_qwen3_embedder, tmp_path: Path) -> None:
     records = []
     for i in range(8):
-        records.append({"dataset": "d", "query": {"text": f"a red circle number {i}"},
-                        "positive": {"text": f"red circle {i}"}, "negatives": [{"text": f"blue square {i}"}],
-                        "query_tcot": None, "positive_tcot": None})
+        records.append(
+            {
+                "dataset": "d",
+                "query": {"text": f"a red circle number {i}"},
+                "positive": {"text": f"red circle {i}"},
+                "negatives": [{"text": f"blue square {i}"}],
+                "query_tcot": None,
+                "positive_tcot": None,
+            }
+        )
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     pairs = read_pairs(path)
@@ -159,9 +185,15 @@ def test_gradient_checkpointing_trains_the_same_weights(tiny_qwen3_embedder, pai
     change only memory, not the result."""
     pairs = read_pairs(pairs_file)
     probes = [_CheckpointingProbe(), _CheckpointingProbe()]
-    finals = [train_embedder(tiny_qwen3_embedder, pairs, _config(tmp_path / f"gc{flag}", max_steps=2, plot=False,
-                                                                  activation_checkpointing=flag), callbacks=[probe])
-              for flag, probe in zip((False, True), probes)]
+    finals = [
+        train_embedder(
+            tiny_qwen3_embedder,
+            pairs,
+            _config(tmp_path / f"gc{flag}", max_steps=2, plot=False, activation_checkpointing=flag),
+            callbacks=[probe],
+        )
+        for flag, probe in zip((False, True), probes)
+    ]
     assert [p.enabled for p in probes] == [False, True]  # it really was on (and off)
     plain, checkpointed = (load_file(str(f / "model.safetensors")) for f in finals)
     assert plain.keys() == checkpointed.keys()
@@ -187,10 +219,16 @@ class _TemperatureGradientAtStepStart(TrainerCallback):
         self.values.append(float(log_scale.detach()))
 
 
-def test_learned_temperature_gets_a_fresh_gradient_every_step(tiny_qwen3_embedder, pairs_file, tmp_path) -> None:
+def test_learned_temperature_gets_a_fresh_gradient_every_step(
+    tiny_qwen3_embedder, pairs_file, tmp_path
+) -> None:
     probe = _TemperatureGradientAtStepStart()
-    train_embedder(tiny_qwen3_embedder, read_pairs(pairs_file),
-                   _config(tmp_path / "lt", max_steps=3, plot=False, learn_temperature=True), callbacks=[probe])
+    train_embedder(
+        tiny_qwen3_embedder,
+        read_pairs(pairs_file),
+        _config(tmp_path / "lt", max_steps=3, plot=False, learn_temperature=True),
+        callbacks=[probe],
+    )
     assert probe.seen == [None, None, None]  # not a running sum of every earlier step's gradient
     assert probe.values[-1] != probe.values[0]  # and the temperature is still learned
 
@@ -220,32 +258,47 @@ def test_yaml_values_are_typed_before_anything_loads(tmp_path) -> None:
         return build_config(cls, args, FLAG_FIELDS if cls is EmbedderTrainingConfig else (), cls.PRESETS)
 
     parsed = config("learning_rate: 1e-4\nsub_batch_size: '8'\n")  # PyYAML reads 1e-4 as a string
-    assert parsed.learning_rate == 1e-4 and isinstance(parsed.learning_rate, float) and parsed.sub_batch_size == 8
-    for text, message in (("use_tcot: 'no'\n", "'use_tcot' must be bool \\(write true or false\\)"),
-                          ("learning_rate: fast\n", "'learning_rate' must be a number"),
-                          ("sub_batch_size: 0\n", "sub_batch_size must be >= 1"),
-                          ("temperature: 0\n", "temperature must be > 0"),
-                          ("seed: 1.5\n", "'seed' must be int"),
-                          ("learning_rate: .nan\n", "'learning_rate' must be a finite number"),
-                          ("temperature: 'nan'\n", "'temperature' must be a finite number")):
+    assert (
+        parsed.learning_rate == 1e-4
+        and isinstance(parsed.learning_rate, float)
+        and parsed.sub_batch_size == 8
+    )
+    for text, message in (
+        ("use_tcot: 'no'\n", "'use_tcot' must be bool \\(write true or false\\)"),
+        ("learning_rate: fast\n", "'learning_rate' must be a number"),
+        ("sub_batch_size: 0\n", "sub_batch_size must be >= 1"),
+        ("temperature: 0\n", "temperature must be > 0"),
+        ("seed: 1.5\n", "'seed' must be int"),
+        ("learning_rate: .nan\n", "'learning_rate' must be a finite number"),
+        ("temperature: 'nan'\n", "'temperature' must be a finite number"),
+    ):
         with pytest.raises(ConfigError, match=message):
             config(text)
     assert config("learning_rate: 3e-6\n", EGRLConfig).learning_rate == 3e-6
     # a config written for transformers 4's name still beats the preset (2b turns checkpointing on)
-    args = argparse.Namespace(preset="2b", config=str(tmp_path / "old.yaml"), out=str(tmp_path / "o"), use_cpu=True)
+    args = argparse.Namespace(
+        preset="2b", config=str(tmp_path / "old.yaml"), out=str(tmp_path / "o"), use_cpu=True
+    )
     (tmp_path / "old.yaml").write_text("use_cpu: true\ngradient_checkpointing: false\n")
-    assert build_config(EmbedderTrainingConfig, args, FLAG_FIELDS, EmbedderTrainingConfig.PRESETS
-                        ).activation_checkpointing is False
+    assert (
+        build_config(
+            EmbedderTrainingConfig, args, FLAG_FIELDS, EmbedderTrainingConfig.PRESETS
+        ).activation_checkpointing
+        is False
+    )
     (tmp_path / "old.yaml").write_text("gradient_checkpointing: false\nactivation_checkpointing: true\n")
     with pytest.raises(ConfigError, match="disagree"):
         build_config(EmbedderTrainingConfig, args, FLAG_FIELDS, EmbedderTrainingConfig.PRESETS)
-    flags = argparse.Namespace(preset="tiny", config=None, out=str(tmp_path / "o"), use_cpu=True,
-                               learning_rate=float("nan"))
+    flags = argparse.Namespace(
+        preset="tiny", config=None, out=str(tmp_path / "o"), use_cpu=True, learning_rate=float("nan")
+    )
     with pytest.raises(ConfigError, match="learning_rate must be a finite number"):
         build_config(EmbedderTrainingConfig, flags, FLAG_FIELDS, EmbedderTrainingConfig.PRESETS)
-    for text, message in (("outcome_tau: 0\n", "outcome_tau must be > 0"),
-                          ("pairs_per_step: 1\n", "pairs_per_step must be >= 2"),
-                          ("process_top_k: -1\n", "process_top_k must be >= 1")):
+    for text, message in (
+        ("outcome_tau: 0\n", "outcome_tau must be > 0"),
+        ("pairs_per_step: 1\n", "pairs_per_step must be >= 2"),
+        ("process_top_k: -1\n", "process_top_k must be >= 1"),
+    ):
         with pytest.raises(ConfigError, match=message):
             config(text, EGRLConfig)
 
@@ -259,7 +312,9 @@ def test_shipped_configs_load_from_any_directory(tmp_path, monkeypatch) -> None:
     configs = Path(__file__).resolve().parents[1] / "configs" / "train"
     monkeypatch.chdir(tmp_path)
     for name in ("embedder-2b.yaml", "embedder-4b.yaml"):
-        args = argparse.Namespace(preset=None, config=str(configs / name), out=str(tmp_path / "o"), use_cpu=True)
+        args = argparse.Namespace(
+            preset=None, config=str(configs / name), out=str(tmp_path / "o"), use_cpu=True
+        )
         config = build_config(EmbedderTrainingConfig, args, FLAG_FIELDS, EmbedderTrainingConfig.PRESETS)
         assert config.activation_checkpointing is True
         assert Mixture.from_yaml(config.mixture).weights  # the mixture file is found next to the config
@@ -277,10 +332,16 @@ def test_boolean_flags_switch_both_ways_and_gradcache_refuses_deepspeed(tmp_path
     args = parser.parse_args(base + ["--config", str(yaml_on), "--no-tcot", "--no-gradient-checkpointing"])
     config = build_config(EmbedderTrainingConfig, args, FLAG_FIELDS, EmbedderTrainingConfig.PRESETS)
     assert config.use_tcot is False and config.activation_checkpointing is False  # flags beat the YAML
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` with a DeepSpeed config sets
+    monkeypatch.setenv(
+        "ACCELERATE_USE_DEEPSPEED", "true"
+    )  # what `accelerate launch` with a DeepSpeed config sets
     with pytest.raises(ConfigError, match="GradCache"):
-        build_config(EmbedderTrainingConfig, parser.parse_args(base + ["--grad-cache-chunk", "4"]), FLAG_FIELDS,
-                     EmbedderTrainingConfig.PRESETS)
+        build_config(
+            EmbedderTrainingConfig,
+            parser.parse_args(base + ["--grad-cache-chunk", "4"]),
+            FLAG_FIELDS,
+            EmbedderTrainingConfig.PRESETS,
+        )
 
 
 def test_check_data_fails_an_empty_file(tmp_path, capsys) -> None:
@@ -295,9 +356,15 @@ def test_check_data_decode_names_the_pair_and_side(tmp_path, capsys) -> None:
 
     Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    lines = [{"dataset": "d", "query": {"text": "a"}, "positive": {"images": ["ok.png"]}},
-             {"dataset": "d", "query": {"text": "b"}, "positive": {"images": ["ok.png"]},
-              "negatives": [{"images": ["bad.png"]}]}]
+    lines = [
+        {"dataset": "d", "query": {"text": "a"}, "positive": {"images": ["ok.png"]}},
+        {
+            "dataset": "d",
+            "query": {"text": "b"},
+            "positive": {"images": ["ok.png"]},
+            "negatives": [{"images": ["bad.png"]}],
+        },
+    ]
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert main(["train", "check-data", str(pairs)]) == 0
@@ -326,8 +393,11 @@ def _uneven_negative_pairs(path: Path) -> Path:
     records = []
     for i in range(8):
         Image.new("RGB", (32, 32), (30 * i, 255 - 30 * i, 90)).save(path.parent / f"q{i}.png")
-        record = {"dataset": "d", "query": {"text": f"a circle number {i}", "images": [f"q{i}.png"]},
-                  "positive": {"text": f"red circle {i}"}}
+        record = {
+            "dataset": "d",
+            "query": {"text": f"a circle number {i}", "images": [f"q{i}.png"]},
+            "positive": {"text": f"red circle {i}"},
+        }
         if negatives.get(i):
             record["negatives"] = [{"text": f"blue square {i} {k}"} for k in range(negatives[i])]
         records.append(record)
@@ -338,18 +408,26 @@ def _uneven_negative_pairs(path: Path) -> Path:
 def _uneven_config(out: Path, **overrides) -> EmbedderTrainingConfig:
     # Full fine-tuning with plain SGD keeps the update linear in the gradient, so two ranks compare with one
     # process to float precision (Adam's first steps amplify rounding in near-zero gradients).
-    settings = dict(max_steps=2, sub_batch_size=4, lora="none", optim="sgd", warmup_steps=0, plot=False,
-                    ddp_timeout=60)
+    settings = dict(
+        max_steps=2, sub_batch_size=4, lora="none", optim="sgd", warmup_steps=0, plot=False, ddp_timeout=60
+    )
     settings.update(overrides)
     return _config(out, **settings)
 
 
-def _train_rank(rank: int, world: int, port: int, model: str, pairs: str, out: str,
-                chunk: int | None) -> None:
+def _train_rank(
+    rank: int, world: int, port: int, model: str, pairs: str, out: str, chunk: int | None
+) -> None:
     import os
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+    )
     torch.set_num_threads(1)
     train_embedder(model, read_pairs(Path(pairs)), _uneven_config(Path(out), grad_cache_chunk=chunk))
 
@@ -363,8 +441,9 @@ def _run_two_ranks(model: Path, pairs: Path, out: Path, chunk: int | None, timeo
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    context = mp.spawn(_train_rank, args=(2, port, str(model), str(pairs), str(out), chunk), nprocs=2,
-                       join=False)
+    context = mp.spawn(
+        _train_rank, args=(2, port, str(model), str(pairs), str(out), chunk), nprocs=2, join=False
+    )
     deadline = time.monotonic() + timeout
     try:
         while not context.join(timeout=max(0.1, deadline - time.monotonic())):
@@ -377,8 +456,9 @@ def _run_two_ranks(model: Path, pairs: Path, out: Path, chunk: int | None, timeo
 
 
 @pytest.mark.timeout(400)
-def test_two_ranks_with_uneven_hard_negatives_train_like_one_process(tiny_qwen3_embedder, tmp_path,
-                                                                    caplog) -> None:
+def test_two_ranks_with_uneven_hard_negatives_train_like_one_process(
+    tiny_qwen3_embedder, tmp_path, caplog
+) -> None:
     """2 gloo ranks through the real Trainer (DDP), one holding no hard negatives in a step, GradCache off and
     on: the run completes and its weights equal one process training on the same global batches."""
     import logging
@@ -401,8 +481,9 @@ def test_two_ranks_with_uneven_hard_negatives_train_like_one_process(tiny_qwen3_
         assert error < 1e-3 * update, (chunk, error, update)
 
 
-def test_hard_negatives_switched_off_train_like_pairs_without_them(tiny_qwen3_embedder, tmp_path,
-                                                                   caplog) -> None:
+def test_hard_negatives_switched_off_train_like_pairs_without_them(
+    tiny_qwen3_embedder, tmp_path, caplog
+) -> None:
     import logging
 
     from embedrl.train.stage1 import PairCollator
@@ -410,8 +491,9 @@ def test_hard_negatives_switched_off_train_like_pairs_without_them(tiny_qwen3_em
     pairs = read_pairs(_uneven_negative_pairs(tmp_path / "pairs.jsonl"))
     stripped = [dataclasses.replace(p, negatives=[], negative_tcots=[]) for p in pairs]
     with caplog.at_level(logging.INFO, logger="embedrl.train.stage1"):
-        off = train_embedder(tiny_qwen3_embedder, pairs,
-                             _uneven_config(tmp_path / "off", use_hard_negatives=False))
+        off = train_embedder(
+            tiny_qwen3_embedder, pairs, _uneven_config(tmp_path / "off", use_hard_negatives=False)
+        )
     assert "hard negatives: ignored (use_hard_negatives=False)" in caplog.text
     assert "4 of 8 pairs carry them" in caplog.text
     without = train_embedder(tiny_qwen3_embedder, stripped, _uneven_config(tmp_path / "without"))
@@ -429,7 +511,25 @@ def test_hard_negatives_flag_sets_the_config_field(tmp_path) -> None:
 
     parser = build_parser()
     for flag, expected in (([], True), (["--no-hard-negatives"], False), (["--hard-negatives"], True)):
-        args = parser.parse_args(["train", "embedder", "--model", str(tmp_path), "--pairs", "p.jsonl", "--out",
-                                  str(tmp_path / "o"), "--preset", "tiny", "--cpu", *flag])
-        assert build_config(EmbedderTrainingConfig, args, FLAG_FIELDS, EmbedderTrainingConfig.PRESETS
-                            ).use_hard_negatives is expected
+        args = parser.parse_args(
+            [
+                "train",
+                "embedder",
+                "--model",
+                str(tmp_path),
+                "--pairs",
+                "p.jsonl",
+                "--out",
+                str(tmp_path / "o"),
+                "--preset",
+                "tiny",
+                "--cpu",
+                *flag,
+            ]
+        )
+        assert (
+            build_config(
+                EmbedderTrainingConfig, args, FLAG_FIELDS, EmbedderTrainingConfig.PRESETS
+            ).use_hard_negatives
+            is expected
+        )

@@ -25,22 +25,33 @@ def _media(root: Path, rel: str) -> str:
 def make_global_task(root: Path) -> Task:
     img = _media(root, "media/images/a.png")
     frames = [_media(root, f"media/frames/v1/{i:06d}.jpg") for i in range(3)]
-    meta = TaskMeta(benchmark="TEST", task="t2x", modality="image", eval_type="global",
-                    primary_metric="ndcg_linear@5", meta_task="RET", query_instruction="Find it:",
-                    version_note="synthetic v1")
+    meta = TaskMeta(
+        benchmark="TEST",
+        task="t2x",
+        modality="image",
+        eval_type="global",
+        primary_metric="ndcg_linear@5",
+        meta_task="RET",
+        query_instruction="Find it:",
+        version_note="synthetic v1",
+    )
     queries = [Query(id="q1", text="a red square"), Query(id="q2", text="a video", instruction="Custom:")]
-    candidates = [Item(id="c1", images=[img]), Item(id="c2", video=VideoRef(id="v1", frames=frames)),
-                  Item(id="c3", text="plain text")]
+    candidates = [
+        Item(id="c1", images=[img]),
+        Item(id="c2", video=VideoRef(id="v1", frames=frames)),
+        Item(id="c3", text="plain text"),
+    ]
     qrels = [Qrel("q1", "c1", 2), Qrel("q1", "c3", 1), Qrel("q2", "c2", 1)]
     return Task(meta, queries, candidates, qrels)
 
 
 def make_local_task(root: Path) -> Task:
     img = _media(root, "media/images/q.png")
-    meta = TaskMeta(benchmark="TEST", task="cls", modality="image", eval_type="local",
-                    primary_metric="hit@1")
-    queries = [Query(id="q1", images=[img], text="what is it", candidate_ids=["cat", "dog"]),
-               Query(id="q2", images=[img], candidate_ids=["dog", "cat"])]
+    meta = TaskMeta(benchmark="TEST", task="cls", modality="image", eval_type="local", primary_metric="hit@1")
+    queries = [
+        Query(id="q1", images=[img], text="what is it", candidate_ids=["cat", "dog"]),
+        Query(id="q2", images=[img], candidate_ids=["dog", "cat"]),
+    ]
     candidates = [Item(id="cat", text="cat"), Item(id="dog", text="dog")]
     return Task(meta, queries, candidates, [Qrel("q1", "cat"), Qrel("q2", "dog")])
 
@@ -93,8 +104,10 @@ def test_missing_required_fields(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "task.json").read_text())
     del meta["primary_metric"]
     (tmp_path / "task.json").write_text(json.dumps(meta))
-    _write_lines(tmp_path / "queries.jsonl", [{"text": "no id"}, {"qid": "q1", "text": "ok"},
-                                              {"qid": "q2", "text": "x"}])
+    _write_lines(
+        tmp_path / "queries.jsonl",
+        [{"text": "no id"}, {"qid": "q1", "text": "ok"}, {"qid": "q2", "text": "x"}],
+    )
     probs = _problems(tmp_path)
     assert any("task.json: field 'primary_metric': missing required field" in p for p in probs)
     assert any(p.endswith("queries.jsonl:1: field 'qid': missing required field") for p in probs)
@@ -107,10 +120,12 @@ def test_duplicate_ids(tmp_path: Path) -> None:
     with (tmp_path / "queries.jsonl").open("a") as f:
         f.write(json.dumps({"qid": "q2", "text": "again"}) + "\n")
     probs = _problems(tmp_path)
-    assert any("candidates.jsonl:4: record 'c1': field 'cid': duplicate cid (first on line 1)" in p
-               for p in probs)
-    assert any("queries.jsonl:3: record 'q2': field 'qid': duplicate qid (first on line 2)" in p
-               for p in probs)
+    assert any(
+        "candidates.jsonl:4: record 'c1': field 'cid': duplicate cid (first on line 1)" in p for p in probs
+    )
+    assert any(
+        "queries.jsonl:3: record 'q2': field 'qid': duplicate qid (first on line 2)" in p for p in probs
+    )
 
 
 def test_qrel_with_unknown_ids(tmp_path: Path) -> None:
@@ -127,18 +142,23 @@ def test_qrel_with_unknown_ids(tmp_path: Path) -> None:
 
 def test_local_query_without_candidates(tmp_path: Path) -> None:
     write_task(make_local_task(tmp_path), tmp_path)
-    _write_lines(tmp_path / "queries.jsonl", [
-        {"qid": "q1", "text": "x", "candidate_ids": ["cat", "dog"]},
-        {"qid": "q2", "text": "no list"},
-        {"qid": "q3", "text": "empty list", "candidate_ids": []},
-        {"qid": "q4", "text": "unknown", "candidate_ids": ["cow"]},
-    ])
+    _write_lines(
+        tmp_path / "queries.jsonl",
+        [
+            {"qid": "q1", "text": "x", "candidate_ids": ["cat", "dog"]},
+            {"qid": "q2", "text": "no list"},
+            {"qid": "q3", "text": "empty list", "candidate_ids": []},
+            {"qid": "q4", "text": "unknown", "candidate_ids": ["cow"]},
+        ],
+    )
     _write_lines(tmp_path / "qrels.jsonl", [{"qid": "q1", "cid": "cat", "rel": 1}])
     probs = _problems(tmp_path)
     assert any("queries.jsonl:2: record 'q2': field 'candidate_ids': a local task needs" in p for p in probs)
     assert any("queries.jsonl:3: record 'q3': field 'candidate_ids': a local task needs" in p for p in probs)
-    assert any("queries.jsonl:4: record 'q4': field 'candidate_ids': unknown candidate id(s) ['cow']" in p
-               for p in probs)
+    assert any(
+        "queries.jsonl:4: record 'q4': field 'candidate_ids': unknown candidate id(s) ['cow']" in p
+        for p in probs
+    )
     assert len(probs) == 3
 
 
@@ -148,36 +168,49 @@ def test_media_path_defects(tmp_path: Path) -> None:
     outside = tmp_path / "secret.png"
     Image.new("RGB", (4, 4)).save(outside)
     os.symlink(outside, root / "media" / "link.png")
-    _write_lines(root / "candidates.jsonl", [
-        {"cid": "c1", "images": ["media/images/a.png"]},
-        {"cid": "c2", "images": ["media/images/missing.png"]},
-        {"cid": "c3", "images": ["../secret.png"]},
-        {"cid": "c4", "images": [str(outside)]},
-        {"cid": "c5", "images": ["media/link.png"]},
-        {"cid": "c6", "video": {"frames": ["media/frames/v1/000000.jpg", "media/nope.jpg"]}},
-    ])
+    _write_lines(
+        root / "candidates.jsonl",
+        [
+            {"cid": "c1", "images": ["media/images/a.png"]},
+            {"cid": "c2", "images": ["media/images/missing.png"]},
+            {"cid": "c3", "images": ["../secret.png"]},
+            {"cid": "c4", "images": [str(outside)]},
+            {"cid": "c5", "images": ["media/link.png"]},
+            {"cid": "c6", "video": {"frames": ["media/frames/v1/000000.jpg", "media/nope.jpg"]}},
+        ],
+    )
     _write_lines(root / "qrels.jsonl", [{"qid": "q1", "cid": "c1", "rel": 1}])
     probs = _problems(root)
-    assert any(":2: record 'c2': field 'images[0]': media file 'media/images/missing.png' does not exist" in p
-               for p in probs)
-    assert any(":3: record 'c3': field 'images[0]': path '../secret.png' escapes the task folder" in p
-               for p in probs)
+    assert any(
+        ":2: record 'c2': field 'images[0]': media file 'media/images/missing.png' does not exist" in p
+        for p in probs
+    )
+    assert any(
+        ":3: record 'c3': field 'images[0]': path '../secret.png' escapes the task folder" in p for p in probs
+    )
     assert any(":4: record 'c4': field 'images[0]': absolute path" in p for p in probs)
-    assert any(":5: record 'c5': field 'images[0]': symlink 'media/link.png' escapes the task folder" in p
-               for p in probs)
-    assert any(":6: record 'c6': field 'video.frames[1]': media file 'media/nope.jpg' does not exist" in p
-               for p in probs)
+    assert any(
+        ":5: record 'c5': field 'images[0]': symlink 'media/link.png' escapes the task folder" in p
+        for p in probs
+    )
+    assert any(
+        ":6: record 'c6': field 'video.frames[1]': media file 'media/nope.jpg' does not exist" in p
+        for p in probs
+    )
     assert len(probs) == 5
 
 
 def test_wrong_types_and_empty_items(tmp_path: Path) -> None:
     write_task(make_global_task(tmp_path), tmp_path)
-    _write_lines(tmp_path / "candidates.jsonl", [
-        {"cid": "c1", "text": 5},
-        {"cid": "c2", "images": "media/images/a.png"},
-        {"cid": "c3"},
-        [1, 2],
-    ])
+    _write_lines(
+        tmp_path / "candidates.jsonl",
+        [
+            {"cid": "c1", "text": 5},
+            {"cid": "c2", "images": "media/images/a.png"},
+            {"cid": "c3"},
+            [1, 2],
+        ],
+    )
     _write_lines(tmp_path / "qrels.jsonl", [])
     probs = _problems(tmp_path)
     assert any(":1: record 'c1': field 'text': expected str, got int" in p for p in probs)
@@ -198,15 +231,18 @@ def test_read_task_raises_with_every_problem(tmp_path: Path) -> None:
 def test_cli_validate_prints_one_line_per_defect(tmp_path: Path, capsys) -> None:
     root = tmp_path / "bad"
     write_task(make_local_task(root), root)
-    _write_lines(root / "queries.jsonl", [
-        '{"qid": "q1", ',                                           # malformed JSON
-        {"text": "no id", "candidate_ids": ["cat"]},                  # missing field
-        {"qid": "q2", "text": "a", "candidate_ids": ["cat"]},
-        {"qid": "q2", "text": "b", "candidate_ids": ["cat"]},         # duplicate qid
-        {"qid": "q3", "text": "c"},                                   # local query without candidates
-        {"qid": "q4", "images": ["../x.png"], "candidate_ids": ["cat"]},   # escapes
-        {"qid": "q5", "images": ["media/none.png"], "candidate_ids": ["cat"]},  # missing media
-    ])
+    _write_lines(
+        root / "queries.jsonl",
+        [
+            '{"qid": "q1", ',  # malformed JSON
+            {"text": "no id", "candidate_ids": ["cat"]},  # missing field
+            {"qid": "q2", "text": "a", "candidate_ids": ["cat"]},
+            {"qid": "q2", "text": "b", "candidate_ids": ["cat"]},  # duplicate qid
+            {"qid": "q3", "text": "c"},  # local query without candidates
+            {"qid": "q4", "images": ["../x.png"], "candidate_ids": ["cat"]},  # escapes
+            {"qid": "q5", "images": ["media/none.png"], "candidate_ids": ["cat"]},  # missing media
+        ],
+    )
     _write_lines(root / "qrels.jsonl", [{"qid": "q2", "cid": "cat"}, {"qid": "zz", "cid": "cat"}])
     code = main(["task", "validate", str(root)])
     out = capsys.readouterr().out.strip().splitlines()
@@ -222,9 +258,16 @@ def test_cli_validate_prints_one_line_per_defect(tmp_path: Path, capsys) -> None
 def test_names_that_would_leave_the_results_folder_are_rejected(tmp_path: Path) -> None:
     write_task(make_global_task(tmp_path), tmp_path)
     meta = json.loads((tmp_path / "task.json").read_text())
-    for field, value in (("task", "../../outside"), ("benchmark", "a/b"), ("task", ".hidden"), ("task", "x\\y")):
+    for field, value in (
+        ("task", "../../outside"),
+        ("benchmark", "a/b"),
+        ("task", ".hidden"),
+        ("task", "x\\y"),
+    ):
         (tmp_path / "task.json").write_text(json.dumps({**meta, field: value}))
-        assert any(f"field '{field}': {value!r} cannot be used as a file name" in p for p in _problems(tmp_path))
+        assert any(
+            f"field '{field}': {value!r} cannot be used as a file name" in p for p in _problems(tmp_path)
+        )
     (tmp_path / "task.json").write_text(json.dumps({**meta, "task": "Wiki-SS-NQ_v2 (test)"}))
     assert _problems(tmp_path) == []
 

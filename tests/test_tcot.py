@@ -53,8 +53,12 @@ def test_tcot_refuses_two_cues() -> None:
 
 @pytest.mark.parametrize(
     "kwargs,kind",
-    [({}, None), ({"text_keywords": ()}, "text_keywords"), ({"bbox_2d": ()}, "bbox_2d"),
-     ({"key_frames": (1,)}, "key_frames")],
+    [
+        ({}, None),
+        ({"text_keywords": ()}, "text_keywords"),
+        ({"bbox_2d": ()}, "bbox_2d"),
+        ({"key_frames": (1,)}, "key_frames"),
+    ],
 )
 def test_cue_kind(kwargs: dict, kind: str | None) -> None:
     assert TCoT("t", **kwargs).cue_kind == kind
@@ -75,8 +79,9 @@ def test_clean_tcot_parses_without_problems() -> None:
     result = parse(wrap('A brown dog runs. {"bbox_2d": [[100, 200, 300, 400]]}'))
     assert result.problems == []
     assert result.ok and result.tags_in_order
-    assert result.tcot == TCoT("A brown dog runs.", bbox_2d=((100, 200, 300, 400),),
-                               rethink="Focus on the subject.", answer="A dog.")
+    assert result.tcot == TCoT(
+        "A brown dog runs.", bbox_2d=((100, 200, 300, 400),), rethink="Focus on the subject.", answer="A dog."
+    )
 
 
 def test_text_before_and_after_tags_is_ignored_and_reported() -> None:
@@ -171,8 +176,14 @@ def test_integer_coordinates_stay_integers_and_floats_stay_floats() -> None:
 
 @pytest.mark.parametrize(
     "value,expected",
-    [('[[1, 2, 3]]', ()), ('[["a", 2, 3, 4]]', ()), ('[[1, 2, 3, 4], "x", [5, 6, 7, 8]]', ((1, 2, 3, 4), (5, 6, 7, 8))),
-     ("null", ()), ('{"x": 1}', ()), ('[[NaN, 1, 2, 3]]', ())],
+    [
+        ("[[1, 2, 3]]", ()),
+        ('[["a", 2, 3, 4]]', ()),
+        ('[[1, 2, 3, 4], "x", [5, 6, 7, 8]]', ((1, 2, 3, 4), (5, 6, 7, 8))),
+        ("null", ()),
+        ('{"x": 1}', ()),
+        ("[[NaN, 1, 2, 3]]", ()),
+    ],
 )
 def test_malformed_boxes_are_dropped(value: str, expected: tuple) -> None:
     result = parse(wrap(f'x {{"bbox_2d": {value}}}'))
@@ -187,7 +198,9 @@ def test_numeric_string_coordinates_are_converted() -> None:
 
 
 def test_qwen_grounding_style_objects_are_merged() -> None:
-    text = wrap('x [{"bbox_2d": [10, 10, 50, 50], "label": "cat"}, {"bbox_2d": [60, 60, 90, 90], "label": "dog"}] y')
+    text = wrap(
+        'x [{"bbox_2d": [10, 10, 50, 50], "label": "cat"}, {"bbox_2d": [60, 60, 90, 90], "label": "dog"}] y'
+    )
     result = parse(text)
     assert result.tcot.bbox_2d == ((10, 10, 50, 50), (60, 60, 90, 90))
     assert result.tcot.thinking == "x y"
@@ -218,7 +231,12 @@ def test_non_integer_frames_are_dropped() -> None:
 def test_duplicate_and_out_of_range_frames_are_dropped_and_reported() -> None:
     result = parse(wrap('x {"key_frames": [3, 3, 0, -1, 9, 2]}'), num_frames=8)
     assert result.tcot.key_frames == (3, 2)
-    assert result.codes == ["frame_duplicate", "frame_out_of_range", "frame_out_of_range", "frame_out_of_range"]
+    assert result.codes == [
+        "frame_duplicate",
+        "frame_out_of_range",
+        "frame_out_of_range",
+        "frame_out_of_range",
+    ]
     # Without num_frames only indices below 1 are out of range.
     assert parse(wrap('x {"key_frames": [9, 0]}')).tcot.key_frames == (9,)
 
@@ -265,26 +283,32 @@ def test_missing_section() -> None:
 
 
 def test_repeated_tags_use_the_first_section() -> None:
-    result = parse(wrap('one {"text_keywords": ["a"]}') + '<answer>second</answer>')
+    result = parse(wrap('one {"text_keywords": ["a"]}') + "<answer>second</answer>")
     assert result.tcot.answer == "A dog."
     assert result.codes == ["repeated_tag"]
     assert result.tags_in_order
 
 
 def test_stray_closing_tag_is_ignored() -> None:
-    result = parse('<thinking>x {"text_keywords": ["a"]}</thinking></thinking><rethink>r</rethink><answer>a</answer>')
+    result = parse(
+        '<thinking>x {"text_keywords": ["a"]}</thinking></thinking><rethink>r</rethink><answer>a</answer>'
+    )
     assert result.tcot.thinking == "x"
     assert result.codes == ["unmatched_tag"]
 
 
 def test_stray_tag_inside_a_section_is_removed_from_its_text() -> None:
-    result = parse('<thinking>x </rethink>y {"text_keywords": ["a"]}</thinking><rethink>r</rethink><answer>a</answer>')
+    result = parse(
+        '<thinking>x </rethink>y {"text_keywords": ["a"]}</thinking><rethink>r</rethink><answer>a</answer>'
+    )
     assert result.tcot.thinking == "x y"
     assert "unmatched_tag" in result.codes
 
 
 def test_rethinking_misspelling_is_accepted_and_reported() -> None:
-    result = parse('<thinking>x {"text_keywords": ["a"]}</thinking><rethinking>r</rethinking><answer>a</answer>')
+    result = parse(
+        '<thinking>x {"text_keywords": ["a"]}</thinking><rethinking>r</rethinking><answer>a</answer>'
+    )
     assert result.tcot.rethink == "r"
     assert result.codes == ["misspelled_tag"]
     assert result.tags_in_order and result.ok
@@ -340,8 +364,10 @@ def test_prose_braces_do_not_hide_the_cue() -> None:
     assert result.tcot.thinking == "It looks like {a set} of toys."
 
 
-@pytest.mark.parametrize("text,code", [("", "empty_input"), ("   \n", "empty_input"),
-                                       ("just prose {\"bbox_2d\": [1,2,3,4]}", "no_tags")])
+@pytest.mark.parametrize(
+    "text,code",
+    [("", "empty_input"), ("   \n", "empty_input"), ('just prose {"bbox_2d": [1,2,3,4]}', "no_tags")],
+)
 def test_fatal_inputs(text: str, code: str) -> None:
     result = parse(text)
     assert result.tcot is None and result.codes == [code]
@@ -356,9 +382,15 @@ def test_non_string_input_does_not_raise(value: object) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["{" * 5000, "[" * 5000, '<thinking>{"bbox_2d": ' + "[" * 3000 + "</thinking>",
-     '<thinking>{"key_frames": [' + "9" * 5000 + "]}</thinking>", "<thinking>" * 2000,
-     '<thinking>{"text_keywords": ["\\ud800"]}</thinking>', "<thinking>\x00{'\x00':\x00}</thinking>"],
+    [
+        "{" * 5000,
+        "[" * 5000,
+        '<thinking>{"bbox_2d": ' + "[" * 3000 + "</thinking>",
+        '<thinking>{"key_frames": [' + "9" * 5000 + "]}</thinking>",
+        "<thinking>" * 2000,
+        '<thinking>{"text_keywords": ["\\ud800"]}</thinking>',
+        "<thinking>\x00{'\x00':\x00}</thinking>",
+    ],
 )
 def test_adversarial_inputs_do_not_raise(text: str) -> None:
     result = parse(text)
@@ -407,7 +439,9 @@ def test_validate(tcot: TCoT, modality: str, codes: list[str]) -> None:
 
 def test_validate_uses_num_frames() -> None:
     assert validate(TCoT("t", key_frames=(4,)), "video", num_frames=4) == []
-    assert [p.code for p in validate(TCoT("t", key_frames=(5,)), "video", num_frames=4)] == ["frame_out_of_range"]
+    assert [p.code for p in validate(TCoT("t", key_frames=(5,)), "video", num_frames=4)] == [
+        "frame_out_of_range"
+    ]
     assert validate(TCoT("t", key_frames=(16,)), "video", num_frames=16) == []
 
 
@@ -421,10 +455,18 @@ def test_validate_rejects_unknown_modality() -> None:
 
 def test_render_is_canonical() -> None:
     t = TCoT("A dog.", bbox_2d=((1, 2, 3, 4.5),), rethink="Dog.", answer="A dog on grass.")
-    assert render(t) == ('<thinking>A dog. {"bbox_2d": [[1, 2, 3, 4.5]]}</thinking>\n'
-                         "<rethink>Dog.</rethink>\n<answer>A dog on grass.</answer>")
-    assert render(TCoT("", key_frames=(2,))) == '<thinking>{"key_frames": [2]}</thinking>\n<rethink></rethink>\n<answer></answer>'
-    assert render(TCoT("only prose")) == "<thinking>only prose</thinking>\n<rethink></rethink>\n<answer></answer>"
+    assert render(t) == (
+        '<thinking>A dog. {"bbox_2d": [[1, 2, 3, 4.5]]}</thinking>\n'
+        "<rethink>Dog.</rethink>\n<answer>A dog on grass.</answer>"
+    )
+    assert (
+        render(TCoT("", key_frames=(2,)))
+        == '<thinking>{"key_frames": [2]}</thinking>\n<rethink></rethink>\n<answer></answer>'
+    )
+    assert (
+        render(TCoT("only prose"))
+        == "<thinking>only prose</thinking>\n<rethink></rethink>\n<answer></answer>"
+    )
 
 
 def test_render_escapes_tag_and_fence_characters_in_keywords() -> None:
@@ -436,11 +478,13 @@ def test_render_escapes_tag_and_fence_characters_in_keywords() -> None:
 
 @pytest.mark.parametrize(
     "t",
-    [TCoT("t", text_keywords=("dog", "red car"), rethink="r", answer="a"),
-     TCoT("t", bbox_2d=((0, 0, 1000, 1000), (1.5, 2.25, 3.0, 4.0)), rethink="r", answer="a"),
-     TCoT("", key_frames=(8, 1, 3), rethink="", answer="a"),
-     TCoT("t", bbox_2d=(), rethink="r", answer="a"),
-     TCoT("t", rethink="r", answer="a")],
+    [
+        TCoT("t", text_keywords=("dog", "red car"), rethink="r", answer="a"),
+        TCoT("t", bbox_2d=((0, 0, 1000, 1000), (1.5, 2.25, 3.0, 4.0)), rethink="r", answer="a"),
+        TCoT("", key_frames=(8, 1, 3), rethink="", answer="a"),
+        TCoT("t", bbox_2d=(), rethink="r", answer="a"),
+        TCoT("t", rethink="r", answer="a"),
+    ],
 )
 def test_round_trip(t: TCoT) -> None:
     assert parse(render(t)).tcot == t
@@ -455,19 +499,23 @@ def test_round_trip(t: TCoT) -> None:
         (wrap('x {"text_keywords": ["a"]}'), "text", True),
         (wrap('x {"bbox_2d": [1, 2, 30, 40]}'), "image", True),
         (wrap('x {"key_frames": [1, 8]}'), "video", True),
-        (wrap('x ```json\n{"key_frames": [1]}\n```'), "video", True),       # JSON syntax repair tolerated
-        ("Sure!\n" + wrap('x {"text_keywords": ["a"]}'), "text", True),      # outside text: official allows
-        (wrap('x {"text_keywords": ["a"]}'), "image", False),               # wrong cue
-        (wrap('x {"bbox_2d": []}'), "image", False),                        # empty cue
-        (wrap("x"), "text", False),                                         # no cue
-        (wrap('x {"key_frames": [9]}'), "video", False),                    # out of range
-        (wrap('x {"key_frames": [1, 1]}'), "video", False),                 # duplicate
-        (wrap('x {"key_frames": ["1"]}'), "video", False),                  # not int
-        (wrap('x {"bbox_2d": [[300, 400, 100, 200]]}'), "image", False),    # swapped
-        (wrap('x {"bbox_2d": [[0, 0, 1200, 40]]}'), "image", False),        # clamped
-        (wrap('x {"bbox_2d": [[10, 0, 10, 40]]}'), "image", False),         # degenerate
-        (wrap('x {"bbox_2d": oops}'), "image", False),                      # invalid JSON
-        ('<thinking>x {"text_keywords": ["a"]}</thinking><rethinking>r</rethinking><answer>a</answer>', "text", False),
+        (wrap('x ```json\n{"key_frames": [1]}\n```'), "video", True),  # JSON syntax repair tolerated
+        ("Sure!\n" + wrap('x {"text_keywords": ["a"]}'), "text", True),  # outside text: official allows
+        (wrap('x {"text_keywords": ["a"]}'), "image", False),  # wrong cue
+        (wrap('x {"bbox_2d": []}'), "image", False),  # empty cue
+        (wrap("x"), "text", False),  # no cue
+        (wrap('x {"key_frames": [9]}'), "video", False),  # out of range
+        (wrap('x {"key_frames": [1, 1]}'), "video", False),  # duplicate
+        (wrap('x {"key_frames": ["1"]}'), "video", False),  # not int
+        (wrap('x {"bbox_2d": [[300, 400, 100, 200]]}'), "image", False),  # swapped
+        (wrap('x {"bbox_2d": [[0, 0, 1200, 40]]}'), "image", False),  # clamped
+        (wrap('x {"bbox_2d": [[10, 0, 10, 40]]}'), "image", False),  # degenerate
+        (wrap('x {"bbox_2d": oops}'), "image", False),  # invalid JSON
+        (
+            '<thinking>x {"text_keywords": ["a"]}</thinking><rethinking>r</rethinking><answer>a</answer>',
+            "text",
+            False,
+        ),
         ('<thinking>x {"text_keywords": ["a"]}</thinking><answer>a</answer>', "text", False),
         (wrap('x {"text_keywords": ["a"]}') + "<answer>b</answer>", "text", False),  # repeated section
     ],
@@ -478,11 +526,15 @@ def test_format_ok(text: str, modality: str, expected: bool) -> None:
 
 def test_format_ok_strict_tags_only_is_the_official_pattern() -> None:
     assert format_ok(wrap("no cue at all"), "image", strict_tags_only=True)
-    assert format_ok("pre <thinking></thinking>x<rethink></rethink><answer></answer>", "text", strict_tags_only=True)
-    assert not format_ok('<thinking>x</thinking><rethinking>r</rethinking><answer>a</answer>', "text",
-                         strict_tags_only=True)
-    assert not format_ok("<answer>a</answer><thinking>t</thinking><rethink>r</rethink>", "text",
-                         strict_tags_only=True)
+    assert format_ok(
+        "pre <thinking></thinking>x<rethink></rethink><answer></answer>", "text", strict_tags_only=True
+    )
+    assert not format_ok(
+        "<thinking>x</thinking><rethinking>r</rethinking><answer>a</answer>", "text", strict_tags_only=True
+    )
+    assert not format_ok(
+        "<answer>a</answer><thinking>t</thinking><rethink>r</rethink>", "text", strict_tags_only=True
+    )
 
 
 def test_format_ok_num_frames() -> None:

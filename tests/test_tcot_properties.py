@@ -64,7 +64,8 @@ def valid_tcots(draw: st.DrawFn) -> TCoT:
 
 
 any_coordinate = st.one_of(
-    st.integers(-2000, 3000), st.floats(-2000, 3000, allow_nan=False, allow_infinity=False),
+    st.integers(-2000, 3000),
+    st.floats(-2000, 3000, allow_nan=False, allow_infinity=False),
     st.sampled_from([float("nan"), float("inf"), -0.0]),
 )
 image_sizes = st.tuples(st.integers(1, 120), st.integers(1, 120))
@@ -97,7 +98,7 @@ def test_parse_of_render_is_identity(tcot: TCoT) -> None:
 def _boxed(boxes: list) -> str:
     import json
 
-    return f'<thinking>t {json.dumps({"bbox_2d": [list(b) for b in boxes]})}</thinking><rethink>r</rethink>'
+    return f"<thinking>t {json.dumps({'bbox_2d': [list(b) for b in boxes]})}</thinking><rethink>r</rethink>"
 
 
 @PROPERTY
@@ -138,19 +139,21 @@ def test_pixel_box_truncates_the_scaled_box_and_clamps(box: tuple, size: tuple[i
 
 
 @PROPERTY
-@given(st.lists(st.integers(-3, 20), max_size=12), st.integers(2, 10), st.sampled_from(sorted(EVIDENCE_STYLES)))
+@given(
+    st.lists(st.integers(-3, 20), max_size=12), st.integers(2, 10), st.sampled_from(sorted(EVIDENCE_STYLES))
+)
 def test_keyframe_indices_map_to_existing_frames(indices: list[int], num_frames: int, style: str) -> None:
     import json
 
     rules = EvidenceRules.preset(style)
-    text = f'<thinking>t {json.dumps({"key_frames": indices})}</thinking><rethink>r</rethink>'
+    text = f"<thinking>t {json.dumps({'key_frames': indices})}</thinking><rethink>r</rethink>"
     ev = read_evidence(text, crop_source=None, num_frames=num_frames, rules=rules)
     base = rules.keyframe_base
     valid = [i - base for i in indices if base <= i < num_frames + base]
     if rules.drop_repeats:
         valid = list(dict.fromkeys(valid))
     if rules.max_keyframes is not None:
-        valid = valid[:rules.max_keyframes]
+        valid = valid[: rules.max_keyframes]
     assert ev is not None and ev.keyframe_indices == valid
     assert all(0 <= i < num_frames for i in ev.keyframe_indices)
 
@@ -160,13 +163,67 @@ def test_keyframe_indices_map_to_existing_frames(indices: list[int], num_frames:
 # Fragments that real model outputs are made of, so the fuzzer reaches the deep paths of the parser rather
 # than only "no tags".
 _FRAGMENTS = [
-    "<thinking>", "</thinking>", "<rethink>", "</rethink>", "<answer>", "</answer>", "<rethinking>",
-    "</rethinking>", "< thinking >", "</ANSWER>", "<think>", "```json", "```", "{", "}", "[", "]", ",", ":",
-    '"', "'", "\u201c", "\u201d", "\\", '"bbox_2d"', '"key_frames"', '"text_keywords"', "bbox_2d", "key_frames",
-    "text_keywords", "'bbox_2d'", "null", "None", "true", "NaN", "Infinity", "-1", "0", "3", "7", "1000", "1001",
-    "-250.5", "1e309", "99999999999999999999", '"3"', '"frame 2"', "[1, 2, 3, 4]", "[[10, 20, 300, 400]]",
-    "[900, 900, 100, 100]", '["dog", "red car"]', "label", "<|image_pad|>", "<|vision_start|>", "<emb>", " ",
-    "\n", "A dog runs.", "it's", "\x00", "\ud800",
+    "<thinking>",
+    "</thinking>",
+    "<rethink>",
+    "</rethink>",
+    "<answer>",
+    "</answer>",
+    "<rethinking>",
+    "</rethinking>",
+    "< thinking >",
+    "</ANSWER>",
+    "<think>",
+    "```json",
+    "```",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    ":",
+    '"',
+    "'",
+    "\u201c",
+    "\u201d",
+    "\\",
+    '"bbox_2d"',
+    '"key_frames"',
+    '"text_keywords"',
+    "bbox_2d",
+    "key_frames",
+    "text_keywords",
+    "'bbox_2d'",
+    "null",
+    "None",
+    "true",
+    "NaN",
+    "Infinity",
+    "-1",
+    "0",
+    "3",
+    "7",
+    "1000",
+    "1001",
+    "-250.5",
+    "1e309",
+    "99999999999999999999",
+    '"3"',
+    '"frame 2"',
+    "[1, 2, 3, 4]",
+    "[[10, 20, 300, 400]]",
+    "[900, 900, 100, 100]",
+    '["dog", "red car"]',
+    "label",
+    "<|image_pad|>",
+    "<|vision_start|>",
+    "<emb>",
+    " ",
+    "\n",
+    "A dog runs.",
+    "it's",
+    "\x00",
+    "\ud800",
 ]
 fuzz_text = st.one_of(
     st.lists(st.one_of(st.sampled_from(_FRAGMENTS), st.text(max_size=6)), max_size=40).map("".join),
@@ -192,7 +249,9 @@ def test_fuzz_parse_and_evidence(text: str, sizes: list[tuple[int, int]], num_fr
 
     images = [Image.new("RGB", size) for size in sizes]
     for rules in EVIDENCE_STYLES.values():
-        ev = read_evidence(result, crop_source=images[0] if images else None, num_frames=num_frames, rules=rules)
+        ev = read_evidence(
+            result, crop_source=images[0] if images else None, num_frames=num_frames, rules=rules
+        )
         if ev is None:
             assert not text.strip()
             continue
@@ -202,7 +261,7 @@ def test_fuzz_parse_and_evidence(text: str, sizes: list[tuple[int, int]], num_fr
             assert not ev.crops and not ev.keyframe_indices and not ev.thinking_text
         else:
             assert ev.thinking_text.startswith("<thinking>") and ev.thinking_text.endswith("</thinking>\n")
-            for (left, top, right, bottom) in ev.crop_boxes:
+            for left, top, right, bottom in ev.crop_boxes:
                 width, height = images[0].size
                 assert 0 <= left < right <= width and 0 <= top < bottom <= height
             assert all(0 <= i < num_frames for i in ev.keyframe_indices)

@@ -100,9 +100,16 @@ class AnnotateConfig:
             raise ConfigError("temperature must be >= 0, top_p in (0, 1] and fps > 0")
 
     def identity(self) -> dict:
-        return {"teacher": self.teacher, "answer_rate": self.answer_rate, "seed": self.seed,
-                "temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens,
-                "num_frames": self.num_frames, "fps": self.fps}
+        return {
+            "teacher": self.teacher,
+            "answer_rate": self.answer_rate,
+            "seed": self.seed,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+            "num_frames": self.num_frames,
+            "fps": self.fps,
+        }
 
 
 @dataclass
@@ -124,8 +131,12 @@ class FilterConfig:
             raise ConfigError("concurrency, batch_size and max_new_tokens must be >= 1")
 
     def identity(self) -> dict:
-        return {"judge": self.judge, "max_new_tokens": self.max_new_tokens, "seed": self.seed,
-                "temperature": 0.0}
+        return {
+            "judge": self.judge,
+            "max_new_tokens": self.max_new_tokens,
+            "seed": self.seed,
+            "temperature": 0.0,
+        }
 
 
 @dataclass
@@ -166,7 +177,9 @@ def _canonical_hash(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
 
 
-def _keyed(records: list[tuple[int, dict, Any]], content: Callable[[dict], Any], path: Path) -> list[PairRecord]:
+def _keyed(
+    records: list[tuple[int, dict, Any]], content: Callable[[dict], Any], path: Path
+) -> list[PairRecord]:
     """Content keys; the n-th copy of an identical pair gets '#n' so that every line has its own key. Media
     count by the files they name, so a pair keeps its key in a file written to another folder."""
     seen: Counter = Counter()
@@ -188,8 +201,9 @@ def judged_content(raw: dict) -> dict:
     return {k: v for k, v in raw.items() if k != "meta" and k != "negative_tcots"}
 
 
-def read_pair_records(path: str | Path, content: Callable[[dict], Any] = pair_content,
-                      check_media: bool = True) -> list[PairRecord]:
+def read_pair_records(
+    path: str | Path, content: Callable[[dict], Any] = pair_content, check_media: bool = True
+) -> list[PairRecord]:
     """Every pair of a training-pairs file with its raw line and content key. Raises DataError listing every
     defect of the file (the format of `embedrl train check-data`)."""
     from .train.pairs import load_pairs
@@ -265,8 +279,9 @@ class Journal:
     exclusive lock keeps two runs from writing the same journal.
     """
 
-    def __init__(self, path: str | Path, kind: str, settings: dict, *, restart: bool = False,
-                 fsync: bool = True):
+    def __init__(
+        self, path: str | Path, kind: str, settings: dict, *, restart: bool = False, fsync: bool = True
+    ):
         self.path = Path(path)
         self.kind = kind
         self.settings = json.loads(json.dumps(settings))  # what reading it back gives
@@ -292,8 +307,9 @@ class Journal:
                 data = data[:cut]
                 self.torn_line_dropped = True
                 log.warning("%s: dropped a torn last line (the run was killed while writing it)", self.path)
-            header, records = _parse_journal(data, self.path, self.kind,
-                                             "; remove it, pass --restart, or choose another output path")
+            header, records = _parse_journal(
+                data, self.path, self.kind, "; remove it, pass --restart, or choose another output path"
+            )
             if header is None:
                 os.ftruncate(fd, 0)
                 self._fd = fd
@@ -342,8 +358,9 @@ def _lock(fd: int, path: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise ConfigError(f"{path}: another run is writing this journal; wait for it or use another --out") \
-            from None
+        raise ConfigError(
+            f"{path}: another run is writing this journal; wait for it or use another --out"
+        ) from None
 
 
 def _read_fd(fd: int) -> bytes:
@@ -354,7 +371,9 @@ def _read_fd(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_journal(data: bytes, path: Path, kind: str, advice: str = "") -> tuple[dict | None, dict[str, dict]]:
+def _parse_journal(
+    data: bytes, path: Path, kind: str, advice: str = ""
+) -> tuple[dict | None, dict[str, dict]]:
     header: dict | None = None
     records: dict[str, dict] = {}
     for number, raw in enumerate(data.split(b"\n"), 1):
@@ -369,11 +388,15 @@ def _parse_journal(data: bytes, path: Path, kind: str, advice: str = "") -> tupl
             continue
         if header is None:
             if not isinstance(obj, dict) or obj.get("journal") != kind:
-                raise ConfigError(f"{path} is not a journal of `{kind}` (its first line is not the header one "
-                                  f"starts with){advice}")
+                raise ConfigError(
+                    f"{path} is not a journal of `{kind}` (its first line is not the header one "
+                    f"starts with){advice}"
+                )
             if obj.get("version") != JOURNAL_VERSION:
-                raise ConfigError(f"{path}: journal version {obj.get('version')} is not {JOURNAL_VERSION} (written "
-                                  f"by another embedrl version){advice}")
+                raise ConfigError(
+                    f"{path}: journal version {obj.get('version')} is not {JOURNAL_VERSION} (written "
+                    f"by another embedrl version){advice}"
+                )
             header = obj
             continue
         if isinstance(obj, dict) and isinstance(obj.get("key"), str):
@@ -389,7 +412,7 @@ def read_journal(path: str | Path, kind: str) -> tuple[dict, dict[str, dict]]:
     except FileNotFoundError:
         raise DataError(Problem(str(path), "file not found")) from None
     if data and not data.endswith(b"\n"):
-        data = data[:data.rfind(b"\n") + 1]
+        data = data[: data.rfind(b"\n") + 1]
     header, records = _parse_journal(data, path, kind)
     if header is None:
         raise DataError(Problem(str(path), f"empty: not a journal of `{kind}`"))
@@ -398,10 +421,15 @@ def read_journal(path: str | Path, kind: str) -> tuple[dict, dict[str, dict]]:
 
 def _settings_mismatch(path: Path, old: Any, new: dict) -> str:
     old = old if isinstance(old, dict) else {}
-    changed = [f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
-               if old.get(k) != new.get(k)]
-    return (f"{path} was written with other settings ({'; '.join(changed)}). Rerun with the same settings to "
-            "resume, pass --restart to discard it, or choose another --out")
+    changed = [
+        f"{k}: {old.get(k)!r} then, {new.get(k)!r} now"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+    return (
+        f"{path} was written with other settings ({'; '.join(changed)}). Rerun with the same settings to "
+        "resume, pass --restart to discard it, or choose another --out"
+    )
 
 
 # ============================================================================================ execution
@@ -431,8 +459,9 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, (TimeoutError, ConnectionError, http.client.HTTPException))
 
 
-def call_with_retry(call: Callable[[], Any], policy: RetryPolicy, stop: threading.Event | None = None
-                    ) -> tuple[Any, int]:
+def call_with_retry(
+    call: Callable[[], Any], policy: RetryPolicy, stop: threading.Event | None = None
+) -> tuple[Any, int]:
     """(result, attempts) of `call`, retried with exponential back-off; raises `_Failed` once it gives up."""
     attempt = 0
     while True:
@@ -455,8 +484,14 @@ def _error_text(exc: BaseException) -> str:
     return text if isinstance(exc, BackendError) else f"{type(exc).__name__}: {text}"
 
 
-def _run_units(units: Sequence[list[PairRecord]], work: Callable[[list[PairRecord]], list[dict]],
-               journal: Journal, concurrency: int, bar: Any, stop: threading.Event) -> Counter:
+def _run_units(
+    units: Sequence[list[PairRecord]],
+    work: Callable[[list[PairRecord]], list[dict]],
+    journal: Journal,
+    concurrency: int,
+    bar: Any,
+    stop: threading.Event,
+) -> Counter:
     """Run `work` on each unit with at most `concurrency` in flight; journal each record as its unit ends."""
     counts: Counter = Counter()
     pending = iter(units)
@@ -498,8 +533,15 @@ def _run_units(units: Sequence[list[PairRecord]], work: Callable[[list[PairRecor
 
 
 def _error_record(rec: PairRecord, stage: str, message: str, attempts: int) -> dict:
-    return {"key": rec.key, "line": rec.line, "dataset": rec.pair.dataset, "status": "error", "stage": stage,
-            "error": message[:2000], "attempts": attempts}
+    return {
+        "key": rec.key,
+        "line": rec.line,
+        "dataset": rec.pair.dataset,
+        "status": "error",
+        "stage": stage,
+        "error": message[:2000],
+        "attempts": attempts,
+    }
 
 
 def _chunks(records: list[PairRecord], done: set[str], size: int) -> list[list[PairRecord]]:
@@ -508,7 +550,7 @@ def _chunks(records: list[PairRecord], done: set[str], size: int) -> list[list[P
     can change a greedy output)."""
     units = []
     for start in range(0, len(records), size):
-        unit = [r for r in records[start:start + size] if r.key not in done]
+        unit = [r for r in records[start : start + size] if r.key not in done]
         if unit:
             units.append(unit)
     return units
@@ -547,8 +589,12 @@ def tcot_report(text: str, modality: str, num_frames: int | None = None) -> dict
         checks = validate(result.tcot, modality, num_frames)
         codes += [p.code for p in checks]
         cue_valid = not checks
-    return {"cue": CUE_FOR_MODALITY[modality], "problems": list(dict.fromkeys(codes)), "cue_valid": cue_valid,
-            "format_ok": format_ok(text, modality, num_frames or DEFAULT_NUM_FRAMES)}
+    return {
+        "cue": CUE_FOR_MODALITY[modality],
+        "problems": list(dict.fromkeys(codes)),
+        "cue_valid": cue_valid,
+        "format_ok": format_ok(text, modality, num_frames or DEFAULT_NUM_FRAMES),
+    }
 
 
 def _answer_for(positive: Any, positive_tcot: str) -> tuple[str | None, str | None]:
@@ -582,8 +628,13 @@ class AnnotateSummary:
         return asdict(self)
 
 
-def annotate(pairs_path: str | Path, out_path: str | Path, backend: Any, config: AnnotateConfig,
-             journal_path: str | Path | None = None) -> AnnotateSummary:
+def annotate(
+    pairs_path: str | Path,
+    out_path: str | Path,
+    backend: Any,
+    config: AnnotateConfig,
+    journal_path: str | Path | None = None,
+) -> AnnotateSummary:
     """Write `query_tcot` and `positive_tcot` for every pair of `pairs_path` into `out_path`.
 
     `backend` is any generation backend (`.generate(conversations, settings) -> texts`). Each finished pair is
@@ -595,10 +646,16 @@ def annotate(pairs_path: str | Path, out_path: str | Path, backend: Any, config:
 
     started = time.monotonic()
     out_path = Path(out_path)
-    journal_path = Path(journal_path) if journal_path else out_path.with_name(out_path.name + ".journal.jsonl")
+    journal_path = (
+        Path(journal_path) if journal_path else out_path.with_name(out_path.name + ".journal.jsonl")
+    )
     records = read_pair_records(pairs_path)
-    settings = GenerationSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                  top_p=config.top_p, seed=config.seed)
+    settings = GenerationSettings(
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        seed=config.seed,
+    )
     reasoner = Reasoner(backend, settings, num_frames=config.num_frames, fps=config.fps)
     stop = threading.Event()
 
@@ -614,32 +671,48 @@ def annotate(pairs_path: str | Path, out_path: str | Path, backend: Any, config:
     def work(unit: list[PairRecord]) -> list[dict]:
         return _annotate_unit(unit, reasoner, generate, config)
 
-    with Journal(journal_path, ANNOTATE_JOURNAL, config.identity(), restart=config.restart,
-                 fsync=config.fsync) as journal:
+    with Journal(
+        journal_path, ANNOTATE_JOURNAL, config.identity(), restart=config.restart, fsync=config.fsync
+    ) as journal:
         done_records = journal.open()
         done = {k for k, r in done_records.items() if r.get("status") == "ok"}
         wanted = {r.key for r in records}
         from_journal = len(done & wanted)
         bar = _progress(len(records), from_journal, "annotate", config.progress)
         try:
-            _run_units(_chunks(records, done, config.batch_size), work, journal, config.concurrency, bar, stop)
+            _run_units(
+                _chunks(records, done, config.batch_size), work, journal, config.concurrency, bar, stop
+            )
         finally:
             if bar is not None:
                 bar.close()
         torn, final = journal.torn_line_dropped, journal.records
     summary = _write_annotated(records, final, pairs_path, out_path, config.teacher)
     summary.from_journal = from_journal
-    summary.annotated = sum(1 for r in records if r.key not in done and final.get(r.key, {}).get("status") == "ok")
+    summary.annotated = sum(
+        1 for r in records if r.key not in done and final.get(r.key, {}).get("status") == "ok"
+    )
     summary.seconds = round(time.monotonic() - started, 3)
     summary.torn_line_dropped = torn
-    write_json(out_path.with_name(out_path.name + ".run.json"),
-               {"command": ANNOTATE_JOURNAL, "input": str(pairs_path), "journal": str(journal_path),
-                "settings": config.identity(), "concurrency": config.concurrency, "batch_size": config.batch_size,
-                "summary": summary.to_json(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    write_json(
+        out_path.with_name(out_path.name + ".run.json"),
+        {
+            "command": ANNOTATE_JOURNAL,
+            "input": str(pairs_path),
+            "journal": str(journal_path),
+            "settings": config.identity(),
+            "concurrency": config.concurrency,
+            "batch_size": config.batch_size,
+            "summary": summary.to_json(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
     return summary
 
 
-def _annotate_unit(unit: list[PairRecord], reasoner: Any, generate: Callable, config: AnnotateConfig) -> list[dict]:
+def _annotate_unit(
+    unit: list[PairRecord], reasoner: Any, generate: Callable, config: AnnotateConfig
+) -> list[dict]:
     from .data.media import load_item_media
     from .prompts import select_prompt_kind
 
@@ -647,8 +720,10 @@ def _annotate_unit(unit: list[PairRecord], reasoner: Any, generate: Callable, co
     ready = []
     for rec in unit:
         try:
-            media = (load_item_media(rec.pair.query, config.num_frames),
-                     load_item_media(rec.pair.positive, config.num_frames))
+            media = (
+                load_item_media(rec.pair.query, config.num_frames),
+                load_item_media(rec.pair.positive, config.num_frames),
+            )
         except Exception as exc:  # noqa: BLE001 - an unreadable file fails this pair only
             results[rec.key] = _error_record(rec, "media", _error_text(exc), 0)
             continue
@@ -677,8 +752,9 @@ def _annotate_unit(unit: list[PairRecord], reasoner: Any, generate: Callable, co
             return [], failed.attempts
 
     # positives first: an answer-conditioned query may be shown the positive's own answer
-    convs, kept = conversations("positive", lambda rec, media: reasoner.conversation(
-        rec.pair.positive, "candidate", None, media[1]))
+    convs, kept = conversations(
+        "positive", lambda rec, media: reasoner.conversation(rec.pair.positive, "candidate", None, media[1])
+    )
     pos_texts, pos_attempts = run("positive", convs, kept)
     positive_tcots = {rec.key: text for (rec, _), text in zip(kept, pos_texts)}
 
@@ -689,7 +765,9 @@ def _annotate_unit(unit: list[PairRecord], reasoner: Any, generate: Callable, co
         if is_answer_conditioned(config.seed, rec.key, config.answer_rate):
             answer, source = _answer_for(rec.pair.positive, positive_tcots[rec.key])
         answers[rec.key] = (answer, source)
-        return reasoner.conversation(rec.pair.query, "query", rec.pair.positive.modality, media[0], answer=answer)
+        return reasoner.conversation(
+            rec.pair.query, "query", rec.pair.positive.modality, media[0], answer=answer
+        )
 
     convs, kept = conversations("query", query_conversation)
     query_texts, query_attempts = run("query", convs, kept)
@@ -698,21 +776,34 @@ def _annotate_unit(unit: list[PairRecord], reasoner: Any, generate: Callable, co
         pair = rec.pair
         q_frames, p_frames = len(media[0][1]) or None, len(media[1][1]) or None
         answer, source = answers[rec.key]
-        query_report = {"kind": select_prompt_kind("query", pair.query.modality, pair.positive.modality).value,
-                        **tcot_report(query_tcot, pair.query.modality, q_frames), "frames": q_frames,
-                        "answer_conditioned": answer is not None, "answer_source": source}
-        positive_report = {"kind": select_prompt_kind("candidate", pair.positive.modality).value,
-                           **tcot_report(positive_tcots[rec.key], pair.positive.modality, p_frames),
-                           "frames": p_frames}
-        results[rec.key] = {"key": rec.key, "line": rec.line, "dataset": pair.dataset, "status": "ok",
-                            "query_tcot": query_tcot, "positive_tcot": positive_tcots[rec.key],
-                            "report": {"query": query_report, "positive": positive_report},
-                            "attempts": {"positive": pos_attempts, "query": query_attempts}}
+        query_report = {
+            "kind": select_prompt_kind("query", pair.query.modality, pair.positive.modality).value,
+            **tcot_report(query_tcot, pair.query.modality, q_frames),
+            "frames": q_frames,
+            "answer_conditioned": answer is not None,
+            "answer_source": source,
+        }
+        positive_report = {
+            "kind": select_prompt_kind("candidate", pair.positive.modality).value,
+            **tcot_report(positive_tcots[rec.key], pair.positive.modality, p_frames),
+            "frames": p_frames,
+        }
+        results[rec.key] = {
+            "key": rec.key,
+            "line": rec.line,
+            "dataset": pair.dataset,
+            "status": "ok",
+            "query_tcot": query_tcot,
+            "positive_tcot": positive_tcots[rec.key],
+            "report": {"query": query_report, "positive": positive_report},
+            "attempts": {"positive": pos_attempts, "query": query_attempts},
+        }
     return [results[rec.key] for rec in unit]
 
 
-def _write_annotated(records: list[PairRecord], final: dict[str, dict], pairs_path: str | Path, out_path: Path,
-                     teacher: str) -> AnnotateSummary:
+def _write_annotated(
+    records: list[PairRecord], final: dict[str, dict], pairs_path: str | Path, out_path: Path, teacher: str
+) -> AnnotateSummary:
     lines, errors = [], []
     problems: Counter = Counter()
     cue_valid: dict[str, list[int]] = {}
@@ -741,9 +832,17 @@ def _write_annotated(records: list[PairRecord], final: dict[str, dict], pairs_pa
         write_jsonl(errors_path, errors)
     elif errors_path.exists():
         errors_path.unlink()
-    return AnnotateSummary(out=str(out_path), total=len(records), from_journal=0, annotated=0,
-                           errors=len(errors), problems=dict(problems.most_common()),
-                           cue_valid=dict(sorted(cue_valid.items())), answer_conditioned=conditioned, seconds=0.0)
+    return AnnotateSummary(
+        out=str(out_path),
+        total=len(records),
+        from_journal=0,
+        annotated=0,
+        errors=len(errors),
+        problems=dict(problems.most_common()),
+        cue_valid=dict(sorted(cue_valid.items())),
+        answer_conditioned=conditioned,
+        seconds=0.0,
+    )
 
 
 # ================================================================================================ filter
@@ -790,8 +889,9 @@ class FilterSummary:
         return asdict(self)
 
 
-def judge_pairs(in_path: str | Path, verdicts_path: str | Path, backend: Any, config: FilterConfig
-                ) -> tuple[list[PairRecord], dict[str, dict], int]:
+def judge_pairs(
+    in_path: str | Path, verdicts_path: str | Path, backend: Any, config: FilterConfig
+) -> tuple[list[PairRecord], dict[str, dict], int]:
     """Ask the relevance judge about every annotated pair not yet in the verdicts journal.
 
     Returns (pairs, last verdict record per key, pairs judged in this call).
@@ -809,10 +909,16 @@ def judge_pairs(in_path: str | Path, verdicts_path: str | Path, backend: Any, co
         for rec in unit:
             base = {"key": rec.key, "line": rec.line, "dataset": rec.pair.dataset}
             if not _has_tcots(rec.raw):
-                out[rec.key] = {**base, "status": "skipped", "reason": "missing or blank T-CoT", "verdict": None}
+                out[rec.key] = {
+                    **base,
+                    "status": "skipped",
+                    "reason": "missing or blank T-CoT",
+                    "verdict": None,
+                }
                 continue
-            prompt = relevance_filter_prompt(task_description(rec.pair), rec.raw["query_tcot"],
-                                             rec.raw["positive_tcot"])
+            prompt = relevance_filter_prompt(
+                task_description(rec.pair), rec.raw["query_tcot"], rec.raw["positive_tcot"]
+            )
             asked.append((rec, [{"role": "user", "content": [{"type": "text", "text": prompt}]}]))
         if asked:
             conversations = [c for _, c in asked]
@@ -820,7 +926,9 @@ def judge_pairs(in_path: str | Path, verdicts_path: str | Path, backend: Any, co
             def call() -> list[str]:
                 texts = backend.generate(conversations, settings)
                 if len(texts) != len(conversations):
-                    raise BackendError(f"{backend.name}: {len(texts)} replies for {len(conversations)} prompts")
+                    raise BackendError(
+                        f"{backend.name}: {len(texts)} replies for {len(conversations)} prompts"
+                    )
                 return [t if isinstance(t, str) else "" for t in texts]
 
             try:
@@ -831,19 +939,27 @@ def judge_pairs(in_path: str | Path, verdicts_path: str | Path, backend: Any, co
             else:
                 for (rec, _), answer in zip(asked, answers):
                     yes = parse_relevance_answer(answer)
-                    out[rec.key] = {"key": rec.key, "line": rec.line, "dataset": rec.pair.dataset, "status": "ok",
-                                    "verdict": None if yes is None else ("yes" if yes else "no"), "raw": answer,
-                                    "attempts": attempts}
+                    out[rec.key] = {
+                        "key": rec.key,
+                        "line": rec.line,
+                        "dataset": rec.pair.dataset,
+                        "status": "ok",
+                        "verdict": None if yes is None else ("yes" if yes else "no"),
+                        "raw": answer,
+                        "attempts": attempts,
+                    }
         return [out[rec.key] for rec in unit]
 
-    with Journal(verdicts_path, FILTER_JOURNAL, config.identity(), restart=config.restart,
-                 fsync=config.fsync) as journal:
+    with Journal(
+        verdicts_path, FILTER_JOURNAL, config.identity(), restart=config.restart, fsync=config.fsync
+    ) as journal:
         stored = journal.open()
         done = {k for k, r in stored.items() if r.get("status") in ("ok", "skipped")}
         bar = _progress(len(records), len({r.key for r in records} & done), "filter", config.progress)
         try:
-            counts = _run_units(_chunks(records, done, config.batch_size), work, journal, config.concurrency,
-                                bar, stop)
+            counts = _run_units(
+                _chunks(records, done, config.batch_size), work, journal, config.concurrency, bar, stop
+            )
         finally:
             if bar is not None:
                 bar.close()
@@ -851,9 +967,15 @@ def judge_pairs(in_path: str | Path, verdicts_path: str | Path, backend: Any, co
     return records, final, counts["ok"] + counts["skipped"]
 
 
-def apply_verdicts(in_path: str | Path, verdicts_path: str | Path, out_path: str | Path,
-                   dropped_path: str | Path | None = None, records: list[PairRecord] | None = None,
-                   verdicts: dict[str, dict] | None = None, judged_now: int = 0) -> FilterSummary:
+def apply_verdicts(
+    in_path: str | Path,
+    verdicts_path: str | Path,
+    out_path: str | Path,
+    dropped_path: str | Path | None = None,
+    records: list[PairRecord] | None = None,
+    verdicts: dict[str, dict] | None = None,
+    judged_now: int = 0,
+) -> FilterSummary:
     """Write the kept pairs to `out_path` from stored verdicts alone (no judge is called).
 
     Pairs whose verdict is neither Yes nor No go to `OUT.aside.jsonl`; pairs without a verdict (the judge
@@ -864,8 +986,11 @@ def apply_verdicts(in_path: str | Path, verdicts_path: str | Path, out_path: str
         records = read_pair_records(in_path, judged_content)
     if verdicts is None:
         _, verdicts = read_journal(verdicts_path, FILTER_JOURNAL)
-    targets = {"keep": out_path, "aside": out_path.with_name(out_path.name + ".aside.jsonl"),
-               "drop": Path(dropped_path) if dropped_path is not None else None}
+    targets = {
+        "keep": out_path,
+        "aside": out_path.with_name(out_path.name + ".aside.jsonl"),
+        "drop": Path(dropped_path) if dropped_path is not None else None,
+    }
     groups: dict[str, list[dict]] = defaultdict(list)
     per_dataset: dict[str, Counter] = defaultdict(Counter)
     errors = []
@@ -875,19 +1000,25 @@ def apply_verdicts(in_path: str | Path, verdicts_path: str | Path, out_path: str
         outcome = decision(entry)
         per_dataset[rec.pair.dataset][outcome] += 1
         if outcome == "missing":
-            errors.append(entry or {"key": rec.key, "line": rec.line, "dataset": rec.pair.dataset,
-                                    "status": "missing"})
+            errors.append(
+                entry or {"key": rec.key, "line": rec.line, "dataset": rec.pair.dataset, "status": "missing"}
+            )
             continue
         without_tcot += entry["status"] == "skipped"
         target = targets[outcome]
         raw = rebase_media(rec.raw, in_path, target) if target is not None else rec.raw
         meta = dict(raw.get("meta") or {})
-        meta["relevance"] = {"verdict": entry.get("verdict"), "raw": entry.get("raw"),
-                             **({"reason": entry["reason"]} if entry.get("reason") else {})}
+        meta["relevance"] = {
+            "verdict": entry.get("verdict"),
+            "raw": entry.get("raw"),
+            **({"reason": entry["reason"]} if entry.get("reason") else {}),
+        }
         groups[outcome].append({**raw, "meta": meta})
     write_jsonl(out_path, groups["keep"])
-    for path, rows in ((targets["aside"], groups["aside"]),
-                       (out_path.with_name(out_path.name + ".errors.jsonl"), errors)):
+    for path, rows in (
+        (targets["aside"], groups["aside"]),
+        (out_path.with_name(out_path.name + ".errors.jsonl"), errors),
+    ):
         if rows:
             write_jsonl(path, rows)
         elif path.exists():
@@ -895,18 +1026,35 @@ def apply_verdicts(in_path: str | Path, verdicts_path: str | Path, out_path: str
     if targets["drop"] is not None:
         write_jsonl(targets["drop"], groups["drop"])
     return FilterSummary(
-        out=str(out_path), verdicts=str(verdicts_path), total=len(records), kept=len(groups["keep"]),
-        dropped=len(groups["drop"]), aside=len(groups["aside"]), without_tcot=without_tcot, errors=len(errors),
+        out=str(out_path),
+        verdicts=str(verdicts_path),
+        total=len(records),
+        kept=len(groups["keep"]),
+        dropped=len(groups["drop"]),
+        aside=len(groups["aside"]),
+        without_tcot=without_tcot,
+        errors=len(errors),
         judged_now=judged_now,
-        per_dataset={name: {k: c[k] for k in ("keep", "drop", "aside", "missing")}
-                     for name, c in sorted(per_dataset.items())})
+        per_dataset={
+            name: {k: c[k] for k in ("keep", "drop", "aside", "missing")}
+            for name, c in sorted(per_dataset.items())
+        },
+    )
 
 
-def filter_pairs(in_path: str | Path, out_path: str | Path, backend: Any, config: FilterConfig,
-                 verdicts_path: str | Path | None = None, dropped_path: str | Path | None = None) -> FilterSummary:
+def filter_pairs(
+    in_path: str | Path,
+    out_path: str | Path,
+    backend: Any,
+    config: FilterConfig,
+    verdicts_path: str | Path | None = None,
+    dropped_path: str | Path | None = None,
+) -> FilterSummary:
     """`judge_pairs` then `apply_verdicts`; verdicts default to `OUT.verdicts.jsonl`."""
     out_path = Path(out_path)
-    verdicts_path = Path(verdicts_path) if verdicts_path else out_path.with_name(out_path.name + ".verdicts.jsonl")
+    verdicts_path = (
+        Path(verdicts_path) if verdicts_path else out_path.with_name(out_path.name + ".verdicts.jsonl")
+    )
     records, verdicts, judged = judge_pairs(in_path, verdicts_path, backend, config)
     return apply_verdicts(in_path, verdicts_path, out_path, dropped_path, records, verdicts, judged)
 
@@ -914,8 +1062,9 @@ def filter_pairs(in_path: str | Path, out_path: str | Path, backend: Any, config
 # ================================================================================================= split
 
 
-def rl_allocation(sizes: dict[str, int], rl_size: int | None = None, rl_fraction: float | None = None
-                  ) -> dict[str, int]:
+def rl_allocation(
+    sizes: dict[str, int], rl_size: int | None = None, rl_fraction: float | None = None
+) -> dict[str, int]:
     """RL pairs per dataset: `rl_fraction` of each (rounded), or `rl_size` in all shared in proportion to the
     dataset sizes (largest remainders first, ties by name)."""
     total = sum(sizes.values())
@@ -961,8 +1110,9 @@ def _side_stats(pair: Any, raw: dict, side: str) -> tuple[str, str | None, bool]
     return cue, text, tcot_report(text, item.modality, frames)["cue_valid"]
 
 
-def dataset_statistics(records: list[PairRecord], rl_keys: set[str], verdicts: dict[str, dict] | None = None
-                       ) -> dict[str, dict]:
+def dataset_statistics(
+    records: list[PairRecord], rl_keys: set[str], verdicts: dict[str, dict] | None = None
+) -> dict[str, dict]:
     """Per dataset: pairs, stage-1 and RL counts, kept ratio (with verdicts), cue validity per cue kind and the
     mean T-CoT length in characters; plus an "all" row."""
     rows: dict[str, dict] = {}
@@ -986,7 +1136,8 @@ def dataset_statistics(records: list[PairRecord], rl_keys: set[str], verdicts: d
                 cue_counts[cue][1] += 1
                 lengths.append(len(text))
         row: dict[str, Any] = {
-            "pairs": len(group), "stage1": sum(r.key not in rl_keys for r in group),
+            "pairs": len(group),
+            "stage1": sum(r.key not in rl_keys for r in group),
             "rl": sum(r.key in rl_keys for r in group),
             "cue_valid": {cue: (round(v / t, 4) if t else None) for cue, (v, t) in cue_counts.items()},
             "cue_counts": cue_counts,
@@ -1005,8 +1156,11 @@ def dataset_statistics(records: list[PairRecord], rl_keys: set[str], verdicts: d
 def format_statistics(rows: dict[str, dict]) -> str:
     """The statistics as a Markdown table."""
     with_ratio = any("kept_ratio" in r for r in rows.values())
-    head = ["dataset", "pairs", "stage1", "rl"] + (["kept"] if with_ratio else []) + \
-        ["keywords ok", "boxes ok", "frames ok", "mean T-CoT chars"]
+    head = (
+        ["dataset", "pairs", "stage1", "rl"]
+        + (["kept"] if with_ratio else [])
+        + ["keywords ok", "boxes ok", "frames ok", "mean T-CoT chars"]
+    )
 
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.1f}%"
@@ -1022,8 +1176,11 @@ def format_statistics(rows: dict[str, dict]) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
 
     def line(cells: Iterable[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        return (
+            "| "
+            + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+            + " |"
+        )
 
     rule = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
     return "\n".join([line(table[0]), rule, *(line(r) for r in table[1:])])
@@ -1043,8 +1200,14 @@ class SplitResult:
         return asdict(self)
 
 
-def split_pairs(in_path: str | Path, stage1_path: str | Path, rl_path: str | Path, config: SplitConfig,
-                verdicts_path: str | Path | None = None, stats_path: str | Path | None = None) -> SplitResult:
+def split_pairs(
+    in_path: str | Path,
+    stage1_path: str | Path,
+    rl_path: str | Path,
+    config: SplitConfig,
+    verdicts_path: str | Path | None = None,
+    stats_path: str | Path | None = None,
+) -> SplitResult:
     """Sample the RL subset per dataset; write it and the rest (for stage 1) as two pairs files.
 
     Identical pairs (same content, T-CoTs aside) are sampled as one, so that no pair lands in both files.
@@ -1059,11 +1222,14 @@ def split_pairs(in_path: str | Path, stage1_path: str | Path, rl_path: str | Pat
             seen.add(base)
             groups[rec.pair.dataset].append(base)
     duplicates = len(records) - len(seen)
-    quota = rl_allocation({name: len(keys) for name, keys in groups.items()}, config.rl_size, config.rl_fraction)
+    quota = rl_allocation(
+        {name: len(keys) for name, keys in groups.items()}, config.rl_size, config.rl_fraction
+    )
     rl_bases: set[str] = set()
     for name, keys in groups.items():
-        rl_bases.update(keys[i] for i in sample_positions(len(keys), quota[name], config.seed, name,
-                                                          config.sampling))
+        rl_bases.update(
+            keys[i] for i in sample_positions(len(keys), quota[name], config.seed, name, config.sampling)
+        )
     rl_keys = {rec.key for rec in records if rec.key.split("#", 1)[0] in rl_bases}
     stage1 = [rebase_media(rec.raw, in_path, stage1_path) for rec in records if rec.key not in rl_keys]
     rl = [rebase_media(rec.raw, in_path, rl_path) for rec in records if rec.key in rl_keys]
@@ -1075,11 +1241,19 @@ def split_pairs(in_path: str | Path, stage1_path: str | Path, rl_path: str | Pat
     stats = dataset_statistics(records, rl_keys, verdicts)
     write_jsonl(stage1_path, stage1)
     write_jsonl(rl_path, rl)
-    result = SplitResult(stage1=str(stage1_path), rl=str(rl_path), stage1_pairs=len(stage1), rl_pairs=len(rl),
-                         duplicates=duplicates, statistics=stats,
-                         settings={"input": str(in_path), **asdict(config),
-                                   "verdicts": None if verdicts_path is None else str(verdicts_path)})
+    result = SplitResult(
+        stage1=str(stage1_path),
+        rl=str(rl_path),
+        stage1_pairs=len(stage1),
+        rl_pairs=len(rl),
+        duplicates=duplicates,
+        statistics=stats,
+        settings={
+            "input": str(in_path),
+            **asdict(config),
+            "verdicts": None if verdicts_path is None else str(verdicts_path),
+        },
+    )
     if stats_path is not None:
         write_json(stats_path, result.to_json())
     return result
-

@@ -136,25 +136,40 @@ def iter_jsonl(path: str | Path, problems: list[Problem]) -> Iterator[tuple[int,
     with handle:
         for lineno, raw in enumerate(_lines(handle), 1):
             if lineno == 1 and raw.startswith(codecs.BOM_UTF8):  # Windows editors start files with one
-                raw = raw[len(codecs.BOM_UTF8):]
+                raw = raw[len(codecs.BOM_UTF8) :]
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 # everything before the first bad byte decodes, so the column counts characters like JSON's
-                column = len(raw[:exc.start].decode("utf-8")) + 1
-                problems.append(Problem(str(path), f"not UTF-8 text ({exc.reason} at column {column}); save "
-                                        "the file as UTF-8", line=lineno))
+                column = len(raw[: exc.start].decode("utf-8")) + 1
+                problems.append(
+                    Problem(
+                        str(path),
+                        f"not UTF-8 text ({exc.reason} at column {column}); save the file as UTF-8",
+                        line=lineno,
+                    )
+                )
                 continue
             if not line.strip():
                 continue
             if line.startswith("\ufeff"):  # json's own message ("decode using utf-8-sig") is for programmers
-                problems.append(Problem(str(path), "byte-order mark inside the file (were files pasted "
-                                        "together?); remove it", line=lineno))
+                problems.append(
+                    Problem(
+                        str(path),
+                        "byte-order mark inside the file (were files pasted together?); remove it",
+                        line=lineno,
+                    )
+                )
                 continue
             nul = line.find("\0")
             if nul >= 0:  # JSON never holds a raw NUL; "Expecting value" would hide what is wrong
-                problems.append(Problem(str(path), f"NUL byte at column {nul + 1} (binary data, or a file "
-                                        "damaged by a crash)", line=lineno))
+                problems.append(
+                    Problem(
+                        str(path),
+                        f"NUL byte at column {nul + 1} (binary data, or a file damaged by a crash)",
+                        line=lineno,
+                    )
+                )
                 continue
             try:
                 obj = json.loads(line)

@@ -59,8 +59,14 @@ def evidence_record(embedder: Any, item: Item, tcot: str | None, media: Any = No
     from .models.embedder_input import load_item_media
     from .models.evidence import read_evidence
 
-    out: dict[str, Any] = {"keywords": [], "crop_boxes": [], "keyframes": [], "num_frames": 0,
-                           "image_size": None, "notes": []}
+    out: dict[str, Any] = {
+        "keywords": [],
+        "crop_boxes": [],
+        "keyframes": [],
+        "num_frames": 0,
+        "image_size": None,
+        "notes": [],
+    }
     if tcot is None or not tcot.strip():
         return out
     cue_only = read_evidence(tcot, crop_source=None, num_frames=0, rules=embedder.config.evidence_rules)
@@ -94,10 +100,14 @@ def describe_evidence(evidence: dict) -> str:
     if evidence.get("keywords"):
         parts.append("keywords: " + ", ".join(evidence["keywords"]))
     if evidence.get("crop_boxes"):
-        parts.append("crops: " + " ".join(f"({x1},{y1})-({x2},{y2})" for x1, y1, x2, y2 in evidence["crop_boxes"]))
+        parts.append(
+            "crops: " + " ".join(f"({x1},{y1})-({x2},{y2})" for x1, y1, x2, y2 in evidence["crop_boxes"])
+        )
     if evidence.get("keyframes"):
-        parts.append(f"keyframes: {', '.join(str(i + 1) for i in evidence['keyframes'])} of "
-                     f"{evidence.get('num_frames') or '?'}")
+        parts.append(
+            f"keyframes: {', '.join(str(i + 1) for i in evidence['keyframes'])} of "
+            f"{evidence.get('num_frames') or '?'}"
+        )
     return "; ".join(parts) or "-"
 
 
@@ -111,9 +121,11 @@ class IndexFailures(EmbedRLError):
         self.failures = failures
         lines = "\n".join(str(f) for f in failures[:20])
         more = f"\n… and {len(failures) - 20} more" if len(failures) > 20 else ""
-        super().__init__(f"{len(failures)} item(s) could not be embedded, so the index was not written:\n{lines}"
-                         f"{more}\nFix them and rerun (everything else comes from the cache), or pass "
-                         "--skip-failed to index the rest")
+        super().__init__(
+            f"{len(failures)} item(s) could not be embedded, so the index was not written:\n{lines}"
+            f"{more}\nFix them and rerun (everything else comes from the cache), or pass "
+            "--skip-failed to index the rest"
+        )
 
 
 @dataclass
@@ -156,19 +168,45 @@ def _item_json(item: Item) -> dict:
     return record
 
 
-def _encode(items: Sequence[Item], embedder: Any, reasoner: Any, root: Path, *, reasoning: str | None, side: str,
-            target_modality: str | None, batch_size: int, progress: bool, skip_failed: bool):
+def _encode(
+    items: Sequence[Item],
+    embedder: Any,
+    reasoner: Any,
+    root: Path,
+    *,
+    reasoning: str | None,
+    side: str,
+    target_modality: str | None,
+    batch_size: int,
+    progress: bool,
+    skip_failed: bool,
+):
     from .pipeline import encode_detailed
 
-    result = encode_detailed(items, embedder, reasoner, reasoning=reasoning, side=side,
-                             target_modality=target_modality, cache_dir=root / "cache", batch_size=batch_size,
-                             progress=progress)
+    result = encode_detailed(
+        items,
+        embedder,
+        reasoner,
+        reasoning=reasoning,
+        side=side,
+        target_modality=target_modality,
+        cache_dir=root / "cache",
+        batch_size=batch_size,
+        progress=progress,
+    )
     if result.failures and not skip_failed:
         raise IndexFailures(result.failures)
     failed = {f.index for f in result.failures}
     keep = [i for i in range(len(items)) if i not in failed]
-    records = [{"id": items[i].id, "item": _item_json(items[i]), "tcot": result.tcots[i],
-                "evidence": evidence_record(embedder, items[i], result.tcots[i])} for i in keep]
+    records = [
+        {
+            "id": items[i].id,
+            "item": _item_json(items[i]),
+            "tcot": result.tcots[i],
+            "evidence": evidence_record(embedder, items[i], result.tcots[i]),
+        }
+        for i in keep
+    ]
     return result, keep, records
 
 
@@ -180,13 +218,18 @@ def _faiss_index(vectors: np.ndarray, kind: str, hnsw_m: int, previous: Any = No
         previous.add(np.ascontiguousarray(vectors, dtype=np.float32))
         return previous
     dim = vectors.shape[1]
-    index = faiss.IndexFlatIP(dim) if kind == "flat" else faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index = (
+        faiss.IndexFlatIP(dim)
+        if kind == "flat"
+        else faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    )
     index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     return index
 
 
-def _write_generation(root: Path, generation: int, vectors: np.ndarray, ids: list[str], records: list[dict],
-                      faiss_index: Any) -> str:
+def _write_generation(
+    root: Path, generation: int, vectors: np.ndarray, ids: list[str], records: list[dict], faiss_index: Any
+) -> str:
     folder = _data_dir(root, generation)
     if folder.exists():  # left by an interrupted write that the manifest never named
         shutil.rmtree(folder)
@@ -216,10 +259,23 @@ def _normalised(vectors: np.ndarray) -> np.ndarray:
     return normalize_rows(vectors)
 
 
-def build_index(root: str | Path, items: Sequence[Item], embedder: Any, reasoner: Any = None, *,
-                models: dict | None = None, reasoning: str | None = None, side: str = "candidate",
-                target_modality: str | None = None, search: str = "flat", hnsw_m: int = 32, batch_size: int = 8,
-                progress: bool = True, skip_failed: bool = False, overwrite: bool = False) -> IndexUpdate:
+def build_index(
+    root: str | Path,
+    items: Sequence[Item],
+    embedder: Any,
+    reasoner: Any = None,
+    *,
+    models: dict | None = None,
+    reasoning: str | None = None,
+    side: str = "candidate",
+    target_modality: str | None = None,
+    search: str = "flat",
+    hnsw_m: int = 32,
+    batch_size: int = 8,
+    progress: bool = True,
+    skip_failed: bool = False,
+    overwrite: bool = False,
+) -> IndexUpdate:
     """Embed `items` (with T-CoTs when a Reasoner is given) into a new index at `root`.
 
     `reasoning` as in `encode`: 'generate' (the Reasoner writes T-CoTs), 'cached' (the T-CoTs the items carry in
@@ -235,48 +291,82 @@ def build_index(root: str | Path, items: Sequence[Item], embedder: Any, reasoner
     if search not in SEARCH_KINDS:
         raise ConfigError(f"unknown search kind {search!r}; choose {', '.join(SEARCH_KINDS)}")
     if (root / MANIFEST).is_file() and not overwrite:
-        raise ConfigError(f"{root} is already an index ({len(Index.load(root).ids)} items); add items with "
-                          "`embedrl index add`, or pass --overwrite to rebuild it (its cache is reused)")
+        raise ConfigError(
+            f"{root} is already an index ({len(Index.load(root).ids)} items); add items with "
+            "`embedrl index add`, or pass --overwrite to rebuild it (its cache is reused)"
+        )
     ids = [item.id for item in items]
     _refuse_duplicates(ids, [], "the input")
     root.mkdir(parents=True, exist_ok=True)
     (root / MARKER).touch()
-    result, keep, records = _encode(items, embedder, reasoner, root, reasoning=reasoning, side=side,
-                                    target_modality=target_modality, batch_size=batch_size, progress=progress,
-                                    skip_failed=skip_failed)
+    result, keep, records = _encode(
+        items,
+        embedder,
+        reasoner,
+        root,
+        reasoning=reasoning,
+        side=side,
+        target_modality=target_modality,
+        batch_size=batch_size,
+        progress=progress,
+        skip_failed=skip_failed,
+    )
     if not keep:
         raise EmbedRLError("no item could be embedded; nothing to index")
     vectors = _normalised(result.vectors[keep])
     faiss_index = _faiss_index(vectors, search, hnsw_m)
     actual = search if faiss_index is not None else "exact"
     if actual != search:
-        log.warning("faiss-cpu is not importable: %s is searched exactly (pip install 'embedrl[index]')", root)
+        log.warning(
+            "faiss-cpu is not importable: %s is searched exactly (pip install 'embedrl[index]')", root
+        )
     previous = read_json(root / MANIFEST) if (root / MANIFEST).is_file() else {}
     generation = int(previous.get("generation", 0)) + 1
     data = _write_generation(root, generation, vectors, [ids[i] for i in keep], records, faiss_index)
     embedder_fp, reasoner_fp = _fingerprints(embedder, reasoner)
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "embedrl_version": __version__,
-        "created": now, "updated": now, "generation": generation, "data": data,
-        "count": len(keep), "dim": int(vectors.shape[1]), "similarity": "cosine",
-        "search": actual, "hnsw_m": hnsw_m,
-        "embedder": {"fingerprint": embedder_fp, "path": getattr(embedder, "name_or_path", None),
-                     "config": asdict(embedder.config)},
-        "reasoner": None if reasoner is None else {"fingerprint": reasoner_fp, "name": getattr(reasoner, "name", None)},
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "embedrl_version": __version__,
+        "created": now,
+        "updated": now,
+        "generation": generation,
+        "data": data,
+        "count": len(keep),
+        "dim": int(vectors.shape[1]),
+        "similarity": "cosine",
+        "search": actual,
+        "hnsw_m": hnsw_m,
+        "embedder": {
+            "fingerprint": embedder_fp,
+            "path": getattr(embedder, "name_or_path", None),
+            "config": asdict(embedder.config),
+        },
+        "reasoner": None
+        if reasoner is None
+        else {"fingerprint": reasoner_fp, "name": getattr(reasoner, "name", None)},
         "reasoning": reasoning or ("generate" if reasoner is not None else "off"),
-        "side": side, "target_modality": target_modality,
+        "side": side,
+        "target_modality": target_modality,
         "modalities": dict(Counter(items[i].modality for i in keep)),
         "models": models or {},
     }
     write_json(root / MANIFEST, manifest)
     _drop_old_generations(root, data)
-    return IndexUpdate(root, len(keep), result.computed, len(keep),
-                       list(result.failures), actual)
+    return IndexUpdate(root, len(keep), result.computed, len(keep), list(result.failures), actual)
 
 
-def add_to_index(root: str | Path, items: Sequence[Item], embedder: Any, reasoner: Any = None, *,
-                 batch_size: int = 8, progress: bool = True, skip_failed: bool = False) -> IndexUpdate:
+def add_to_index(
+    root: str | Path,
+    items: Sequence[Item],
+    embedder: Any,
+    reasoner: Any = None,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    skip_failed: bool = False,
+) -> IndexUpdate:
     """Append `items` to the index at `root`, embedded as its items were (same side, reasoning and Embedder).
     Refuses ids the index already holds, and an Embedder other than the one that built it."""
     root = Path(root)
@@ -287,33 +377,60 @@ def add_to_index(root: str | Path, items: Sequence[Item], embedder: Any, reasone
     _refuse_duplicates(ids, index.ids, str(root))
     if manifest.get("reasoning") == "generate":
         if reasoner is None:
-            raise ConfigError(f"{root} was built with T-CoTs from {manifest['reasoner'].get('name')}; give a Reasoner "
-                              "(--reasoner or --reasoner-url) so that the new items are embedded the same way")
+            raise ConfigError(
+                f"{root} was built with T-CoTs from {manifest['reasoner'].get('name')}; give a Reasoner "
+                "(--reasoner or --reasoner-url) so that the new items are embedded the same way"
+            )
         _, reasoner_fp = _fingerprints(embedder, reasoner)
         if reasoner_fp != manifest["reasoner"].get("fingerprint"):
-            log.warning("%s: the Reasoner differs from the one that built the index (%s); the new items' T-CoTs "
-                        "come from %s", root, manifest["reasoner"].get("name"), getattr(reasoner, "name", "?"))
-    result, keep, records = _encode(items, embedder, reasoner if manifest.get("reasoning") == "generate" else None,
-                                    root, reasoning=manifest.get("reasoning"), side=manifest.get("side", "candidate"),
-                                    target_modality=manifest.get("target_modality"), batch_size=batch_size,
-                                    progress=progress, skip_failed=skip_failed)
+            log.warning(
+                "%s: the Reasoner differs from the one that built the index (%s); the new items' T-CoTs "
+                "come from %s",
+                root,
+                manifest["reasoner"].get("name"),
+                getattr(reasoner, "name", "?"),
+            )
+    result, keep, records = _encode(
+        items,
+        embedder,
+        reasoner if manifest.get("reasoning") == "generate" else None,
+        root,
+        reasoning=manifest.get("reasoning"),
+        side=manifest.get("side", "candidate"),
+        target_modality=manifest.get("target_modality"),
+        batch_size=batch_size,
+        progress=progress,
+        skip_failed=skip_failed,
+    )
     if not keep:
         raise EmbedRLError("no new item could be embedded; the index is unchanged")
     new_vectors = _normalised(result.vectors[keep])
     vectors = np.concatenate([np.asarray(index.vectors, dtype=np.float32), new_vectors])
     kind = manifest.get("search", "exact")
-    faiss_index = _faiss_index(new_vectors, kind, int(manifest.get("hnsw_m", 32)), previous=index.faiss_index) \
-        if index.faiss_index is not None else _faiss_index(vectors, kind, int(manifest.get("hnsw_m", 32)))
+    faiss_index = (
+        _faiss_index(new_vectors, kind, int(manifest.get("hnsw_m", 32)), previous=index.faiss_index)
+        if index.faiss_index is not None
+        else _faiss_index(vectors, kind, int(manifest.get("hnsw_m", 32)))
+    )
     generation = int(manifest.get("generation", 1)) + 1
-    data = _write_generation(root, generation, vectors, index.ids + [ids[i] for i in keep],
-                             index.records + records, faiss_index)
+    data = _write_generation(
+        root, generation, vectors, index.ids + [ids[i] for i in keep], index.records + records, faiss_index
+    )
     modalities = Counter(manifest.get("modalities") or {})
     modalities.update(items[i].modality for i in keep)
-    manifest.update(generation=generation, data=data, count=len(vectors), updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    modalities=dict(modalities), search=kind if faiss_index is not None else "exact")
+    manifest.update(
+        generation=generation,
+        data=data,
+        count=len(vectors),
+        updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        modalities=dict(modalities),
+        search=kind if faiss_index is not None else "exact",
+    )
     write_json(root / MANIFEST, manifest)
     _drop_old_generations(root, data)
-    return IndexUpdate(root, len(keep), result.computed, len(vectors), list(result.failures), manifest["search"])
+    return IndexUpdate(
+        root, len(keep), result.computed, len(vectors), list(result.failures), manifest["search"]
+    )
 
 
 def _refuse_duplicates(new: list[str], existing: list[str], where: str) -> None:
@@ -325,10 +442,14 @@ def _refuse_duplicates(new: list[str], existing: list[str], where: str) -> None:
             repeated.append(item_id)
         seen.add(item_id)
     if repeated:
-        shown = ", ".join(repr(i) for i in repeated[:10]) + (f" and {len(repeated) - 10} more" if len(repeated) > 10
-                                                             else "")
-        raise DataError(Problem(where, f"{len(repeated)} id(s) already in the index: {shown}; ids must be unique",
-                                field="id"))
+        shown = ", ".join(repr(i) for i in repeated[:10]) + (
+            f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
+        )
+        raise DataError(
+            Problem(
+                where, f"{len(repeated)} id(s) already in the index: {shown}; ids must be unique", field="id"
+            )
+        )
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -350,27 +471,37 @@ class Index:
         root = Path(root)
         manifest_path = root / MANIFEST
         if not manifest_path.is_file():
-            hint = (" (a build that did not finish: rerun `embedrl index build`, it resumes from the cache)"
-                    if (root / MARKER).exists() else "; build one with `embedrl index build`")
+            hint = (
+                " (a build that did not finish: rerun `embedrl index build`, it resumes from the cache)"
+                if (root / MARKER).exists()
+                else "; build one with `embedrl index build`"
+            )
             raise ConfigError(f"{root}: not an embedrl index, no {MANIFEST}{hint}")
         manifest = read_json(manifest_path)
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise ConfigError(f"{manifest_path}: not an embedrl index manifest")
         if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
-            raise ConfigError(f"{manifest_path}: written by a newer embedrl (index format "
-                              f"{manifest.get('format_version')}); upgrade embedrl to read it")
+            raise ConfigError(
+                f"{manifest_path}: written by a newer embedrl (index format "
+                f"{manifest.get('format_version')}); upgrade embedrl to read it"
+            )
         data = root / str(manifest.get("data"))
         try:
             vectors = np.load(data / "vectors.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{data / 'vectors.npy'}: cannot read the index vectors ({exc})") from None
         ids = read_json(data / "ids.json")
-        records = [json.loads(line) for line in (data / "records.jsonl").read_text(encoding="utf-8").splitlines()
-                   if line.strip()]
+        records = [
+            json.loads(line)
+            for line in (data / "records.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
         count = int(manifest.get("count", -1))
         if not (vectors.ndim == 2 and vectors.shape[0] == len(ids) == len(records) == count):
-            raise ConfigError(f"{root}: damaged index ({vectors.shape[0]} vectors, {len(ids)} ids, {len(records)} "
-                              f"records, manifest says {count}); rebuild it")
+            raise ConfigError(
+                f"{root}: damaged index ({vectors.shape[0]} vectors, {len(ids)} ids, {len(records)} "
+                f"records, manifest says {count}); rebuild it"
+            )
         faiss_index = None
         if manifest.get("search") in ("flat", "hnsw"):
             faiss = _faiss()
@@ -408,12 +539,17 @@ class Index:
             old = recorded.get("config") or {}
             new = asdict(embedder.config)
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            why = (f"its input settings differ ({', '.join(changed)}; e.g. another --evidence-style)" if changed
-                   else f"the checkpoint files in {path} changed since the index was built (retrained, rewritten "
-                   "or a different --dtype)")
-        raise ConfigError(f"{self.root}: built with Embedder fingerprint {recorded.get('fingerprint')}, but the "
-                          f"Embedder given has {fingerprint}: {why}. Vectors of two Embedders are not comparable; "
-                          "use the index's Embedder or rebuild the index with `embedrl index build`")
+            why = (
+                f"its input settings differ ({', '.join(changed)}; e.g. another --evidence-style)"
+                if changed
+                else f"the checkpoint files in {path} changed since the index was built (retrained, rewritten "
+                "or a different --dtype)"
+            )
+        raise ConfigError(
+            f"{self.root}: built with Embedder fingerprint {recorded.get('fingerprint')}, but the "
+            f"Embedder given has {fingerprint}: {why}. Vectors of two Embedders are not comparable; "
+            "use the index's Embedder or rebuild the index with `embedrl index build`"
+        )
 
     def topk(self, queries: np.ndarray, k: int):
         """(indices, scores) of the k best rows per query (cosine), through FAISS when the index has it."""
@@ -441,8 +577,16 @@ class Index:
                 if i < 0:
                     continue
                 record = self.records[int(i)]
-                hits.append({"rank": rank, "id": self.ids[int(i)], "score": float(score), "tcot": record.get("tcot"),
-                             "evidence": record.get("evidence") or {}, "item": record.get("item")})
+                hits.append(
+                    {
+                        "rank": rank,
+                        "id": self.ids[int(i)],
+                        "score": float(score),
+                        "tcot": record.get("tcot"),
+                        "evidence": record.get("evidence") or {},
+                        "item": record.get("item"),
+                    }
+                )
             out.append(hits)
         return out
 
@@ -497,7 +641,7 @@ def _contact_sheet(frames: list, keyframes: list[int], boxes: list) -> Any:
         thumb = _draw_boxes(frame, boxes, longest=max(frame.size)) if i == 0 and boxes else frame
         thumbs.append(thumb.resize((max(1, round(thumb.width * height / thumb.height)), height)))
     per_row = 8
-    rows = [thumbs[i:i + per_row] for i in range(0, len(thumbs), per_row)]
+    rows = [thumbs[i : i + per_row] for i in range(0, len(thumbs), per_row)]
     pad = 8
     width = max(sum(t.width + pad for t in row) for row in rows) + pad
     sheet = Image.new("RGB", (width, len(rows) * (height + pad + 14) + pad), (255, 255, 255))
@@ -509,8 +653,11 @@ def _contact_sheet(frames: list, keyframes: list[int], boxes: list) -> Any:
             sheet.paste(thumb, (x, y))
             key = index in keyframes
             outline, line = ((255, 40, 40), 4) if key else ((180, 180, 180), 1)
-            draw.rectangle((x - line, y - line, x + thumb.width + line - 1, y + height + line - 1), outline=outline,
-                           width=line)
+            draw.rectangle(
+                (x - line, y - line, x + thumb.width + line - 1, y + height + line - 1),
+                outline=outline,
+                width=line,
+            )
             label = f"frame {index + 1}" + (" (keyframe)" if key else "")
             draw.text((x, y + height + 3), label, fill=(200, 0, 0) if key else (0, 0, 0))
             x += thumb.width + pad
@@ -533,8 +680,9 @@ def explain_picture(item: dict, evidence: dict, num_frames: int) -> Any:
     return None
 
 
-def write_explain(folder: str | Path, query: dict, hits: list[dict], *, num_frames: int = 8,
-                  title: str = "embedrl search") -> Path:
+def write_explain(
+    folder: str | Path, query: dict, hits: list[dict], *, num_frames: int = 8, title: str = "embedrl search"
+) -> Path:
     """A small HTML page (plus PNGs) showing the query and the hits with what each T-CoT pointed at. `query` is
     {"item": item JSON, "tcot", "evidence"}; hits as `Index.search` returns them. Returns the page's path."""
     folder = Path(folder)
@@ -555,23 +703,34 @@ def write_explain(folder: str | Path, query: dict, hits: list[dict], *, num_fram
             rows.append(("notes", "; ".join(evidence["notes"])))
         table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
         tcot = entry.get("tcot")
-        tcot_html = (f"<details><summary>T-CoT</summary><pre>{html.escape(tcot)}</pre></details>" if tcot else
-                     "<p class=muted>no T-CoT</p>")
-        return (f'<section id="{name}"><h2>{html.escape(heading)}</h2>{image_html}<table>{table}</table>'
-                f"{tcot_html}</section>")
+        tcot_html = (
+            f"<details><summary>T-CoT</summary><pre>{html.escape(tcot)}</pre></details>"
+            if tcot
+            else "<p class=muted>no T-CoT</p>"
+        )
+        return (
+            f'<section id="{name}"><h2>{html.escape(heading)}</h2>{image_html}<table>{table}</table>'
+            f"{tcot_html}</section>"
+        )
 
     parts = [section("query", "Query", query)]
     for hit in hits:
-        parts.append(section(f"hit-{hit['rank']:02d}", f"#{hit['rank']} {hit['id']} (score {hit['score']:.4f})", hit))
-    listing = "".join(f"<li><a href=\"#hit-{h['rank']:02d}\">{html.escape(str(h['id']))}</a> "
-                      f"{h['score']:.4f}</li>" for h in hits)
-    page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>"
-            "body{font-family:sans-serif;max-width:980px;margin:1em auto}section{border-top:1px solid #ccc;"
-            "padding:.5em 0}img{max-width:100%;display:block;margin:.4em 0}th{text-align:left;padding-right:1em;"
-            "vertical-align:top}pre{white-space:pre-wrap;background:#f6f6f6;padding:.5em}.muted{color:#888}"
-            f"</style></head><body><h1>{html.escape(title)}</h1><p>Red boxes: the crops the T-CoT asked for (pixels "
-            "of the first image or frame); red frames: keyframes.</p>"
-            f"<ol>{listing}</ol>{''.join(parts)}</body></html>\n")
+        parts.append(
+            section(f"hit-{hit['rank']:02d}", f"#{hit['rank']} {hit['id']} (score {hit['score']:.4f})", hit)
+        )
+    listing = "".join(
+        f'<li><a href="#hit-{h["rank"]:02d}">{html.escape(str(h["id"]))}</a> {h["score"]:.4f}</li>'
+        for h in hits
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>"
+        "body{font-family:sans-serif;max-width:980px;margin:1em auto}section{border-top:1px solid #ccc;"
+        "padding:.5em 0}img{max-width:100%;display:block;margin:.4em 0}th{text-align:left;padding-right:1em;"
+        "vertical-align:top}pre{white-space:pre-wrap;background:#f6f6f6;padding:.5em}.muted{color:#888}"
+        f"</style></head><body><h1>{html.escape(title)}</h1><p>Red boxes: the crops the T-CoT asked for (pixels "
+        "of the first image or frame); red frames: keyframes.</p>"
+        f"<ol>{listing}</ol>{''.join(parts)}</body></html>\n"
+    )
     page_path = folder / "index.html"
     with atomic_open(page_path, "w") as handle:
         handle.write(page)
@@ -584,6 +743,8 @@ def format_table(query: dict, hits: list[dict]) -> str:
     width = max([len(str(h["id"])) for h in hits] + [2])
     lines.append(f"{'rank':>4}  {'score':>7}  {'id':<{width}}  evidence")
     for hit in hits:
-        lines.append(f"{hit['rank']:>4}  {hit['score']:>7.4f}  {str(hit['id']):<{width}}  "
-                     f"{describe_evidence(hit.get('evidence') or {})}")
+        lines.append(
+            f"{hit['rank']:>4}  {hit['score']:>7.4f}  {str(hit['id']):<{width}}  "
+            f"{describe_evidence(hit.get('evidence') or {})}"
+        )
     return "\n".join(lines)

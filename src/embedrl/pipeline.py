@@ -62,11 +62,11 @@ class EncodeError(EmbedRLError):
 
 @dataclass
 class EncodeResult:
-    vectors: np.ndarray                       # (n, dim) float32, NaN rows for failures
-    tcots: list[Any]                          # T-CoT per item: the Reasoner's raw text, or as given (None: none)
+    vectors: np.ndarray  # (n, dim) float32, NaN rows for failures
+    tcots: list[Any]  # T-CoT per item: the Reasoner's raw text, or as given (None: none)
     failures: list[EncodeFailure] = field(default_factory=list)
     notes: dict[str, list[str]] = field(default_factory=dict)  # item id -> evidence notes (dropped boxes…)
-    computed: int = 0                         # vectors computed in this call (the rest came from caches)
+    computed: int = 0  # vectors computed in this call (the rest came from caches)
     settings: dict[str, Any] = field(default_factory=dict)  # EncodeSettings.record() of the run
 
 
@@ -96,7 +96,9 @@ class TCoTCache:
                         rec = json.loads(raw.decode("utf-8"))
                         self._remember(rec["key"], rec.get("content"), rec["text"])
                     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
-                        log.warning("%s:%d: skipping an unreadable cache line (interrupted write?)", path, lineno)
+                        log.warning(
+                            "%s:%d: skipping an unreadable cache line (interrupted write?)", path, lineno
+                        )
 
     def _remember(self, key: str, content: str | None, text: str) -> None:
         if not isinstance(key, str) or not isinstance(text, str):
@@ -121,7 +123,9 @@ class TCoTCache:
                 handle.write("\n")
                 self._starts_mid_line = False
             for key, content, text in records:
-                handle.write(json.dumps({"key": key, "content": content, "text": text}, ensure_ascii=False) + "\n")
+                handle.write(
+                    json.dumps({"key": key, "content": content, "text": text}, ensure_ascii=False) + "\n"
+                )
                 self._remember(key, content, text)
             handle.flush()
             os.fsync(handle.fileno())
@@ -239,16 +243,29 @@ class EncodeSettings:
         reasoning = self.reasoning or ("generate" if reasoner is not None else "off")
         frames = self.num_frames or int(embedder.config.num_frames)
         if frames != embedder.config.num_frames:
-            log.info("sampling %d frames per video for both models instead of the Embedder's saved %d "
-                     "(EncodeSettings.num_frames)", frames, embedder.config.num_frames)
+            log.info(
+                "sampling %d frames per video for both models instead of the Embedder's saved %d "
+                "(EncodeSettings.num_frames)",
+                frames,
+                embedder.config.num_frames,
+            )
         reasoner_batch = self.reasoner_batch_size or self.batch_size
-        return replace(self, reasoning=reasoning, num_frames=frames, reasoner_batch_size=reasoner_batch,
-                       window=self.window or 4 * max(reasoner_batch, self.batch_size))
+        return replace(
+            self,
+            reasoning=reasoning,
+            num_frames=frames,
+            reasoner_batch_size=reasoner_batch,
+            window=self.window or 4 * max(reasoner_batch, self.batch_size),
+        )
 
     def record(self) -> dict[str, Any]:
         """What a result stores about the run."""
-        return {"reasoning": self.reasoning, "side": self.side, "target_modality": self.target_modality,
-                "frames_per_video": self.num_frames}
+        return {
+            "reasoning": self.reasoning,
+            "side": self.side,
+            "target_modality": self.target_modality,
+            "frames_per_video": self.num_frames,
+        }
 
 
 def settings_from(settings: EncodeSettings | None, fields: dict[str, Any]) -> EncodeSettings:
@@ -309,7 +326,9 @@ def _media_key(item: Item) -> str:
     refs = [f"<image {id(m)}>" if isinstance(m, Image.Image) else str(m) for m in item.images]
     video = item.video
     if video is not None:
-        refs.append(json.dumps([str(f) for f in video.frames] if video.frames is not None else str(video.path)))
+        refs.append(
+            json.dumps([str(f) for f in video.frames] if video.frames is not None else str(video.path))
+        )
     return json.dumps(refs)
 
 
@@ -351,9 +370,19 @@ class _MediaWindow:
             self.uses.pop(key, None)
 
 
-def _embed_groups(embedder: EmbedderLike, items: Sequence[Item], texts: Sequence[Any], groups: dict[str, list[int]],
-                  media: _MediaWindow, out: np.ndarray, cache: VectorCache | None, batch_size: int, bar: Any,
-                  failures: list[EncodeFailure], notes: dict[str, list[str]]) -> int:
+def _embed_groups(
+    embedder: EmbedderLike,
+    items: Sequence[Item],
+    texts: Sequence[Any],
+    groups: dict[str, list[int]],
+    media: _MediaWindow,
+    out: np.ndarray,
+    cache: VectorCache | None,
+    batch_size: int,
+    bar: Any,
+    failures: list[EncodeFailure],
+    notes: dict[str, list[str]],
+) -> int:
     """Embed one representative row per vector key in `groups`, write every row of the group; returns how many
     vectors were computed."""
     todo = sorted(groups, key=lambda k: -_estimated_cost(items[groups[k][0]], _tcot_id(texts[groups[k][0]])))
@@ -369,8 +398,9 @@ def _embed_groups(embedder: EmbedderLike, items: Sequence[Item], texts: Sequence
                 failures.extend(EncodeFailure(row, items[row].id, "media", str(exc)) for row in rows)
                 continue
             except (ValueError, TypeError, OverflowError) as exc:  # one bad item must not stop the others
-                failures.extend(EncodeFailure(row, items[row].id, "input", f"{type(exc).__name__}: {exc}")
-                                for row in rows)
+                failures.extend(
+                    EncodeFailure(row, items[row].id, "input", f"{type(exc).__name__}: {exc}") for row in rows
+                )
                 continue
             for row in rows:  # every id that shares this computation gets the notes
                 if built.notes:
@@ -380,7 +410,7 @@ def _embed_groups(embedder: EmbedderLike, items: Sequence[Item], texts: Sequence
         return ready, embedder.collate(inputs) if inputs else None
 
     computed = 0
-    chunks = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     batches = _prepared_batches(prepare, chunks, overlap=_model_leaves_cpu_free(embedder))
     try:
         for chunk, (ready, batch) in zip(chunks, batches):
@@ -397,15 +427,27 @@ def _embed_groups(embedder: EmbedderLike, items: Sequence[Item], texts: Sequence
     return computed
 
 
-def embed_items(embedder: EmbedderLike, items: Sequence[Item], tcots: Sequence[Any] | None = None, *,
-                batch_size: int = 8, num_frames: int | None = None, progress: bool = False,
-                cache_dir: str | Path | None = None) -> tuple[np.ndarray, int]:
+def embed_items(
+    embedder: EmbedderLike,
+    items: Sequence[Item],
+    tcots: Sequence[Any] | None = None,
+    *,
+    batch_size: int = 8,
+    num_frames: int | None = None,
+    progress: bool = False,
+    cache_dir: str | Path | None = None,
+) -> tuple[np.ndarray, int]:
     """(vectors, number computed) of items with given T-CoTs (str / TCoT / None per item); raises `EncodeError`
     (holding everything computed) when any item fails. The RL reward and `Embedder.embed` use it: it is
     `encode_detailed` with the T-CoTs given."""
-    result = encode_detailed(items, embedder, tcots=list(tcots) if tcots is not None else [None] * len(items),
-                             settings=EncodeSettings(batch_size=batch_size, num_frames=num_frames,
-                                                     progress=progress, cache_dir=cache_dir))
+    result = encode_detailed(
+        items,
+        embedder,
+        tcots=list(tcots) if tcots is not None else [None] * len(items),
+        settings=EncodeSettings(
+            batch_size=batch_size, num_frames=num_frames, progress=progress, cache_dir=cache_dir
+        ),
+    )
     if result.failures:
         raise EncodeError(result)
     return result.vectors, result.computed
@@ -509,7 +551,7 @@ def encode_detailed(
     embed_bar = _progress(len(to_embed) + len(pending), "embed", settings.progress)
     try:
         for start in range(0, len(units), settings.window):
-            window = units[start:start + settings.window]
+            window = units[start : start + settings.window]
             media = _MediaWindow(frames)
             groups = {key: to_embed[key] for kind, key in window if kind == "embed"}
             generate = [key for kind, key in window if kind == "reason"]
@@ -518,8 +560,19 @@ def encode_detailed(
             for rows in groups.values():
                 media.expect(items[rows[0]])
             if generate:
-                done = _generate(items, reasoner, settings, generate, pending, media, texts, tcache, tcot_keys,
-                                 failures, reason_bar)
+                done = _generate(
+                    items,
+                    reasoner,
+                    settings,
+                    generate,
+                    pending,
+                    media,
+                    texts,
+                    tcache,
+                    tcot_keys,
+                    failures,
+                    reason_bar,
+                )
                 for key in generate:
                     rows = pending[key]
                     if key not in done:
@@ -537,24 +590,42 @@ def encode_detailed(
                         media.release(items[rows[0]])
                     else:
                         groups[vkey] = list(rows)
-            computed += _embed_groups(embedder, items, texts, groups, media, out, vcache, settings.batch_size,
-                                      embed_bar, failures, notes)
+            computed += _embed_groups(
+                embedder,
+                items,
+                texts,
+                groups,
+                media,
+                out,
+                vcache,
+                settings.batch_size,
+                embed_bar,
+                failures,
+                notes,
+            )
     finally:
         reason_bar.close()
         embed_bar.close()
-    return EncodeResult(out, texts, sorted(failures, key=lambda f: f.index), notes, computed,
-                        settings.record())
+    return EncodeResult(
+        out, texts, sorted(failures, key=lambda f: f.index), notes, computed, settings.record()
+    )
 
 
-def _known_tcots(items: Sequence[Item], reasoner: ReasonerLike | None, settings: EncodeSettings,
-                 cache: TCoTCache | None, failures: list[EncodeFailure]
-                 ) -> tuple[list[str | None], dict[str, list[int]], dict[str, str]]:
+def _known_tcots(
+    items: Sequence[Item],
+    reasoner: ReasonerLike | None,
+    settings: EncodeSettings,
+    cache: TCoTCache | None,
+    failures: list[EncodeFailure],
+) -> tuple[list[str | None], dict[str, list[int]], dict[str, str]]:
     """(T-CoT per row or None, T-CoT key -> rows still to generate, T-CoT key -> content key)."""
     n = len(items)
     texts: list[str | None] = [None] * n
     extra = f"{settings.side}|{settings.target_modality}"
-    contents = [_digest(content_key(it, extra=extra + (f"|frames={settings.num_frames}" if it.video else "")))
-                for it in items]
+    contents = [
+        _digest(content_key(it, extra=extra + (f"|frames={settings.num_frames}" if it.video else "")))
+        for it in items
+    ]
     if reasoner is not None:
         identity = reasoner_fingerprint(reasoner, settings.num_frames)
         keys = [_digest(content, identity) for content in contents]
@@ -564,7 +635,9 @@ def _known_tcots(items: Sequence[Item], reasoner: ReasonerLike | None, settings:
     for i, (item, key) in enumerate(zip(items, keys)):
         # Given T-CoTs (item.meta["tcot"], e.g. released evaluation T-CoTs) only count in 'cached' mode:
         # 'generate' evaluates the Reasoner itself.
-        given = item.meta.get("tcot") if settings.reasoning == "cached" and isinstance(item.meta, dict) else None
+        given = (
+            item.meta.get("tcot") if settings.reasoning == "cached" and isinstance(item.meta, dict) else None
+        )
         cached = None
         if cache is not None:
             cached = cache.get(key) if reasoner is not None else cache.latest_for_content(contents[i])
@@ -573,26 +646,47 @@ def _known_tcots(items: Sequence[Item], reasoner: ReasonerLike | None, settings:
         elif cached is not None:
             texts[i] = cached
         elif settings.reasoning == "cached":
-            failures.append(EncodeFailure(i, item.id, "reasoning",
-                                          "no cached T-CoT (item.meta['tcot'] or the cache); use reasoning="
-                                          "'generate' with a reasoner"))
+            failures.append(
+                EncodeFailure(
+                    i,
+                    item.id,
+                    "reasoning",
+                    "no cached T-CoT (item.meta['tcot'] or the cache); use reasoning="
+                    "'generate' with a reasoner",
+                )
+            )
         else:
             pending.setdefault(key, []).append(i)
     found = sum(t is not None for t in texts)
     if cache is not None and cache.entries and found == 0 and n:
-        log.warning("%s holds %d T-CoTs but none for these %d items with this Reasoner and these settings (written "
-                    "by another Reasoner, frame count or embedrl version?); %s", cache.path, len(cache.entries), n,
-                    "they are generated again" if settings.reasoning == "generate" else "each item fails")
+        log.warning(
+            "%s holds %d T-CoTs but none for these %d items with this Reasoner and these settings (written "
+            "by another Reasoner, frame count or embedrl version?); %s",
+            cache.path,
+            len(cache.entries),
+            n,
+            "they are generated again" if settings.reasoning == "generate" else "each item fails",
+        )
     return texts, pending, dict(zip(keys, contents))
 
 
-def _generate(items, reasoner, settings: EncodeSettings, keys: list[str], pending: dict[str, list[int]],
-              media: _MediaWindow, texts: list, cache: TCoTCache | None, contents: dict[str, str],
-              failures: list[EncodeFailure], bar: Any) -> set[str]:
+def _generate(
+    items,
+    reasoner,
+    settings: EncodeSettings,
+    keys: list[str],
+    pending: dict[str, list[int]],
+    media: _MediaWindow,
+    texts: list,
+    cache: TCoTCache | None,
+    contents: dict[str, str],
+    failures: list[EncodeFailure],
+    bar: Any,
+) -> set[str]:
     """Write the T-CoTs of `keys` (one generation per key) into `texts` and the cache; returns the keys done."""
     done: set[str] = set()
     for start in range(0, len(keys), settings.reasoner_batch_size):
-        chunk = keys[start:start + settings.reasoner_batch_size]
+        chunk = keys[start : start + settings.reasoner_batch_size]
         ready, batch_items, loaded = [], [], []
         for key in chunk:
             item = items[pending[key][0]]
@@ -604,8 +698,9 @@ def _generate(items, reasoner, settings: EncodeSettings, keys: list[str], pendin
             ready.append(key)
             batch_items.append(item)
         if batch_items:
-            outputs = reasoner.reason(batch_items, side=settings.side, target_modality=settings.target_modality,
-                                      media=loaded)
+            outputs = reasoner.reason(
+                batch_items, side=settings.side, target_modality=settings.target_modality, media=loaded
+            )
             for key, text in zip(ready, outputs):
                 for row in pending[key]:
                     texts[row] = text

@@ -70,8 +70,15 @@ _INPUT_MODALITY: dict[PromptKind, str] = {
     PromptKind.CANDIDATE_VIDEO: "video",
 }
 
-_SIDE_ALIASES = {"query": "query", "qry": "query", "candidate": "candidate", "cand": "candidate",
-                 "pos": "candidate", "positive": "candidate", "target": "candidate"}
+_SIDE_ALIASES = {
+    "query": "query",
+    "qry": "query",
+    "candidate": "candidate",
+    "cand": "candidate",
+    "pos": "candidate",
+    "positive": "candidate",
+    "target": "candidate",
+}
 
 
 def select_prompt_kind(side: str, modality: str, target_modality: str | None = None) -> PromptKind:
@@ -88,8 +95,11 @@ def select_prompt_kind(side: str, modality: str, target_modality: str | None = N
     if modality not in CUE_FOR_MODALITY:
         raise ValueError(f"modality must be one of {sorted(CUE_FOR_MODALITY)}, got {modality!r}")
     if canonical_side == "candidate":
-        return {"text": PromptKind.CANDIDATE_TEXT, "image": PromptKind.CANDIDATE_IMAGE,
-                "video": PromptKind.CANDIDATE_VIDEO}[modality]
+        return {
+            "text": PromptKind.CANDIDATE_TEXT,
+            "image": PromptKind.CANDIDATE_IMAGE,
+            "video": PromptKind.CANDIDATE_VIDEO,
+        }[modality]
     if modality == "image":
         return PromptKind.QUERY_IMAGE
     if modality == "video":
@@ -176,28 +186,28 @@ _HINTS: dict[PromptKind, tuple[str, ...]] = {
 _EXAMPLES: dict[PromptKind, TCoT] = {
     PromptKind.QUERY_TEXT_TO_IMAGE: TCoT(
         thinking="The query describes a street scene with a cyclist. The man, the red bicycle and the bakery "
-                 "behind him are the elements a matching image needs.",
+        "behind him are the elements a matching image needs.",
         text_keywords=("man", "red bicycle", "riding", "bakery storefront"),
         rethink="The red bicycle in motion in front of a bakery is the most distinctive detail.",
         answer="A man rides a red bike past a bakery.",
     ),
     PromptKind.QUERY_IMAGE: TCoT(
         thinking="The image shows a kitchen. A grey cat sits on the counter next to a steel kettle below the "
-                 "window.",
+        "window.",
         bbox_2d=((412, 305, 640, 598), (655, 280, 760, 470)),
         rethink="The cat on the counter is the subject; the kettle and the window only give context.",
         answer="A grey cat sitting on a kitchen counter beside a kettle.",
     ),
     PromptKind.QUERY_VIDEO: TCoT(
         thinking="Frames 1 to 3 show hands shaping dough on a tray. Frame 5 shows the tray going into an oven "
-                 "and frame 8 shows a baked loaf.",
+        "and frame 8 shows a baked loaf.",
         key_frames=(2, 5, 8),
         rethink="The video follows bread from shaping the dough to the finished loaf.",
         answer="Someone shapes dough, bakes it and takes out a loaf of bread.",
     ),
     PromptKind.QUERY_TEXT_TO_VIDEO: TCoT(
         thinking="The query asks for a dog catching a frisbee on a beach. The motion matters: the dog runs, "
-                 "jumps and catches.",
+        "jumps and catches.",
         text_keywords=("dog", "frisbee", "jumping catch", "sandy beach"),
         rethink="A matching video must show the jump and the catch in that order, on sand near the sea.",
         answer="A dog leaps and catches a frisbee on the beach.",
@@ -216,7 +226,7 @@ _EXAMPLES: dict[PromptKind, TCoT] = {
     ),
     PromptKind.CANDIDATE_VIDEO: TCoT(
         thinking="Frame 1 shows a chef chopping peppers, frame 4 shows them stirred in a wok and frame 7 shows "
-                 "the dish being served.",
+        "the dish being served.",
         key_frames=(1, 4, 7),
         rethink="The video is a short cooking sequence ending with a served stir-fry.",
         answer="A chef chops vegetables, stir-fries them and serves the dish.",
@@ -297,30 +307,47 @@ _CLOSING = {
 }
 
 
-
 # (prompt kind, item, number of frames shown) -> the Reasoner's user text; replaces `reasoner_prompt`.
 PromptFn = Callable[[PromptKind, Any, int], str]
 
 
-def item_prompt(item: Any, side: str, target_modality: str | None = None, *, num_frames: int = 0,
-                fps: float = 2.0, answer: str | None = None, prompt_fn: PromptFn | None = None) -> str:
+def item_prompt(
+    item: Any,
+    side: str,
+    target_modality: str | None = None,
+    *,
+    num_frames: int = 0,
+    fps: float = 2.0,
+    answer: str | None = None,
+    prompt_fn: PromptFn | None = None,
+) -> str:
     """The Reasoner's user text for one `Item` whose media show `num_frames` frames: the one builder behind
     inference (`Reasoner`), teacher annotation and the RL rollout prompts, so the three cannot disagree.
     `prompt_fn` replaces the built-in wording (a short prompt for a small model, say) everywhere at once."""
     kind = select_prompt_kind(side, item.modality, target_modality)
     if prompt_fn is not None:
         return prompt_fn(kind, item, num_frames)
-    return reasoner_prompt(kind, text=item.text, instruction=item.instruction, num_frames=num_frames or None,
-                           fps=fps, answer=answer)
+    return reasoner_prompt(
+        kind,
+        text=item.text,
+        instruction=item.instruction,
+        num_frames=num_frames or None,
+        fps=fps,
+        answer=answer,
+    )
 
-def _input_lines(kind: PromptKind, text: str | None, instruction: str | None, frames: int,
-                 fps: float) -> list[str]:
+
+def _input_lines(
+    kind: PromptKind, text: str | None, instruction: str | None, frames: int, fps: float
+) -> list[str]:
     what = "Query" if kind.side == "query" else "Item"
     lines = [f"{what}:"]
     if kind.input_modality == "image":
         lines.append("- Image: shown above.")
     elif kind.input_modality == "video":
-        lines.append(f"- Video: {frames} frames sampled at {fps:g} FPS, shown above and numbered 1 to {frames}.")
+        lines.append(
+            f"- Video: {frames} frames sampled at {fps:g} FPS, shown above and numbered 1 to {frames}."
+        )
     if instruction:
         lines.append(f"- Instruction: {instruction}")
     if text:
@@ -380,8 +407,18 @@ def judge_prompt(anchor: str, candidates: Sequence[str]) -> str:
 
 _THINK_BLOCK = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL | re.IGNORECASE)
 _NUMBER_WORDS = {
-    "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
-    "ten": 10, "eleven": 11, "twelve": 12,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
 }
 _CHOICE = re.compile(r"(?<!\d)(\d{1,6})(?!\d)|\b(" + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE)
 
@@ -407,24 +444,26 @@ def parse_judge_answer(text: str | None, num_candidates: int) -> int | None:
 
 def relevance_filter_prompt(task: str, query_cot: str, pos_cot: str) -> str:
     """The judgment prompt that filters teacher T-CoTs (paper App. C.2). "Yes" means drop the pair."""
-    return "\n".join([
-        "You check training pairs for a multimodal search engine. Each pair has a task, the reasoning written "
-        "about the query and the reasoning written about its correct match.",
-        "",
-        f"Task: {task.strip()}",
-        "",
-        "Reasoning about the query:",
-        query_cot.strip(),
-        "",
-        "Reasoning about the correct match:",
-        pos_cot.strip(),
-        "",
-        "Are the two reasonings clearly unrelated to each other or to the task, or do their main conclusions "
-        "contradict each other?",
-        'Answer "Yes" only when this is obvious. Answer "No" in every other case, including when you are '
-        "unsure.",
-        "Reply with one word: Yes or No.",
-    ])
+    return "\n".join(
+        [
+            "You check training pairs for a multimodal search engine. Each pair has a task, the reasoning written "
+            "about the query and the reasoning written about its correct match.",
+            "",
+            f"Task: {task.strip()}",
+            "",
+            "Reasoning about the query:",
+            query_cot.strip(),
+            "",
+            "Reasoning about the correct match:",
+            pos_cot.strip(),
+            "",
+            "Are the two reasonings clearly unrelated to each other or to the task, or do their main conclusions "
+            "contradict each other?",
+            'Answer "Yes" only when this is obvious. Answer "No" in every other case, including when you are '
+            "unsure.",
+            "Reply with one word: Yes or No.",
+        ]
+    )
 
 
 _YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)

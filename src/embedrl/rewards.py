@@ -32,7 +32,9 @@ def completion_text(completion: Any) -> str:
             return content
         if isinstance(content, (list, tuple)):
             return "".join(
-                part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+                part.get("text", "")
+                for part in content
+                if isinstance(part, dict) and part.get("type") == "text"
             )
     return ""
 
@@ -131,7 +133,9 @@ def outcome_rewards(
             accs[i] = 1.0
             continue
         negatives = sim[i, ~positive]
-        negative_term = softmax_weighted_mean(negatives, tau) if weighted_negatives else float(negatives.mean())
+        negative_term = (
+            softmax_weighted_mean(negatives, tau) if weighted_negatives else float(negatives.mean())
+        )
         margins[i] = float(sim[i, positive].mean()) - negative_term
         order = np.lexsort((np.arange(len(cols)), -sim[i]))  # by score desc, then column index
         hits = int(positive[order[:n_pos]].sum())
@@ -193,9 +197,15 @@ REWARD_PRESETS: dict[str, dict[str, float]] = {
 }
 
 
-def total_reward(format_r: Sequence[float], process_r: Sequence[float], outcome_r: Sequence[float],
-                 weights: dict[str, float]) -> np.ndarray:
+def total_reward(
+    format_r: Sequence[float],
+    process_r: Sequence[float],
+    outcome_r: Sequence[float],
+    weights: dict[str, float],
+) -> np.ndarray:
     """Weighted sum of the three terms, per rollout."""
-    return (weights["format"] * np.asarray(format_r, dtype=float)
-            + weights["process"] * np.asarray(process_r, dtype=float)
-            + weights["outcome"] * weights.get("outcome_scale", 1.0) * np.asarray(outcome_r, dtype=float))
+    return (
+        weights["format"] * np.asarray(format_r, dtype=float)
+        + weights["process"] * np.asarray(process_r, dtype=float)
+        + weights["outcome"] * weights.get("outcome_scale", 1.0) * np.asarray(outcome_r, dtype=float)
+    )

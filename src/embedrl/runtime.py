@@ -24,8 +24,9 @@ _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
 
 
-def keep_freed_memory(top_pad: int = 256 << 20, trim_threshold: int = 1 << 30,
-                      mmap_threshold: int = 32 << 20) -> bool:
+def keep_freed_memory(
+    top_pad: int = 256 << 20, trim_threshold: int = 1 << 30, mmap_threshold: int = 32 << 20
+) -> bool:
     """Tell glibc's malloc to keep freed memory for reuse; returns whether every setting was accepted.
 
     - `mmap_threshold`: blocks below it come from the heap, so they can be reused (32 MiB is glibc's maximum on
@@ -47,5 +48,9 @@ def keep_freed_memory(top_pad: int = 256 << 20, trim_threshold: int = 1 << 30,
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    settings = ((_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold), (_M_TOP_PAD, top_pad))
+    settings = (
+        (_M_MMAP_THRESHOLD, mmap_threshold),
+        (_M_TRIM_THRESHOLD, trim_threshold),
+        (_M_TOP_PAD, top_pad),
+    )
     return all(mallopt(parameter, value) == 1 for parameter, value in settings)

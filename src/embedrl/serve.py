@@ -59,7 +59,9 @@ MAX_NEW_TOKENS = 1_000_000
 REASONING = ("off", "generate")
 OPEN_PATHS = frozenset({"/health", "/v1/health", "/openapi.json"})  # answered without the API key
 # The request's "still arriving" mark, seen by the handler task that asyncio.wait_for runs it in.
-_ARRIVING: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("embedrl_arriving", default=None)
+_ARRIVING: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
+    "embedrl_arriving", default=None
+)
 
 
 # ------------------------------------------------------------------------------------------- settings
@@ -121,8 +123,12 @@ class ServeSettings:
             if spec.name == "reasoning":
                 if value not in REASONING:
                     raise ConfigError(f"reasoning must be one of {', '.join(REASONING)}, got {value!r}")
-            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
-                    or not math.isfinite(value):
+            elif (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not value > 0
+                or not math.isfinite(value)
+            ):
                 if not (spec.name == "max_wait_ms" and value == 0):
                     raise ConfigError(f"{spec.name} must be a positive number, got {value!r}")
 
@@ -134,8 +140,14 @@ class RequestError(Exception):
     """What the client got wrong: answered with `status` and the message. `close` drops the connection after
     the reply (the body was not read, so the connection cannot carry another request)."""
 
-    def __init__(self, message: str, status: int = HTTPStatus.BAD_REQUEST, *, close: bool = False,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        message: str,
+        status: int = HTTPStatus.BAD_REQUEST,
+        *,
+        close: bool = False,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.close = close
@@ -213,7 +225,9 @@ class _Budget:
             raise RequestError(f"{where}: must be a string")
         limit = self.settings.max_text_chars
         if len(value) > limit:
-            raise RequestError(f"{where}: {len(value)} characters, over the limit of {limit} (--max-text-chars)")
+            raise RequestError(
+                f"{where}: {len(value)} characters, over the limit of {limit} (--max-text-chars)"
+            )
         return _valid_unicode(value, where)
 
     def image(self, url: Any, where: str) -> Image.Image:
@@ -229,7 +243,9 @@ class _Budget:
             # the allowed formats, EXIF orientation and RGB conversion exactly as for local files
             return decode_image_file(io.BytesIO(raw), self.settings.max_image_pixels, where)
         except MediaError as exc:
-            raise RequestError(f"{where}: not a decodable image: {str(exc).removeprefix(where + ': ')}") from None
+            raise RequestError(
+                f"{where}: not a decodable image: {str(exc).removeprefix(where + ': ')}"
+            ) from None
         except Exception as exc:  # noqa: BLE001 - whatever the client's bytes make Pillow raise is a bad request
             raise RequestError(f"{where}: not a decodable image ({type(exc).__name__}: {exc})") from None
 
@@ -243,24 +259,32 @@ class _Budget:
             return
         pixels = width * height
         if pixels > self.settings.max_image_pixels:
-            raise RequestError(f"{where}: image is {width}x{height} = {pixels:,} pixels, over the limit of "
-                               f"{self.settings.max_image_pixels:,} per image (--max-image-pixels)")
+            raise RequestError(
+                f"{where}: image is {width}x{height} = {pixels:,} pixels, over the limit of "
+                f"{self.settings.max_image_pixels:,} per image (--max-image-pixels)"
+            )
         self.pixels += pixels
         if self.pixels > self.settings.max_request_pixels:
-            raise RequestError(f"{where}: the request's images add up to {self.pixels:,} pixels, over the limit "
-                               f"of {self.settings.max_request_pixels:,} per request (--max-request-pixels)")
+            raise RequestError(
+                f"{where}: the request's images add up to {self.pixels:,} pixels, over the limit "
+                f"of {self.settings.max_request_pixels:,} per request (--max-request-pixels)"
+            )
 
     def tcot(self, value: Any, where: str) -> str:
         if not isinstance(value, str):
             raise RequestError(f"{where}: must be a string")
         limit = self.settings.max_tcot_chars
         if len(value) > limit:
-            raise RequestError(f"{where}: {len(value)} characters, over the limit of {limit} (--max-tcot-chars)")
+            raise RequestError(
+                f"{where}: {len(value)} characters, over the limit of {limit} (--max-tcot-chars)"
+            )
         value = _valid_unicode(value, where)
         boxes = count_boxes(value)
         if boxes > self.settings.max_boxes:
-            raise RequestError(f"{where}: {boxes} boxes in bbox_2d, over the limit of {self.settings.max_boxes} "
-                               "(--max-boxes)")
+            raise RequestError(
+                f"{where}: {boxes} boxes in bbox_2d, over the limit of {self.settings.max_boxes} "
+                "(--max-boxes)"
+            )
         return value
 
 
@@ -268,8 +292,10 @@ def _valid_unicode(value: str, where: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise RequestError(f"{where}: contains a lone surrogate \\u{ord(value[exc.start]):04x} at character "
-                           f"{exc.start} (not valid Unicode text)") from None
+        raise RequestError(
+            f"{where}: contains a lone surrogate \\u{ord(value[exc.start]):04x} at character "
+            f"{exc.start} (not valid Unicode text)"
+        ) from None
     return value
 
 
@@ -290,8 +316,9 @@ def chat_messages_to_conversation(messages: Any, budget: _Budget) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise RequestError("'messages' must be a non-empty list")
     if len(messages) > budget.settings.max_items:
-        raise RequestError(f"messages: {len(messages)} messages, over the limit of {budget.settings.max_items} "
-                           "(--max-items)")
+        raise RequestError(
+            f"messages: {len(messages)} messages, over the limit of {budget.settings.max_items} (--max-items)"
+        )
     conversation, images = [], 0
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message:
@@ -314,8 +341,10 @@ def chat_messages_to_conversation(messages: Any, budget: _Budget) -> list[dict]:
             elif kind == "image_url":
                 images += 1
                 if images > budget.settings.max_images:
-                    raise RequestError(f"messages[{i}].content[{j}]: more than {budget.settings.max_images} images "
-                                       "in one request (--max-images)")
+                    raise RequestError(
+                        f"messages[{i}].content[{j}]: more than {budget.settings.max_images} images "
+                        "in one request (--max-images)"
+                    )
                 url = part.get("image_url", {})
                 url = url.get("url") if isinstance(url, dict) else url
                 parts.append({"type": "image", "image": budget.image(url, f"messages[{i}].content[{j}]")})
@@ -332,8 +361,12 @@ def _number(body: dict, key: str, kind: type, default: Any, low: float, high: fl
     if isinstance(value, _HugeInt):
         upper = high if high is not None else "inf"
         raise RequestError(f"'{key}' must be in [{low}, {upper}], not an integer of {value.digits} digits")
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int))
-            or (isinstance(value, float) and not math.isfinite(value))):  # JSON readers accept NaN and Infinity
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (kind is int and not isinstance(value, int))
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):  # JSON readers accept NaN and Infinity
         raise RequestError(f"'{key}' must be {'an integer' if kind is int else 'a finite number'}")
     if value < low or (high is not None and value > high):
         raise RequestError(f"'{key}' must be in [{low}, {high if high is not None else 'inf'}]")
@@ -344,12 +377,15 @@ def chat_settings(body: dict) -> GenerationSettings:
     """OpenAI sampling fields -> GenerationSettings; wrong types or ranges are the client's error (400)."""
     from .models.reasoner import GenerationSettings
 
-    max_tokens = (_number(body, "max_tokens", int, None, 1, MAX_NEW_TOKENS)
-                  or _number(body, "max_completion_tokens", int, 512, 1, MAX_NEW_TOKENS))
-    return GenerationSettings(max_new_tokens=max_tokens,
-                              temperature=_number(body, "temperature", float, 0.0, 0.0, 100.0),
-                              top_p=_number(body, "top_p", float, 1.0, 0.0, 1.0),
-                              seed=_number(body, "seed", int, None, 0, 2**63 - 1))
+    max_tokens = _number(body, "max_tokens", int, None, 1, MAX_NEW_TOKENS) or _number(
+        body, "max_completion_tokens", int, 512, 1, MAX_NEW_TOKENS
+    )
+    return GenerationSettings(
+        max_new_tokens=max_tokens,
+        temperature=_number(body, "temperature", float, 0.0, 0.0, 100.0),
+        top_p=_number(body, "top_p", float, 1.0, 0.0, 1.0),
+        seed=_number(body, "seed", int, None, 0, 2**63 - 1),
+    )
 
 
 def _item_entry(entry: Any, where: str, index: int, budget: _Budget) -> tuple[Item, str | None]:
@@ -371,8 +407,10 @@ def _item_entry(entry: Any, where: str, index: int, budget: _Budget) -> tuple[It
     if isinstance(entry_id, str):
         budget.text(entry_id, f"{where}.id")
     media: dict[str, list[Image.Image]] = {}
-    for key, limit, flag in (("images", budget.settings.max_images, "--max-images"),
-                             ("frames", budget.settings.max_frames, "--max-frames")):
+    for key, limit, flag in (
+        ("images", budget.settings.max_images, "--max-images"),
+        ("frames", budget.settings.max_frames, "--max-frames"),
+    ):
         urls = entry.get(key)
         if urls is None:
             media[key] = []
@@ -380,10 +418,17 @@ def _item_entry(entry: Any, where: str, index: int, budget: _Budget) -> tuple[It
         if not isinstance(urls, list):
             raise RequestError(f"{where}.{key}: must be a list of data: URLs")
         if len(urls) > limit:
-            raise RequestError(f"{where}.{key}: {len(urls)} {key}, over the limit of {limit} per item ({flag})")
+            raise RequestError(
+                f"{where}.{key}: {len(urls)} {key}, over the limit of {limit} per item ({flag})"
+            )
         media[key] = [budget.image(u, f"{where}.{key}[{k}]") for k, u in enumerate(urls)]
-    item = Item(id=str(entry_id), text=entry.get("text"), instruction=entry.get("instruction"),
-                images=media["images"], video=VideoRef(frames=media["frames"]) if media["frames"] else None)
+    item = Item(
+        id=str(entry_id),
+        text=entry.get("text"),
+        instruction=entry.get("instruction"),
+        images=media["images"],
+        video=VideoRef(frames=media["frames"]) if media["frames"] else None,
+    )
     if not item.has_content():
         raise RequestError(f"{where}: has no text, images or frames")
     return item, tcot
@@ -395,8 +440,10 @@ def embedding_inputs_to_items(inputs: Any, budget: _Budget) -> tuple[list[Item],
     if not isinstance(inputs, list) or not inputs:
         raise RequestError("'input' must be a string or a non-empty list")
     if len(inputs) > budget.settings.max_items:
-        raise RequestError(f"input: {len(inputs)} items, over the limit of {budget.settings.max_items} per "
-                           "request (--max-items)")
+        raise RequestError(
+            f"input: {len(inputs)} items, over the limit of {budget.settings.max_items} per "
+            "request (--max-items)"
+        )
     parsed = [_item_entry(entry, f"input[{i}]", i, budget) for i, entry in enumerate(inputs)]
     return [item for item, _ in parsed], [tcot for _, tcot in parsed]
 
@@ -446,7 +493,7 @@ class EmbedJob:
 class EmbedOutcome:
     vectors: np.ndarray
     tcots: list[str | None]
-    failures: list[tuple[int, str, str]]          # (row, stage, message)
+    failures: list[tuple[int, str, str]]  # (row, stage, message)
     evidence: list[dict] | None = None
 
 
@@ -461,7 +508,7 @@ class BatchStats:
     sizes: collections.Counter = field(default_factory=collections.Counter)
     rejected_queue_full: int = 0
     timeouts: int = 0
-    seconds_per_item: float = 0.0   # running mean, for Retry-After
+    seconds_per_item: float = 0.0  # running mean, for Retry-After
 
     def record(self, size: int, requests: int, seconds: float) -> None:
         self.batches += 1
@@ -470,12 +517,20 @@ class BatchStats:
         self.max_size = max(self.max_size, size)
         self.sizes[size] += 1
         per_item = seconds / max(size, 1)
-        self.seconds_per_item = per_item if self.batches == 1 else 0.8 * self.seconds_per_item + 0.2 * per_item
+        self.seconds_per_item = (
+            per_item if self.batches == 1 else 0.8 * self.seconds_per_item + 0.2 * per_item
+        )
 
     def to_json(self) -> dict:
-        return {"count": self.batches, "items": self.items, "requests": self.requests, "max_size": self.max_size,
-                "sizes": {str(k): v for k, v in sorted(self.sizes.items())},
-                "rejected_queue_full": self.rejected_queue_full, "timeouts": self.timeouts}
+        return {
+            "count": self.batches,
+            "items": self.items,
+            "requests": self.requests,
+            "max_size": self.max_size,
+            "sizes": {str(k): v for k, v in sorted(self.sizes.items())},
+            "rejected_queue_full": self.rejected_queue_full,
+            "timeouts": self.timeouts,
+        }
 
 
 class Batcher:
@@ -484,9 +539,15 @@ class Batcher:
     thread. The first waiting request waits at most `max_wait_ms` for others, and only while `expecting()` says
     more requests are on their way (being received or parsed): a lone client is never made to wait."""
 
-    def __init__(self, run_batch: Callable[[list[EmbedJob]], list[Any]], executor: ThreadPoolExecutor,
-                 max_batch: int, max_wait_ms: float, stats: BatchStats,
-                 expecting: Callable[[], bool] = lambda: True):
+    def __init__(
+        self,
+        run_batch: Callable[[list[EmbedJob]], list[Any]],
+        executor: ThreadPoolExecutor,
+        max_batch: int,
+        max_wait_ms: float,
+        stats: BatchStats,
+        expecting: Callable[[], bool] = lambda: True,
+    ):
         self.run_batch = run_batch
         self.expecting = expecting
         self.executor = executor
@@ -574,8 +635,9 @@ def _error_payload(status: int, message: str) -> dict:
 def _json_response(status: int, payload: Any, headers: dict[str, str] | None = None):
     from starlette.responses import Response
 
-    return Response(json.dumps(payload).encode(), status_code=status, media_type="application/json",
-                    headers=headers)
+    return Response(
+        json.dumps(payload).encode(), status_code=status, media_type="application/json", headers=headers
+    )
 
 
 def _error_response(status: int, message: str, *, close: bool = False, headers: dict[str, str] | None = None):
@@ -588,9 +650,18 @@ def _error_response(status: int, message: str, *, close: bool = False, headers: 
 class EmbedRLService:
     """The models, the optional search index and the request handlers; `app()` is the ASGI application."""
 
-    def __init__(self, generator: Any = None, embedder: Any = None, *, reasoner: Any = None, index: Any = None,
-                 settings: ServeSettings | None = None, api_key: str | None = None,
-                 generator_name: str = "reasoner", embedder_name: str = "embedder"):
+    def __init__(
+        self,
+        generator: Any = None,
+        embedder: Any = None,
+        *,
+        reasoner: Any = None,
+        index: Any = None,
+        settings: ServeSettings | None = None,
+        api_key: str | None = None,
+        generator_name: str = "reasoner",
+        embedder_name: str = "embedder",
+    ):
         if generator is None and embedder is None:
             raise EmbedRLError("serve needs a generation backend, an embedder, or both")
         if index is not None:
@@ -611,8 +682,8 @@ class EmbedRLService:
         self.generator_name = generator_name
         self.embedder_name = embedder_name
         self.stats = BatchStats()
-        self.inflight = 0                  # items accepted and not yet answered
-        self.arriving = 0                  # embedding requests being received or parsed, not yet queued
+        self.inflight = 0  # items accepted and not yet answered
+        self.arriving = 0  # embedding requests being received or parsed, not yet queued
         self.executor: ThreadPoolExecutor | None = None
         self.batcher: Batcher | None = None
         self.parsing: asyncio.Semaphore | None = None
@@ -624,8 +695,14 @@ class EmbedRLService:
         import os
 
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedrl-model")
-        self.batcher = Batcher(self._run_batch, self.executor, self.settings.max_batch, self.settings.max_wait_ms,
-                               self.stats, expecting=lambda: self.arriving > 0)
+        self.batcher = Batcher(
+            self._run_batch,
+            self.executor,
+            self.settings.max_batch,
+            self.settings.max_wait_ms,
+            self.stats,
+            expecting=lambda: self.arriving > 0,
+        )
         # Decoding images holds the GIL; more parallel decoders than cores only add memory.
         self.parsing = asyncio.Semaphore(max(2, os.cpu_count() or 2))
         self.batcher.start()
@@ -664,20 +741,33 @@ class EmbedRLService:
         middleware = [Middleware(UnreadBodyGuard)]
         if self.api_key:
             middleware.append(Middleware(BearerAuth, api_key=self.api_key))
-        return Starlette(routes=routes, middleware=middleware, lifespan=self.lifespan,
-                         exception_handlers={HTTPException: http_error})
+        return Starlette(
+            routes=routes,
+            middleware=middleware,
+            lifespan=self.lifespan,
+            exception_handlers={HTTPException: http_error},
+        )
 
     # ---------------------------------------------------------------------------------------- GET routes
 
     async def health(self, _request):
-        return _json_response(200, {"status": "ok", "queue": {"items": self.inflight,
-                                                              "limit": self.settings.max_queue},
-                                    "batches": self.stats.to_json()})
+        return _json_response(
+            200,
+            {
+                "status": "ok",
+                "queue": {"items": self.inflight, "limit": self.settings.max_queue},
+                "batches": self.stats.to_json(),
+            },
+        )
 
     async def models(self, _request):
-        names = [n for n, m in ((self.generator_name, self.generator), (self.embedder_name, self.embedder)) if m]
-        return _json_response(200, {"object": "list",
-                                    "data": [{"id": n, "object": "model", "owned_by": "embedrl"} for n in names]})
+        names = [
+            n for n, m in ((self.generator_name, self.generator), (self.embedder_name, self.embedder)) if m
+        ]
+        return _json_response(
+            200,
+            {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "embedrl"} for n in names]},
+        )
 
     async def openapi(self, _request):
         return _json_response(200, openapi_document(self.settings, auth=self.api_key is not None))
@@ -698,13 +788,20 @@ class EmbedRLService:
                 return _error_response(exc.status, str(exc), close=exc.close, headers=exc.headers)
             except asyncio.TimeoutError:
                 self.stats.timeouts += 1
-                return _error_response(HTTPStatus.GATEWAY_TIMEOUT, f"no reply within {self.settings.request_timeout:g}"
-                                       " s (--request-timeout); the server is busy or the request is too large")
+                return _error_response(
+                    HTTPStatus.GATEWAY_TIMEOUT,
+                    f"no reply within {self.settings.request_timeout:g}"
+                    " s (--request-timeout); the server is busy or the request is too large",
+                )
             except asyncio.CancelledError:
                 # uvicorn cancels what is still running once --timeout-graceful-shutdown has passed: the client
                 # gets a reason instead of a dropped connection
-                return _error_response(HTTPStatus.SERVICE_UNAVAILABLE, "the server is shutting down and did not "
-                                       "finish this request in time (--timeout-graceful-shutdown)", close=True)
+                return _error_response(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    "the server is shutting down and did not "
+                    "finish this request in time (--timeout-graceful-shutdown)",
+                    close=True,
+                )
             except ClientDisconnect:  # nobody is left to read a reply
                 return _error_response(HTTPStatus.BAD_REQUEST, "the client disconnected", close=True)
             except EmbedRLError as exc:
@@ -725,24 +822,33 @@ class EmbedRLService:
             if not declared.isdigit():
                 raise RequestError("Content-Length is not a number", close=True)
             if int(declared) > limit:
-                raise RequestError(f"body of {int(declared)} bytes is over the limit of {limit} bytes "
-                                   "(--max-body-bytes)", HTTPStatus.REQUEST_ENTITY_TOO_LARGE, close=True)
+                raise RequestError(
+                    f"body of {int(declared)} bytes is over the limit of {limit} bytes (--max-body-bytes)",
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    close=True,
+                )
 
         async def read() -> bytes:
             chunks, total = [], 0
             async for chunk in request.stream():
                 total += len(chunk)
                 if total > limit:  # a chunked body declares no length
-                    raise RequestError(f"body is over the limit of {limit} bytes (--max-body-bytes)",
-                                       HTTPStatus.REQUEST_ENTITY_TOO_LARGE, close=True)
+                    raise RequestError(
+                        f"body is over the limit of {limit} bytes (--max-body-bytes)",
+                        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                        close=True,
+                    )
                 chunks.append(chunk)
             return b"".join(chunks)
 
         try:
             raw = await asyncio.wait_for(read(), self.settings.body_timeout)
         except asyncio.TimeoutError:
-            raise RequestError(f"the request body did not arrive within {self.settings.body_timeout:g} s "
-                               "(--body-timeout)", HTTPStatus.REQUEST_TIMEOUT, close=True) from None
+            raise RequestError(
+                f"the request body did not arrive within {self.settings.body_timeout:g} s (--body-timeout)",
+                HTTPStatus.REQUEST_TIMEOUT,
+                close=True,
+            ) from None
         if not raw:
             raise RequestError("the request needs a JSON body")
         return raw
@@ -760,23 +866,38 @@ class EmbedRLService:
         limit = self.settings.max_queue
         if self.inflight + size > limit:
             if size > limit:
-                raise RequestError(f"the request has {size} items, more than the whole queue holds ({limit}, "
-                                   "--max-queue); split it", HTTPStatus.BAD_REQUEST)
+                raise RequestError(
+                    f"the request has {size} items, more than the whole queue holds ({limit}, "
+                    "--max-queue); split it",
+                    HTTPStatus.BAD_REQUEST,
+                )
             self.stats.rejected_queue_full += 1
             wait = max(1, min(60, math.ceil(self.inflight * self.stats.seconds_per_item)))
-            raise RequestError(f"the server is busy: {self.inflight} item(s) queued, limit {limit} (--max-queue); "
-                               f"retry in {wait} s", HTTPStatus.SERVICE_UNAVAILABLE,
-                               headers={"Retry-After": str(wait)})
+            raise RequestError(
+                f"the server is busy: {self.inflight} item(s) queued, limit {limit} (--max-queue); "
+                f"retry in {wait} s",
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                headers={"Retry-After": str(wait)},
+            )
         self.inflight += size
 
-    async def _embed(self, items: list[Item], tcots: list[str | None], reasoning: str, side: str = "query",
-                     target_modality: str | None = None, want_evidence: bool = False) -> EmbedOutcome:
+    async def _embed(
+        self,
+        items: list[Item],
+        tcots: list[str | None],
+        reasoning: str,
+        side: str = "query",
+        target_modality: str | None = None,
+        want_evidence: bool = False,
+    ) -> EmbedOutcome:
         assert self.batcher is not None
         self._arrived(_ARRIVING.get())
         self._admit(len(items))
         try:
             future = asyncio.get_running_loop().create_future()
-            self.batcher.submit(EmbedJob(items, tcots, reasoning, side, target_modality, future, want_evidence))
+            self.batcher.submit(
+                EmbedJob(items, tcots, reasoning, side, target_modality, future, want_evidence)
+            )
             return await future
         finally:
             self.inflight -= len(items)
@@ -816,7 +937,7 @@ class EmbedRLService:
         def parse() -> tuple[dict, list[dict], GenerationSettings]:
             body = parse_body(raw)
             if body.get("stream"):
-                raise RequestError("streaming is not supported; send \"stream\": false")
+                raise RequestError('streaming is not supported; send "stream": false')
             if body.get("n") not in (None, 1):
                 raise RequestError("only n = 1 is supported")
             conversation = chat_messages_to_conversation(body.get("messages"), _Budget(self.settings))
@@ -834,15 +955,24 @@ class EmbedRLService:
 
         generation, text = await self._on_model_thread(generate)
         reply: dict[str, Any] = {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:16]}", "object": "chat.completion", "created": int(time.time()),
+            "id": f"chatcmpl-{uuid.uuid4().hex[:16]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
             "model": _model_name(body, self.generator_name),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": generation.finish_reason if generation is not None else "stop"}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": generation.finish_reason if generation is not None else "stop",
+                }
+            ],
         }
         if generation is not None:
-            reply["usage"] = {"prompt_tokens": generation.prompt_tokens,
-                              "completion_tokens": generation.completion_tokens,
-                              "total_tokens": generation.prompt_tokens + generation.completion_tokens}
+            reply["usage"] = {
+                "prompt_tokens": generation.prompt_tokens,
+                "completion_tokens": generation.completion_tokens,
+                "total_tokens": generation.prompt_tokens + generation.completion_tokens,
+            }
         return reply
 
     # ------------------------------------------------------------------------------------- embeddings
@@ -860,7 +990,9 @@ class EmbedRLService:
             encoding = _choice(body, "encoding_format", ("float", "base64"), "float")
             dimensions = body.get("dimensions")
             if dimensions is not None and dimensions != self.embedder.dim:
-                raise RequestError(f"'dimensions' must be {self.embedder.dim} (this Embedder's size) or absent")
+                raise RequestError(
+                    f"'dimensions' must be {self.embedder.dim} (this Embedder's size) or absent"
+                )
             reasoning = _reasoning_field(body, self.settings.reasoning)
             self._reasoning_allowed(reasoning)
             side = _choice(body, "side", ("query", "candidate"), "query")
@@ -874,15 +1006,23 @@ class EmbedRLService:
         data = []
         for i, (vec, tcot) in enumerate(zip(outcome.vectors, outcome.tcots)):
             vector = np.asarray(vec, dtype="<f4")
-            entry: dict[str, Any] = {"object": "embedding", "index": i,
-                                     "embedding": base64.b64encode(vector.tobytes()).decode() if encoding == "base64"
-                                     else vector.astype(float).tolist()}
+            entry: dict[str, Any] = {
+                "object": "embedding",
+                "index": i,
+                "embedding": base64.b64encode(vector.tobytes()).decode()
+                if encoding == "base64"
+                else vector.astype(float).tolist(),
+            }
             if reasoning == "generate" and tcots[i] is None:
                 entry["tcot"] = tcot  # embedrl extension: what the Reasoner wrote (OpenAI clients ignore it)
             data.append(entry)
         # Tokens are not counted; the field is there because OpenAI clients expect it.
-        return {"object": "list", "data": data, "model": _model_name(body, self.embedder_name),
-                "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+        return {
+            "object": "list",
+            "data": data,
+            "model": _model_name(body, self.embedder_name),
+            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        }
 
     # ------------------------------------------------------------------------------------------ search
 
@@ -902,15 +1042,20 @@ class EmbedRLService:
             return body, k, reasoning, replace(item, id="query"), tcot
 
         body, k, reasoning, item, tcot = await self._parse(parse)
-        outcome = await self._embed([item], [tcot], reasoning, "query", index.target_modality, want_evidence=True)
+        outcome = await self._embed(
+            [item], [tcot], reasoning, "query", index.target_modality, want_evidence=True
+        )
         _raise_failures(outcome, "query", single=True)
         from starlette.concurrency import run_in_threadpool
 
         hits = await run_in_threadpool(index.search, outcome.vectors[:1], k)
         assert outcome.evidence is not None
-        return {"object": "search.result", "model": _model_name(body, self.embedder_name),
-                "query": {"tcot": outcome.tcots[0], "evidence": outcome.evidence[0]},
-                "data": [{"object": "search.hit", **hit} for hit in hits[0]]}
+        return {
+            "object": "search.result",
+            "model": _model_name(body, self.embedder_name),
+            "query": {"tcot": outcome.tcots[0], "evidence": outcome.evidence[0]},
+            "data": [{"object": "search.hit", **hit} for hit in hits[0]],
+        }
 
     # --------------------------------------------------------------------------------- the model thread
 
@@ -920,14 +1065,20 @@ class EmbedRLService:
         from .pipeline import encode_detailed
 
         outcomes: list[EmbedOutcome | BaseException] = [
-            EmbedOutcome(np.full((job.size, self.embedder.dim), np.nan, dtype=np.float32), list(job.tcots), [])
-            for job in jobs]
+            EmbedOutcome(
+                np.full((job.size, self.embedder.dim), np.nan, dtype=np.float32), list(job.tcots), []
+            )
+            for job in jobs
+        ]
         groups: dict[tuple, list[tuple[int, int]]] = {}
         for j, job in enumerate(jobs):
             for row, given in enumerate(job.tcots):
                 # A T-CoT the client sent is used as it is; the others are written by the Reasoner when asked.
-                key = ("given",) if given is not None or job.reasoning == "off" else \
-                    ("generate", job.side, job.target_modality)
+                key = (
+                    ("given",)
+                    if given is not None or job.reasoning == "off"
+                    else ("generate", job.side, job.target_modality)
+                )
                 # Frames a client sent are embedded as given (all of them, in its order: its keyframe numbers
                 # index them), not sampled again to this Embedder's own count.
                 video = job.items[row].video
@@ -938,13 +1089,28 @@ class EmbedRLService:
             items = [replace(jobs[j].items[row], id=f"{j}/{row}") for j, row in members]
             try:
                 if key[0] == "given":
-                    result = encode_detailed(items, self.embedder, None, reasoning="off",
-                                             tcots=[jobs[j].tcots[row] for j, row in members],
-                                             batch_size=self.settings.max_batch, progress=False, num_frames=key[-1])
+                    result = encode_detailed(
+                        items,
+                        self.embedder,
+                        None,
+                        reasoning="off",
+                        tcots=[jobs[j].tcots[row] for j, row in members],
+                        batch_size=self.settings.max_batch,
+                        progress=False,
+                        num_frames=key[-1],
+                    )
                 else:
-                    result = encode_detailed(items, self.embedder, self.reasoner, reasoning="generate",
-                                             side=key[1], target_modality=key[2], num_frames=key[-1],
-                                             batch_size=self.settings.max_batch, progress=False)
+                    result = encode_detailed(
+                        items,
+                        self.embedder,
+                        self.reasoner,
+                        reasoning="generate",
+                        side=key[1],
+                        target_modality=key[2],
+                        num_frames=key[-1],
+                        batch_size=self.settings.max_batch,
+                        progress=False,
+                    )
             except Exception as exc:  # noqa: BLE001 - the requests of this group fail, the others go on
                 log.exception("encoding failed")
                 for j, _row in members:
@@ -963,8 +1129,9 @@ class EmbedRLService:
             if job.want_evidence and isinstance(outcome, EmbedOutcome):
                 from .index import evidence_record
 
-                outcome.evidence = [evidence_record(self.embedder, item, tcot)
-                                    for item, tcot in zip(job.items, outcome.tcots)]
+                outcome.evidence = [
+                    evidence_record(self.embedder, item, tcot) for item, tcot in zip(job.items, outcome.tcots)
+                ]
         return outcomes
 
 
@@ -1045,8 +1212,11 @@ class BearerAuth:
         if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.expected):
             await self.app(scope, receive, send)
             return
-        message = ("missing API key: send 'Authorization: Bearer <key>'" if not header
-                   else "wrong API key (Authorization: Bearer <key>)")
+        message = (
+            "missing API key: send 'Authorization: Bearer <key>'"
+            if not header
+            else "wrong API key (Authorization: Bearer <key>)"
+        )
         response = _error_response(HTTPStatus.UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)
 
@@ -1059,97 +1229,238 @@ def openapi_document(settings: ServeSettings, auth: bool = False) -> dict:
     from . import __version__
 
     s = settings
-    image = {"type": "string", "description": f"a base64 data: URL (PNG, JPEG, WebP, GIF, BMP, TIFF), at most "
-             f"{s.max_image_pixels:,} pixels", "pattern": "^data:"}
+    image = {
+        "type": "string",
+        "description": f"a base64 data: URL (PNG, JPEG, WebP, GIF, BMP, TIFF), at most "
+        f"{s.max_image_pixels:,} pixels",
+        "pattern": "^data:",
+    }
     text = {"type": "string", "maxLength": s.max_text_chars}
-    item = {"type": "object", "properties": {
-        "id": {"type": ["string", "integer"]}, "text": text, "instruction": text,
-        "images": {"type": "array", "items": image, "maxItems": s.max_images},
-        "frames": {"type": "array", "items": image, "maxItems": s.max_frames,
-                   "description": "video frames in order"},
-        "tcot": {"type": "string", "maxLength": s.max_tcot_chars,
-                 "description": f"a T-CoT to embed with the item (at most {s.max_boxes} boxes)"}}}
-    error = {"type": "object", "properties": {"error": {"type": "object", "properties": {
-        "message": {"type": "string"}, "type": {"type": "string"}, "code": {"type": "integer"}}}}}
-    evidence = {"type": "object", "properties": {
-        "keywords": {"type": "array", "items": {"type": "string"}},
-        "crop_boxes": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}},
-                       "description": "(x1, y1, x2, y2) in pixels of the item's first image or frame"},
-        "keyframes": {"type": "array", "items": {"type": "integer"},
-                      "description": "0-based positions in the item's sampled frames"},
-        "num_frames": {"type": "integer"}, "image_size": {"type": ["array", "null"]},
-        "notes": {"type": "array", "items": {"type": "string"}}}}
-    errors = {str(code): {"description": HTTPStatus(code).phrase,
-                          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-              for code in (400, 401, 408, 413, 422, 503, 504)}
+    item = {
+        "type": "object",
+        "properties": {
+            "id": {"type": ["string", "integer"]},
+            "text": text,
+            "instruction": text,
+            "images": {"type": "array", "items": image, "maxItems": s.max_images},
+            "frames": {
+                "type": "array",
+                "items": image,
+                "maxItems": s.max_frames,
+                "description": "video frames in order",
+            },
+            "tcot": {
+                "type": "string",
+                "maxLength": s.max_tcot_chars,
+                "description": f"a T-CoT to embed with the item (at most {s.max_boxes} boxes)",
+            },
+        },
+    }
+    error = {
+        "type": "object",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "code": {"type": "integer"},
+                },
+            }
+        },
+    }
+    evidence = {
+        "type": "object",
+        "properties": {
+            "keywords": {"type": "array", "items": {"type": "string"}},
+            "crop_boxes": {
+                "type": "array",
+                "items": {"type": "array", "items": {"type": "integer"}},
+                "description": "(x1, y1, x2, y2) in pixels of the item's first image or frame",
+            },
+            "keyframes": {
+                "type": "array",
+                "items": {"type": "integer"},
+                "description": "0-based positions in the item's sampled frames",
+            },
+            "num_frames": {"type": "integer"},
+            "image_size": {"type": ["array", "null"]},
+            "notes": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+    errors = {
+        str(code): {
+            "description": HTTPStatus(code).phrase,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for code in (400, 401, 408, 413, 422, 503, 504)
+    }
 
     def post(summary: str, request: str, response: str) -> dict:
-        return {"post": {"summary": summary,
-                         "requestBody": {"required": True, "content": {"application/json": {
-                             "schema": {"$ref": f"#/components/schemas/{request}"}}}},
-                         "responses": {"200": {"description": "OK", "content": {"application/json": {
-                             "schema": {"$ref": f"#/components/schemas/{response}"}}}}, **errors}}}
+        return {
+            "post": {
+                "summary": summary,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{request}"}}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {
+                            "application/json": {"schema": {"$ref": f"#/components/schemas/{response}"}}
+                        },
+                    },
+                    **errors,
+                },
+            }
+        }
 
     document: dict[str, Any] = {
         "openapi": "3.1.0",
-        "info": {"title": "embedrl serve", "version": __version__,
-                 "description": "OpenAI-compatible embeddings and chat for Embed-RL models, and search over an "
-                 f"embedrl index. Bodies up to {s.max_body_bytes:,} bytes (413 beyond)."},
+        "info": {
+            "title": "embedrl serve",
+            "version": __version__,
+            "description": "OpenAI-compatible embeddings and chat for Embed-RL models, and search over an "
+            f"embedrl index. Bodies up to {s.max_body_bytes:,} bytes (413 beyond).",
+        },
         "paths": {
-            "/health": {"get": {"summary": "liveness, queue length and batch sizes", "security": [],
-                                "responses": {"200": {"description": "OK"}}}},
-            "/v1/models": {"get": {"summary": "the served models", "responses": {"200": {"description": "OK"}}}},
+            "/health": {
+                "get": {
+                    "summary": "liveness, queue length and batch sizes",
+                    "security": [],
+                    "responses": {"200": {"description": "OK"}},
+                }
+            },
+            "/v1/models": {
+                "get": {"summary": "the served models", "responses": {"200": {"description": "OK"}}}
+            },
             "/v1/embeddings": post("embed strings or embedrl items", "EmbeddingRequest", "EmbeddingResponse"),
-            "/v1/chat/completions": post("chat with the Reasoner (no streaming, n = 1)", "ChatRequest",
-                                         "ChatResponse"),
+            "/v1/chat/completions": post(
+                "chat with the Reasoner (no streaming, n = 1)", "ChatRequest", "ChatResponse"
+            ),
             "/v1/search": post("search the loaded index", "SearchRequest", "SearchResponse"),
         },
-        "components": {"schemas": {
-            "Error": error,
-            "Item": item,
-            "Evidence": evidence,
-            "EmbeddingRequest": {"type": "object", "required": ["input"], "properties": {
-                "model": {"type": "string"},
-                "input": {"oneOf": [text, {"type": "array", "minItems": 1, "maxItems": s.max_items,
-                                           "items": {"oneOf": [text, {"$ref": "#/components/schemas/Item"}]}}]},
-                "encoding_format": {"enum": ["float", "base64"]},
-                "dimensions": {"type": "integer"},
-                "reasoning": {"enum": list(REASONING), "default": s.reasoning,
-                              "description": "generate: the server's Reasoner writes a T-CoT for items without one"},
-                "side": {"enum": ["query", "candidate"], "default": "query"},
-                "target_modality": {"enum": ["text", "image", "video"]}}},
-            "EmbeddingResponse": {"type": "object", "properties": {
-                "object": {"const": "list"}, "model": {"type": "string"},
-                "data": {"type": "array", "items": {"type": "object", "properties": {
-                    "object": {"const": "embedding"}, "index": {"type": "integer"},
-                    "embedding": {"oneOf": [{"type": "array", "items": {"type": "number"}},
-                                            {"type": "string", "description": "base64 float32 little-endian"}]},
-                    "tcot": {"type": "string"}}}},
-                "usage": {"type": "object"}}},
-            "ChatRequest": {"type": "object", "required": ["messages"], "properties": {
-                "model": {"type": "string"},
-                "messages": {"type": "array", "minItems": 1, "maxItems": s.max_items},
-                "max_tokens": {"type": "integer", "minimum": 1, "maximum": MAX_NEW_TOKENS},
-                "temperature": {"type": "number", "minimum": 0, "maximum": 100},
-                "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-                "seed": {"type": "integer", "minimum": 0},
-                "stream": {"const": False}, "n": {"const": 1}}},
-            "ChatResponse": {"type": "object", "properties": {
-                "id": {"type": "string"}, "object": {"const": "chat.completion"}, "created": {"type": "integer"},
-                "model": {"type": "string"}, "choices": {"type": "array"}, "usage": {"type": "object"}}},
-            "SearchRequest": {"type": "object", "required": ["query"], "properties": {
-                "query": {"oneOf": [text, {"$ref": "#/components/schemas/Item"}]},
-                "k": {"type": "integer", "minimum": 1, "maximum": s.max_k, "default": 10},
-                "reasoning": {"enum": list(REASONING)}}},
-            "SearchResponse": {"type": "object", "properties": {
-                "object": {"const": "search.result"},
-                "query": {"type": "object", "properties": {"tcot": {"type": ["string", "null"]},
-                                                           "evidence": {"$ref": "#/components/schemas/Evidence"}}},
-                "data": {"type": "array", "items": {"type": "object", "properties": {
-                    "rank": {"type": "integer"}, "id": {"type": "string"}, "score": {"type": "number"},
-                    "tcot": {"type": ["string", "null"]}, "evidence": {"$ref": "#/components/schemas/Evidence"},
-                    "item": {"type": "object"}}}}}},
-        }},
+        "components": {
+            "schemas": {
+                "Error": error,
+                "Item": item,
+                "Evidence": evidence,
+                "EmbeddingRequest": {
+                    "type": "object",
+                    "required": ["input"],
+                    "properties": {
+                        "model": {"type": "string"},
+                        "input": {
+                            "oneOf": [
+                                text,
+                                {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "maxItems": s.max_items,
+                                    "items": {"oneOf": [text, {"$ref": "#/components/schemas/Item"}]},
+                                },
+                            ]
+                        },
+                        "encoding_format": {"enum": ["float", "base64"]},
+                        "dimensions": {"type": "integer"},
+                        "reasoning": {
+                            "enum": list(REASONING),
+                            "default": s.reasoning,
+                            "description": "generate: the server's Reasoner writes a T-CoT for items without one",
+                        },
+                        "side": {"enum": ["query", "candidate"], "default": "query"},
+                        "target_modality": {"enum": ["text", "image", "video"]},
+                    },
+                },
+                "EmbeddingResponse": {
+                    "type": "object",
+                    "properties": {
+                        "object": {"const": "list"},
+                        "model": {"type": "string"},
+                        "data": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "object": {"const": "embedding"},
+                                    "index": {"type": "integer"},
+                                    "embedding": {
+                                        "oneOf": [
+                                            {"type": "array", "items": {"type": "number"}},
+                                            {"type": "string", "description": "base64 float32 little-endian"},
+                                        ]
+                                    },
+                                    "tcot": {"type": "string"},
+                                },
+                            },
+                        },
+                        "usage": {"type": "object"},
+                    },
+                },
+                "ChatRequest": {
+                    "type": "object",
+                    "required": ["messages"],
+                    "properties": {
+                        "model": {"type": "string"},
+                        "messages": {"type": "array", "minItems": 1, "maxItems": s.max_items},
+                        "max_tokens": {"type": "integer", "minimum": 1, "maximum": MAX_NEW_TOKENS},
+                        "temperature": {"type": "number", "minimum": 0, "maximum": 100},
+                        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+                        "seed": {"type": "integer", "minimum": 0},
+                        "stream": {"const": False},
+                        "n": {"const": 1},
+                    },
+                },
+                "ChatResponse": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "object": {"const": "chat.completion"},
+                        "created": {"type": "integer"},
+                        "model": {"type": "string"},
+                        "choices": {"type": "array"},
+                        "usage": {"type": "object"},
+                    },
+                },
+                "SearchRequest": {
+                    "type": "object",
+                    "required": ["query"],
+                    "properties": {
+                        "query": {"oneOf": [text, {"$ref": "#/components/schemas/Item"}]},
+                        "k": {"type": "integer", "minimum": 1, "maximum": s.max_k, "default": 10},
+                        "reasoning": {"enum": list(REASONING)},
+                    },
+                },
+                "SearchResponse": {
+                    "type": "object",
+                    "properties": {
+                        "object": {"const": "search.result"},
+                        "query": {
+                            "type": "object",
+                            "properties": {
+                                "tcot": {"type": ["string", "null"]},
+                                "evidence": {"$ref": "#/components/schemas/Evidence"},
+                            },
+                        },
+                        "data": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "rank": {"type": "integer"},
+                                    "id": {"type": "string"},
+                                    "score": {"type": "number"},
+                                    "tcot": {"type": ["string", "null"]},
+                                    "evidence": {"$ref": "#/components/schemas/Evidence"},
+                                    "item": {"type": "object"},
+                                },
+                            },
+                        },
+                    },
+                },
+            }
+        },
     }
     if auth:
         document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
@@ -1225,12 +1536,31 @@ class EmbedRLServer:
     """Holds the models; `start()` serves them on a background thread (tests), `serve_forever()` blocks in the
     main thread and stops gracefully on SIGINT / SIGTERM."""
 
-    def __init__(self, generator: Any = None, embedder: Any = None, host: str = "127.0.0.1", port: int = 0,
-                 generator_name: str = "reasoner", embedder_name: str = "embedder", *, reasoner: Any = None,
-                 index: Any = None, settings: ServeSettings | None = None, api_key: str | None = None,
-                 sock: socket.socket | None = None):
-        self.service = EmbedRLService(generator, embedder, reasoner=reasoner, index=index, settings=settings,
-                                      api_key=api_key, generator_name=generator_name, embedder_name=embedder_name)
+    def __init__(
+        self,
+        generator: Any = None,
+        embedder: Any = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        generator_name: str = "reasoner",
+        embedder_name: str = "embedder",
+        *,
+        reasoner: Any = None,
+        index: Any = None,
+        settings: ServeSettings | None = None,
+        api_key: str | None = None,
+        sock: socket.socket | None = None,
+    ):
+        self.service = EmbedRLService(
+            generator,
+            embedder,
+            reasoner=reasoner,
+            index=index,
+            settings=settings,
+            api_key=api_key,
+            generator_name=generator_name,
+            embedder_name=embedder_name,
+        )
         self.settings = self.service.settings
         self.socket = sock if sock is not None else bind_socket(host, port)
         self.socket.listen(self.settings.backlog)
@@ -1260,18 +1590,29 @@ class EmbedRLServer:
 
         s = self.settings
         config = uvicorn.Config(
-            self.service.app(), loop="asyncio", http=_protocol_class(s.header_timeout), ws="none",
-            lifespan="on", log_config=None, access_log=False, server_header=False, proxy_headers=False,
-            timeout_keep_alive=s.timeout_keep_alive, timeout_graceful_shutdown=s.timeout_graceful_shutdown,
-            h11_max_incomplete_event_size=s.max_header_bytes, limit_concurrency=s.max_connections,
-            backlog=s.backlog)
+            self.service.app(),
+            loop="asyncio",
+            http=_protocol_class(s.header_timeout),
+            ws="none",
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            timeout_keep_alive=s.timeout_keep_alive,
+            timeout_graceful_shutdown=s.timeout_graceful_shutdown,
+            h11_max_incomplete_event_size=s.max_header_bytes,
+            limit_concurrency=s.max_connections,
+            backlog=s.backlog,
+        )
         self._server = uvicorn.Server(config)
         return self._server
 
     def start(self, timeout: float = 60.0) -> EmbedRLServer:
         server = self._uvicorn()
-        self._thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[self.socket])),
-                                        name="embedrl-serve", daemon=True)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(server.serve(sockets=[self.socket])), name="embedrl-serve", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not server.started:

@@ -87,8 +87,9 @@ def device(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text}: CUDA is not available here ({why}); use cpu or auto")
     count = torch.cuda.device_count()
     if index and int(index) >= count:
-        raise argparse.ArgumentTypeError(f"{text}: this machine has {count} CUDA device(s), cuda:0 to "
-                                         f"cuda:{count - 1}")
+        raise argparse.ArgumentTypeError(
+            f"{text}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+        )
     return text
 
 
@@ -105,8 +106,9 @@ def checkpoint(text: str) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         raise argparse.ArgumentTypeError(f"{config}: cannot read it ({exc})") from None
     except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"{config}: not valid JSON ({exc.msg} at line {exc.lineno}, column "
-                                         f"{exc.colno})") from None
+        raise argparse.ArgumentTypeError(
+            f"{config}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        ) from None
     if not isinstance(loaded, dict):
         raise argparse.ArgumentTypeError(f"{config}: expected a JSON object, got {type(loaded).__name__}")
     return text
@@ -115,13 +117,13 @@ def checkpoint(text: str) -> str:
 # ------------------------------------------------------------------------------------------ outputs
 
 FILE = "file"
-FOLDER = "folder"   # the command's own folder: it may replace what is in it, so it must hold no input
-INTO = "into"       # a folder the command adds its own named entries to (a cache, OUT/<task>/ of convert)
+FOLDER = "folder"  # the command's own folder: it may replace what is in it, so it must hold no input
+INTO = "into"  # a folder the command adds its own named entries to (a cache, OUT/<task>/ of convert)
 
 
 @dataclass(frozen=True)
 class Output:
-    flag: str       # as the user knows it: "--out", or "--out (its failures file)"
+    flag: str  # as the user knows it: "--out", or "--out (its failures file)"
     path: Path
     kind: str = FILE
 
@@ -163,17 +165,25 @@ def check_outputs(outputs: Iterable[Output], inputs: Inputs = ()) -> None:
             source = _real(path)
             named = f"{flag} {path}" if flag else str(path)
             if target == source or (os.path.exists(target) and os.path.samefile(target, source)):
-                raise ConfigError(f"{out.flag} {out.path} is the input {named}: writing it would destroy the "
-                                  "input; choose another output path")
+                raise ConfigError(
+                    f"{out.flag} {out.path} is the input {named}: writing it would destroy the "
+                    "input; choose another output path"
+                )
             if os.path.isdir(source) and _inside(target, source):
-                raise ConfigError(f"{out.flag} {out.path} lies inside the input folder {named}; write outside it")
+                raise ConfigError(
+                    f"{out.flag} {out.path} lies inside the input folder {named}; write outside it"
+                )
             if out.kind == FOLDER and _inside(source, target):
-                raise ConfigError(f"{out.flag} {out.path} holds the input {named}; give an output folder that "
-                                  "holds none of the inputs")
+                raise ConfigError(
+                    f"{out.flag} {out.path} holds the input {named}; give an output folder that "
+                    "holds none of the inputs"
+                )
     for i, a in enumerate(outputs):
-        for b in outputs[i + 1:]:
+        for b in outputs[i + 1 :]:
             if _real(a.path) == _real(b.path):
-                raise ConfigError(f"{a.flag} and {b.flag} are the same path {a.path}; give two different paths")
+                raise ConfigError(
+                    f"{a.flag} and {b.flag} are the same path {a.path}; give two different paths"
+                )
     checked: set[str] = set()
     for out in outputs:
         _check_writable(out, checked)
@@ -194,15 +204,18 @@ def _check_writable(out: Output, checked: set[str]) -> None:
     if real in checked:
         return
     if not os.path.isdir(real):
-        raise ConfigError(f"{out.flag} {out.path}: cannot prepare the output folder: {folder} is not a folder")
+        raise ConfigError(
+            f"{out.flag} {out.path}: cannot prepare the output folder: {folder} is not a folder"
+        )
     if not os.access(real, os.W_OK | os.X_OK):
         raise ConfigError(f"{out.flag} {out.path}: folder {folder} is not writable")
     try:  # access() trusts mode bits; a read-only mount or a full quota only shows when a file is made
         with tempfile.TemporaryFile(dir=real, prefix=".embedrl-write-check-"):
             pass
     except OSError as exc:
-        raise ConfigError(f"{out.flag} {out.path}: cannot write in folder {folder} "
-                          f"({exc.strerror or exc})") from None
+        raise ConfigError(
+            f"{out.flag} {out.path}: cannot write in folder {folder} ({exc.strerror or exc})"
+        ) from None
     checked.add(real)
 
 
@@ -213,10 +226,13 @@ def require_empty_or(folder: str | Path, flag: str, marker: str, what: str) -> N
     if not path.is_dir() or (path / marker).exists() or not any(path.iterdir()):
         return
     if (path / "config.json").is_file():
-        raise ConfigError(f"{flag} {folder} is a checkpoint that {what} did not build (no {marker}); refusing "
-                          "to replace it, give an empty or new folder")
-    raise ConfigError(f"{flag} {folder} is not empty and is not a checkpoint {what} built; give an empty or "
-                      "new folder")
+        raise ConfigError(
+            f"{flag} {folder} is a checkpoint that {what} did not build (no {marker}); refusing "
+            "to replace it, give an empty or new folder"
+        )
+    raise ConfigError(
+        f"{flag} {folder} is not empty and is not a checkpoint {what} built; give an empty or new folder"
+    )
 
 
 # --------------------------------------------------------------------------------- at write time

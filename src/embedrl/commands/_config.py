@@ -61,8 +61,10 @@ def build_config(cls: type, args: argparse.Namespace, fields: tuple[str, ...], p
 
 
 # transformers 5 renamed these; a config written for the old name must still win over a preset's new one
-RENAMED_FIELDS = {"gradient_checkpointing": "activation_checkpointing",
-                  "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
+RENAMED_FIELDS = {
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
 
 
 def _renamed_fields(loaded: dict, source: str) -> dict:
@@ -111,8 +113,11 @@ def _plain_types(hint: Any) -> set[type] | None:
     import types
     import typing
 
-    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+    args = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
         else (hint,)
+    )
     plain = {a for a in args if a is not type(None)}
     if not plain or not plain <= {int, float, bool, str}:
         return None

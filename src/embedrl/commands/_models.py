@@ -9,15 +9,21 @@ from ._checks import checkpoint, device, non_negative_float, positive_int
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--embedder", required=True, type=checkpoint, help="Embedder checkpoint (folder or hub id)")
+    parser.add_argument(
+        "--embedder", required=True, type=checkpoint, help="Embedder checkpoint (folder or hub id)"
+    )
     parser.add_argument("--reasoner", type=checkpoint, help="Reasoner checkpoint (transformers backend)")
     parser.add_argument("--reasoner-url", help="OpenAI-compatible endpoint serving the Reasoner instead")
     parser.add_argument("--reasoner-model", default="reasoner", help="model name sent to --reasoner-url")
     parser.add_argument("--max-new-tokens", type=positive_int, default=512, help="T-CoT length limit")
     parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
-    parser.add_argument("--device", type=device, default="auto",
-                        help="auto | cpu | cuda | cuda:N | mps (checked against this machine)")
+    parser.add_argument(
+        "--device",
+        type=device,
+        default="auto",
+        help="auto | cpu | cuda | cuda:N | mps (checked against this machine)",
+    )
     add_evidence_style_argument(parser)
 
 
@@ -25,11 +31,14 @@ def add_evidence_style_argument(parser: argparse.ArgumentParser) -> None:
     from ..models.evidence import EVIDENCE_STYLES
 
     parser.add_argument(
-        "--evidence-style", choices=sorted(EVIDENCE_STYLES), default=None,
+        "--evidence-style",
+        choices=sorted(EVIDENCE_STYLES),
+        default=None,
         help="how the Embedder reads a T-CoT's cue (default: the checkpoint's saved setting; 'paper' for a "
         "released Embed-RL checkpoint). official: as the official evaluation, 0-based key_frames included, "
         "for reproducing published numbers; paper: official with 1-based key_frames; embedrl: also repairs "
-        "broken cue JSON, keeps at most 4 crops and drops repeats. See docs/embedder-input.md")
+        "broken cue JSON, keeps at most 4 crops and drops repeats. See docs/embedder-input.md",
+    )
 
 
 def apply_evidence_style(embedder: Any, args: argparse.Namespace) -> None:
@@ -56,9 +65,11 @@ def load_models(args: argparse.Namespace) -> tuple[Any, Any]:
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     frames = embedder.config.num_frames
     if args.reasoner_url:
-        return embedder, Reasoner(OpenAIChatBackend(args.reasoner_url, args.reasoner_model), settings,
-                                  num_frames=frames)
+        return embedder, Reasoner(
+            OpenAIChatBackend(args.reasoner_url, args.reasoner_model), settings, num_frames=frames
+        )
     if args.reasoner:
-        return embedder, Reasoner.from_pretrained(args.reasoner, options, batch_size=args.batch_size,
-                                                  settings=settings, num_frames=frames)
+        return embedder, Reasoner.from_pretrained(
+            args.reasoner, options, batch_size=args.batch_size, settings=settings, num_frames=frames
+        )
     return embedder, None

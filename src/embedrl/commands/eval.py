@@ -20,14 +20,25 @@ are cached under OUT/cache, so rerunning the same command continues where it sto
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="run retrieval tasks end to end (encode + score)", description=HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", nargs="+", required=True, metavar="DIR", help="task folder(s) in the unified format")
+    p = sub.add_parser(
+        "eval",
+        help="run retrieval tasks end to end (encode + score)",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--task", nargs="+", required=True, metavar="DIR", help="task folder(s) in the unified format"
+    )
     add_model_arguments(p)
-    p.add_argument("--reasoning", choices=["generate", "cached", "off"],
-                   help="default: generate with a reasoner, else off; cached uses T-CoTs given in item meta")
+    p.add_argument(
+        "--reasoning",
+        choices=["generate", "cached", "off"],
+        help="default: generate with a reasoner, else off; cached uses T-CoTs given in item meta",
+    )
     p.add_argument("--out", required=True, help="results folder")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="items per Embedder (and Reasoner) batch")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=8, help="items per Embedder (and Reasoner) batch"
+    )
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--label", help="run name stored in every result")
     p.add_argument("--no-progress", action="store_true")
@@ -39,10 +50,17 @@ def _eval(args: argparse.Namespace) -> int:
 
     check_outputs([Output("--out", Path(args.out), FOLDER)], [("--task", args.task), *model_inputs(args)])
     embedder, reasoner = load_models(args)
-    settings = EvalSettings(reasoning=args.reasoning, batch_size=args.batch_size, progress=not args.no_progress,
-                            overwrite=args.overwrite, label=args.label)
+    settings = EvalSettings(
+        reasoning=args.reasoning,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+        label=args.label,
+    )
     with writing(args.out):
-        results, errors = evaluate_tasks(args.task, embedder, reasoner, out_dir=Path(args.out), settings=settings)
+        results, errors = evaluate_tasks(
+            args.task, embedder, reasoner, out_dir=Path(args.out), settings=settings
+        )
     for r in results:
         kept = " (kept: an identical earlier run's result)" if r.get("run", {}).get("reused") else ""
         print(f"{r['benchmark']}/{r['task']}: {r['primary_metric']} = {100 * r['main_score']:.2f}{kept}")

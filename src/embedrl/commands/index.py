@@ -52,45 +52,72 @@ example:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    index = sub.add_parser("index", help="build, grow and inspect a searchable index of embedded items",
-                           description="Build an index of embedded items with their T-CoT evidence, add to it, "
-                           "or print what it holds. Search it with `embedrl search` or `embedrl serve --index`.")
+    index = sub.add_parser(
+        "index",
+        help="build, grow and inspect a searchable index of embedded items",
+        description="Build an index of embedded items with their T-CoT evidence, add to it, "
+        "or print what it holds. Search it with `embedrl search` or `embedrl serve --index`.",
+    )
     isub = index.add_subparsers(dest="index_command", metavar="ACTION", required=True)
 
-    build = isub.add_parser("build", help="embed a corpus into a new index folder", description=BUILD_HELP,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    build = isub.add_parser(
+        "build",
+        help="embed a corpus into a new index folder",
+        description=BUILD_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_model_arguments(build)
     source = build.add_mutually_exclusive_group(required=True)
     source.add_argument("--items", help="items.jsonl (the format of `embedrl encode --input`)")
     source.add_argument("--task", help="a task folder: its candidates are indexed (side=candidate)")
     build.add_argument("--out", required=True, metavar="INDEX", help="the index folder to create")
-    build.add_argument("--side", choices=["candidate", "query"], default="candidate",
-                       help="which reasoner prompts the items get (default: candidate, as a corpus)")
-    build.add_argument("--reasoning", choices=["generate", "cached", "off"],
-                       help="generate: the Reasoner writes each item's T-CoT (the default with a reasoner); "
-                       "cached: use the T-CoT each item carries in meta.tcot (oracle or precomputed); off: embed "
-                       "the items alone (the default without a reasoner)")
-    build.add_argument("--search", choices=["flat", "hnsw", "exact"], default="flat",
-                       help="flat: exact FAISS inner product (default); hnsw: approximate FAISS graph, for "
-                       "millions of items; exact: no FAISS, blockwise numpy. Without faiss-cpu installed every "
-                       "index is searched exactly")
+    build.add_argument(
+        "--side",
+        choices=["candidate", "query"],
+        default="candidate",
+        help="which reasoner prompts the items get (default: candidate, as a corpus)",
+    )
+    build.add_argument(
+        "--reasoning",
+        choices=["generate", "cached", "off"],
+        help="generate: the Reasoner writes each item's T-CoT (the default with a reasoner); "
+        "cached: use the T-CoT each item carries in meta.tcot (oracle or precomputed); off: embed "
+        "the items alone (the default without a reasoner)",
+    )
+    build.add_argument(
+        "--search",
+        choices=["flat", "hnsw", "exact"],
+        default="flat",
+        help="flat: exact FAISS inner product (default); hnsw: approximate FAISS graph, for "
+        "millions of items; exact: no FAISS, blockwise numpy. Without faiss-cpu installed every "
+        "index is searched exactly",
+    )
     build.add_argument("--hnsw-m", type=positive_int, default=32, help="HNSW graph degree (default 32)")
     build.add_argument("--batch-size", type=positive_int, default=8, help="items per model batch")
-    build.add_argument("--skip-failed", action="store_true",
-                       help="index the items that embed and list the others (default: write nothing while any "
-                       "item fails)")
-    build.add_argument("--overwrite", action="store_true",
-                       help="rebuild an existing index folder (its cache is reused)")
+    build.add_argument(
+        "--skip-failed",
+        action="store_true",
+        help="index the items that embed and list the others (default: write nothing while any item fails)",
+    )
+    build.add_argument(
+        "--overwrite", action="store_true", help="rebuild an existing index folder (its cache is reused)"
+    )
     build.add_argument("--no-progress", action="store_true")
     build.set_defaults(func=_build)
 
-    add = isub.add_parser("add", help="embed more items into an existing index", description=ADD_HELP,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = isub.add_parser(
+        "add",
+        help="embed more items into an existing index",
+        description=ADD_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add.add_argument("index", metavar="INDEX")
     add.add_argument("--items", required=True, help="items.jsonl with the new items")
     add_model_overrides(add)
     add.add_argument("--batch-size", type=positive_int, default=8, help="items per model batch")
-    add.add_argument("--skip-failed", action="store_true", help="add the items that embed and list the others")
+    add.add_argument(
+        "--skip-failed", action="store_true", help="add the items that embed and list the others"
+    )
     add.add_argument("--no-progress", action="store_true")
     add.set_defaults(func=_add)
 
@@ -107,7 +134,9 @@ def add_model_overrides(parser: argparse.ArgumentParser) -> None:
     from ..models.evidence import EVIDENCE_STYLES
 
     group = parser.add_argument_group("models (default: those the index was built with)")
-    group.add_argument("--embedder", type=checkpoint, help="Embedder checkpoint; must be the index's Embedder")
+    group.add_argument(
+        "--embedder", type=checkpoint, help="Embedder checkpoint; must be the index's Embedder"
+    )
     group.add_argument("--reasoner", type=checkpoint, help="Reasoner checkpoint (transformers backend)")
     group.add_argument("--reasoner-url", help="OpenAI-compatible endpoint serving the Reasoner instead")
     group.add_argument("--reasoner-model", help="model name sent to --reasoner-url")
@@ -115,8 +144,11 @@ def add_model_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--temperature", type=non_negative_float, help="0 = greedy")
     group.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
     group.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    group.add_argument("--evidence-style", choices=sorted(EVIDENCE_STYLES),
-                       help="how the Embedder reads a T-CoT (part of its fingerprint: keep the index's)")
+    group.add_argument(
+        "--evidence-style",
+        choices=sorted(EVIDENCE_STYLES),
+        help="how the Embedder reads a T-CoT (part of its fingerprint: keep the index's)",
+    )
 
 
 def _absolute(path: str | None) -> str | None:
@@ -129,18 +161,33 @@ def _absolute(path: str | None) -> str | None:
 
 def recorded_models(args: argparse.Namespace) -> dict:
     """How the models were given at build time, for `add` and `search` to load them again."""
-    return {"embedder": _absolute(args.embedder), "reasoner": _absolute(args.reasoner),
-            "reasoner_url": args.reasoner_url, "reasoner_model": args.reasoner_model,
-            "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "dtype": args.dtype,
-            "evidence_style": args.evidence_style}
+    return {
+        "embedder": _absolute(args.embedder),
+        "reasoner": _absolute(args.reasoner),
+        "reasoner_url": args.reasoner_url,
+        "reasoner_model": args.reasoner_model,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "dtype": args.dtype,
+        "evidence_style": args.evidence_style,
+    }
 
 
-def model_args(manifest: dict, args: argparse.Namespace, batch_size: int, with_reasoner: bool = True
-               ) -> argparse.Namespace:
+def model_args(
+    manifest: dict, args: argparse.Namespace, batch_size: int, with_reasoner: bool = True
+) -> argparse.Namespace:
     """The flags of `_models.load_models`: the command line's where given, else the index's record."""
     recorded = manifest.get("models") or {}
-    defaults = {"embedder": None, "reasoner": None, "reasoner_url": None, "reasoner_model": "reasoner",
-                "max_new_tokens": 512, "temperature": 0.0, "dtype": "auto", "evidence_style": None}
+    defaults = {
+        "embedder": None,
+        "reasoner": None,
+        "reasoner_url": None,
+        "reasoner_model": "reasoner",
+        "max_new_tokens": 512,
+        "temperature": 0.0,
+        "dtype": "auto",
+        "evidence_style": None,
+    }
     merged: dict[str, Any] = {}
     for key, default in defaults.items():
         given = getattr(args, key, None)
@@ -183,8 +230,9 @@ def _build(args: argparse.Namespace) -> int:
     from ._models import load_models, model_inputs
 
     out = Path(args.out)
-    check_outputs([Output("--out", out, FOLDER)],
-                  [("--items", args.items), ("--task", args.task), *model_inputs(args)])
+    check_outputs(
+        [Output("--out", out, FOLDER)], [("--items", args.items), ("--task", args.task), *model_inputs(args)]
+    )
     require_empty_or(out, "--out", MARKER, "embedrl index build")
     if args.reasoning == "generate" and not (args.reasoner or args.reasoner_url):
         raise ConfigError("--reasoning generate needs --reasoner or --reasoner-url")
@@ -194,17 +242,30 @@ def _build(args: argparse.Namespace) -> int:
         reasoner = None
     try:
         with writing(out):
-            update = build_index(out, items, embedder, reasoner, models=recorded_models(args),
-                                 reasoning=args.reasoning, side=args.side, target_modality=target,
-                                 search=args.search, hnsw_m=args.hnsw_m, batch_size=args.batch_size,
-                                 progress=not args.no_progress, skip_failed=args.skip_failed,
-                                 overwrite=args.overwrite)
+            update = build_index(
+                out,
+                items,
+                embedder,
+                reasoner,
+                models=recorded_models(args),
+                reasoning=args.reasoning,
+                side=args.side,
+                target_modality=target,
+                search=args.search,
+                hnsw_m=args.hnsw_m,
+                batch_size=args.batch_size,
+                progress=not args.no_progress,
+                skip_failed=args.skip_failed,
+                overwrite=args.overwrite,
+            )
     except IndexFailures as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     _report_failures(update.skipped, "indexed")
-    print(f"indexed {update.added} item(s) into {out} ({update.computed} computed, "
-          f"{update.added - update.computed} from the cache or duplicates; search: {update.search})")
+    print(
+        f"indexed {update.added} item(s) into {out} ({update.computed} computed, "
+        f"{update.added - update.computed} from the cache or duplicates; search: {update.search})"
+    )
     return 1 if update.skipped else 0
 
 
@@ -217,11 +278,20 @@ def _add(args: argparse.Namespace) -> int:
     manifest = Index.load(root).manifest
     items = read_items(Path(args.items))
     wants_reasoner = manifest.get("reasoning") == "generate"
-    embedder, reasoner = load_models(model_args(manifest, args, args.batch_size, with_reasoner=wants_reasoner))
+    embedder, reasoner = load_models(
+        model_args(manifest, args, args.batch_size, with_reasoner=wants_reasoner)
+    )
     try:
         with writing(root):
-            update = add_to_index(root, items, embedder, reasoner, batch_size=args.batch_size,
-                                  progress=not args.no_progress, skip_failed=args.skip_failed)
+            update = add_to_index(
+                root,
+                items,
+                embedder,
+                reasoner,
+                batch_size=args.batch_size,
+                progress=not args.no_progress,
+                skip_failed=args.skip_failed,
+            )
     except IndexFailures as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -20,12 +20,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "an earlier make-tiny build (which is replaced).",
     )
     tiny.add_argument("--family", choices=sorted(FAMILIES), default="qwen3-vl")
-    tiny.add_argument("--out", required=True, help="output folder (new, empty, or an earlier make-tiny build)")
-    tiny.add_argument("--role", choices=["base", "embedder"], default="base",
-                      help="base: a plain model (reasoner or starting point); embedder: with <emb> (default base)")
+    tiny.add_argument(
+        "--out", required=True, help="output folder (new, empty, or an earlier make-tiny build)"
+    )
+    tiny.add_argument(
+        "--role",
+        choices=["base", "embedder"],
+        default="base",
+        help="base: a plain model (reasoner or starting point); embedder: with <emb> (default base)",
+    )
     tiny.add_argument("--seed", type=non_negative_int, default=0)
-    tiny.add_argument("--hidden-size", type=positive_int, default=128,
-                      help="text hidden size, a multiple of 8 (default 128)")
+    tiny.add_argument(
+        "--hidden-size",
+        type=positive_int,
+        default=128,
+        help="text hidden size, a multiple of 8 (default 128)",
+    )
     tiny.add_argument("--layers", type=positive_int, default=2, help="text decoder layers (default 2)")
     tiny.set_defaults(func=_make_tiny)
 
@@ -33,8 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _make_tiny(args: argparse.Namespace) -> int:
     from ..models.tiny import MARKER, TinySize, make_tiny
 
-    size = TinySize(hidden_size=args.hidden_size, num_layers=args.layers,
-                    intermediate_size=2 * args.hidden_size)
+    size = TinySize(
+        hidden_size=args.hidden_size, num_layers=args.layers, intermediate_size=2 * args.hidden_size
+    )
     check_outputs([Output("--out", args.out, FOLDER)])
     require_empty_or(args.out, "--out", MARKER, "make-tiny")
     with writing(args.out):

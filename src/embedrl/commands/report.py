@@ -23,8 +23,12 @@ Missing tasks are listed and every mean that lacks one is marked partial (n/N).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="aggregate per-task results into the MMEB-V2 / UVRB table",
-                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "report",
+        help="aggregate per-task results into the MMEB-V2 / UVRB table",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--benchmark", required=True, choices=["mmeb-v2", "uvrb"])
     p.add_argument("inputs", nargs="+", metavar="RESULTS_DIR_OR_JSON")
     p.add_argument("--format", choices=["md", "json", "csv"], default="md")
@@ -41,15 +45,19 @@ def _report(args: argparse.Namespace) -> int:
     from ._checks import Output, check_outputs, writing
 
     # an output inside a results folder would also be read as a result by the next report
-    check_outputs([Output(flag, path) for flag, path in (("--out", args.out), ("--plot", args.plot)) if path],
-                  [("", args.inputs)])
+    check_outputs(
+        [Output(flag, path) for flag, path in (("--out", args.out), ("--plot", args.plot)) if path],
+        [("", args.inputs)],
+    )
     report = build_report(args.benchmark, args.inputs)
     text = render(report, args.format)
     if args.out:
         with writing(args.out):
             write_text(args.out, text)
-        print(f"{report.benchmark}: {len(report.tasks) - len(report.missing)}/{len(report.tasks)} tasks -> "
-              f"{args.out}")
+        print(
+            f"{report.benchmark}: {len(report.tasks) - len(report.missing)}/{len(report.tasks)} tasks -> "
+            f"{args.out}"
+        )
     else:
         sys.stdout.write(text)
     if args.plot:

@@ -22,20 +22,32 @@ Aggregate result files with `embedrl report`.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("score", help="score a task from embeddings or a score matrix", description=HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "score",
+        help="score a task from embeddings or a score matrix",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--task", required=True, metavar="DIR", help="task folder (unified format)")
     inputs = p.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--scores", metavar="S.npy", help="score matrix, queries x candidates")
     inputs.add_argument("--query-emb", metavar="Q.npy", help="query embeddings (needs --cand-emb)")
     p.add_argument("--cand-emb", metavar="C.npy", help="candidate embeddings (with --query-emb)")
-    p.add_argument("--similarity", choices=["cosine", "dot"], default="cosine",
-                   help="for embeddings (default: cosine)")
-    p.add_argument("--search", choices=["exact", "faiss-flat", "faiss-hnsw"], default="exact",
-                   help="global tasks: exact blockwise top-k (default), exact FAISS flat index, or approximate "
-                        "FAISS HNSW (needs the `index` extra)")
-    p.add_argument("--pessimistic", action="store_true",
-                   help="also report pessimistic_hit@1 (a tie at the top counts against the model)")
+    p.add_argument(
+        "--similarity", choices=["cosine", "dot"], default="cosine", help="for embeddings (default: cosine)"
+    )
+    p.add_argument(
+        "--search",
+        choices=["exact", "faiss-flat", "faiss-hnsw"],
+        default="exact",
+        help="global tasks: exact blockwise top-k (default), exact FAISS flat index, or approximate "
+        "FAISS HNSW (needs the `index` extra)",
+    )
+    p.add_argument(
+        "--pessimistic",
+        action="store_true",
+        help="also report pessimistic_hit@1 (a tie at the top counts against the model)",
+    )
     p.add_argument("--out", metavar="R.json", help="write the result JSON here (default: print it)")
     p.set_defaults(func=_score)
 
@@ -52,20 +64,35 @@ def _score(args: argparse.Namespace) -> int:
     if args.scores and args.cand_emb:
         raise ConfigError("--cand-emb goes with --query-emb, not with --scores")
     if args.out:
-        check_outputs([Output("--out", args.out)], [("--task", args.task), ("--scores", args.scores),
-                                                    ("--query-emb", args.query_emb), ("--cand-emb", args.cand_emb)])
-    task = read_task(args.task, check_media=False)   # scoring never opens media
+        check_outputs(
+            [Output("--out", args.out)],
+            [
+                ("--task", args.task),
+                ("--scores", args.scores),
+                ("--query-emb", args.query_emb),
+                ("--cand-emb", args.cand_emb),
+            ],
+        )
+    task = read_task(args.task, check_media=False)  # scoring never opens media
     if args.scores:
         result = score_task(task, scores=args.scores, pessimistic=args.pessimistic)
     else:
-        result = score_task(task, query_emb=args.query_emb, cand_emb=args.cand_emb, similarity=args.similarity,
-                            pessimistic=args.pessimistic, search=args.search)
+        result = score_task(
+            task,
+            query_emb=args.query_emb,
+            cand_emb=args.cand_emb,
+            similarity=args.similarity,
+            pessimistic=args.pessimistic,
+            search=args.search,
+        )
     if args.out:
         with writing(args.out):
             write_json(args.out, result)
-        print(f"{result['benchmark']}/{result['task']}: {result['primary_metric']} = "
-              f"{100 * result['main_score']:.2f} ({result['num_queries']} queries, tie rate "
-              f"{result['tie_rate']:.3f}) -> {args.out}")
+        print(
+            f"{result['benchmark']}/{result['task']}: {result['primary_metric']} = "
+            f"{100 * result['main_score']:.2f} ({result['num_queries']} queries, tie rate "
+            f"{result['tie_rate']:.3f}) -> {args.out}"
+        )
     else:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0

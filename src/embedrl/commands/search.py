@@ -31,24 +31,41 @@ examples:
 def register(sub: argparse._SubParsersAction) -> None:
     from .index import add_model_overrides
 
-    p = sub.add_parser("search", help="search an index for one query and show why each hit matched",
-                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "search",
+        help="search an index for one query and show why each hit matched",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("index", metavar="INDEX", help="an index folder made by `embedrl index build`")
     query = p.add_argument_group("query (at least one of --text, --image, --video)")
     query.add_argument("--text", help="query text")
-    query.add_argument("--image", action="append", default=[], metavar="PATH", help="query image (repeatable)")
+    query.add_argument(
+        "--image", action="append", default=[], metavar="PATH", help="query image (repeatable)"
+    )
     query.add_argument("--video", metavar="PATH", help="query video: a video file or a folder of frames")
-    query.add_argument("--instruction", help="task instruction put before the text, e.g. 'Find an image that "
-                       "matches the caption:'")
-    query.add_argument("--tcot", help="the query's T-CoT as text (written by hand or elsewhere): used as it is, "
-                       "with no Reasoner")
+    query.add_argument(
+        "--instruction",
+        help="task instruction put before the text, e.g. 'Find an image that matches the caption:'",
+    )
+    query.add_argument(
+        "--tcot",
+        help="the query's T-CoT as text (written by hand or elsewhere): used as it is, with no Reasoner",
+    )
     p.add_argument("-k", type=positive_int, default=10, help="number of hits (default 10)")
-    p.add_argument("--format", choices=["table", "json"], default="table", help="output format (default table)")
-    p.add_argument("--explain", metavar="DIR", help="write an HTML page with the query, the hits and their "
-                   "evidence drawn on the images")
-    p.add_argument("--reasoning", choices=["generate", "off"],
-                   help="write a T-CoT for the query (default: generate when the index was built with a "
-                   "Reasoner)")
+    p.add_argument(
+        "--format", choices=["table", "json"], default="table", help="output format (default table)"
+    )
+    p.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="write an HTML page with the query, the hits and their evidence drawn on the images",
+    )
+    p.add_argument(
+        "--reasoning",
+        choices=["generate", "off"],
+        help="write a T-CoT for the query (default: generate when the index was built with a Reasoner)",
+    )
     add_model_overrides(p)
     p.set_defaults(func=_search)
 
@@ -62,8 +79,13 @@ def _query_item(args: argparse.Namespace):
         if path is not None and not Path(path).exists():
             raise ConfigError(f"{flag} {path}: no such file or folder")
     video = VideoRef(path=str(Path(args.video).resolve())) if args.video else None
-    return Item(id="query", text=args.text, instruction=args.instruction,
-                images=[str(Path(p).resolve()) for p in args.image], video=video)
+    return Item(
+        id="query",
+        text=args.text,
+        instruction=args.instruction,
+        images=[str(Path(p).resolve()) for p in args.image],
+        video=video,
+    )
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -77,27 +99,47 @@ def _search(args: argparse.Namespace) -> int:
         check_outputs([Output("--explain", Path(args.explain), FOLDER)], [("INDEX", args.index)])
     index = Index.load(args.index)
     reasoning = "off" if args.tcot else args.reasoning or index.default_query_reasoning(True)
-    embedder, reasoner = load_models(model_args(index.manifest, args, 1, with_reasoner=reasoning == "generate"))
+    embedder, reasoner = load_models(
+        model_args(index.manifest, args, 1, with_reasoner=reasoning == "generate")
+    )
     if reasoning == "generate" and reasoner is None:
-        raise ConfigError("--reasoning generate needs a Reasoner: the index records none; give --reasoner or "
-                          "--reasoner-url")
+        raise ConfigError(
+            "--reasoning generate needs a Reasoner: the index records none; give --reasoner or --reasoner-url"
+        )
     index.check_embedder(embedder)
-    result = encode_detailed([query], embedder, reasoner, reasoning=reasoning, side="query",
-                             target_modality=index.target_modality, progress=False,
-                             tcots=[args.tcot] if args.tcot else None)
+    result = encode_detailed(
+        [query],
+        embedder,
+        reasoner,
+        reasoning=reasoning,
+        side="query",
+        target_modality=index.target_modality,
+        progress=False,
+        tcots=[args.tcot] if args.tcot else None,
+    )
     if result.failures:
         raise ConfigError(f"the query could not be embedded: {result.failures[0].message}")
     tcot = result.tcots[0]
     hits = index.search(result.vectors, args.k)[0]
     query_record = {"item": query.to_json(), "tcot": tcot, "evidence": evidence_record(embedder, query, tcot)}
     if args.format == "json":
-        print(json.dumps({"index": str(args.index), "search": index.search_kind, "query": query_record,
-                          "hits": hits}, indent=2, ensure_ascii=False))
+        print(
+            json.dumps(
+                {"index": str(args.index), "search": index.search_kind, "query": query_record, "hits": hits},
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
     else:
         print(format_table(query_record, hits))
     if args.explain:
         with writing(args.explain):
-            page = write_explain(args.explain, query_record, hits, num_frames=embedder.config.num_frames,
-                                 title=f"embedrl search: {args.text or 'query'}")
+            page = write_explain(
+                args.explain,
+                query_record,
+                hits,
+                num_frames=embedder.config.num_frames,
+                title=f"embedrl search: {args.text or 'query'}",
+            )
         print(f"explanation written to {page}", file=sys.stderr)
     return 0

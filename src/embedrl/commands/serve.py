@@ -58,24 +58,48 @@ LIMIT_HELP = {
 def register(sub: argparse._SubParsersAction) -> None:
     from ..serve import ServeSettings
 
-    p = sub.add_parser("serve", help="serve an Embedder (embeddings, search) and/or a Reasoner (chat) over HTTP",
-                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--reasoner", type=checkpoint, help="checkpoint folder for /v1/chat/completions (and T-CoTs for "
-                   "embeddings with \"reasoning\": \"generate\")")
-    p.add_argument("--embedder", type=checkpoint, help="checkpoint folder for /v1/embeddings (default with "
-                   "--index: the index's Embedder)")
+    p = sub.add_parser(
+        "serve",
+        help="serve an Embedder (embeddings, search) and/or a Reasoner (chat) over HTTP",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--reasoner",
+        type=checkpoint,
+        help="checkpoint folder for /v1/chat/completions (and T-CoTs for "
+        'embeddings with "reasoning": "generate")',
+    )
+    p.add_argument(
+        "--embedder",
+        type=checkpoint,
+        help="checkpoint folder for /v1/embeddings (default with --index: the index's Embedder)",
+    )
     p.add_argument("--index", metavar="INDEX", help="an `embedrl index build` folder to serve on /v1/search")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
     p.add_argument("--port", type=port, default=8000, help="0 picks a free port (printed at start)")
-    p.add_argument("--api-key", default=os.environ.get("EMBEDRL_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' (default: $EMBEDRL_API_KEY; none: no auth)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("EMBEDRL_API_KEY"),
+        help="require 'Authorization: Bearer KEY' (default: $EMBEDRL_API_KEY; none: no auth)",
+    )
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", type=device, default="auto")
-    p.add_argument("--max-new-tokens", type=positive_int, default=512,
-                   help="T-CoT length for embeddings with reasoning (chat requests set their own max_tokens)")
-    p.add_argument("--reasoning", choices=["off", "generate"], default="off",
-                   help="default of /v1/embeddings requests that do not say (default off: embed as given, "
-                   "with the request's 'tcot' when it has one)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=512,
+        help="T-CoT length for embeddings with reasoning (chat requests set their own max_tokens)",
+    )
+    p.add_argument(
+        "--reasoning",
+        choices=["off", "generate"],
+        default="off",
+        help="default of /v1/embeddings requests that do not say (default off: embed as given, "
+        "with the request's 'tcot' when it has one)",
+    )
     add_evidence_style_argument(p)
     defaults = ServeSettings()
     group = p.add_argument_group("limits, batching and timeouts (docs/serving.md)")
@@ -87,10 +111,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         if spec.name == "max_wait_ms":
             kind = non_negative_float
         seconds = "timeout" in spec.name
-        group.add_argument("--" + spec.name.replace("_", "-"), type=kind, default=value,
-                           metavar="SECONDS" if seconds else ("MS" if spec.name == "max_wait_ms" else "N"),
-                           help=f"{LIMIT_HELP[spec.name]} (default {value:g})" if isinstance(value, float)
-                           else f"{LIMIT_HELP[spec.name]} (default {value:,})")
+        group.add_argument(
+            "--" + spec.name.replace("_", "-"),
+            type=kind,
+            default=value,
+            metavar="SECONDS" if seconds else ("MS" if spec.name == "max_wait_ms" else "N"),
+            help=f"{LIMIT_HELP[spec.name]} (default {value:g})"
+            if isinstance(value, float)
+            else f"{LIMIT_HELP[spec.name]} (default {value:,})",
+        )
     p.set_defaults(func=_serve)
 
 
@@ -131,12 +160,22 @@ def _serve(args: argparse.Namespace) -> int:
         if embedder is not None:
             apply_evidence_style(embedder, args)
             if generator is not None:
-                reasoner = Reasoner(generator, GenerationSettings(max_new_tokens=args.max_new_tokens),
-                                    num_frames=embedder.config.num_frames)
+                reasoner = Reasoner(
+                    generator,
+                    GenerationSettings(max_new_tokens=args.max_new_tokens),
+                    num_frames=embedder.config.num_frames,
+                )
         if index is not None:
             index.check_embedder(embedder)
-        server = EmbedRLServer(generator, embedder, reasoner=reasoner, index=index, settings=settings,
-                               api_key=args.api_key, sock=sock)
+        server = EmbedRLServer(
+            generator,
+            embedder,
+            reasoner=reasoner,
+            index=index,
+            settings=settings,
+            api_key=args.api_key,
+            sock=sock,
+        )
     except BaseException:
         sock.close()
         raise

@@ -24,10 +24,10 @@ MMEB_MAIN_METRIC = {"image": "hit@1", "video": "hit@1", "visdoc": "ndcg_linear@5
 
 @dataclass(frozen=True)
 class MMEBTask:
-    name: str          # key in the official score JSON
-    modality: str      # image | video | visdoc
-    meta_task: str     # display label of the meta-task (CLS, V-RET, VDRv1, ...)
-    eval_type: str     # local (each query's own candidates) | global (the whole pool)
+    name: str  # key in the official score JSON
+    modality: str  # image | video | visdoc
+    meta_task: str  # display label of the meta-task (CLS, V-RET, VDRv1, ...)
+    eval_type: str  # local (each query's own candidates) | global (the whole pool)
 
     @property
     def main_metric(self) -> str:
@@ -36,31 +36,111 @@ class MMEBTask:
 
 # (meta-task label, modality, eval type, task names in the official JSON order)
 _MMEB_GROUPS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
-    ("CLS", "image", "local", (
-        "ImageNet-1K", "N24News", "HatefulMemes", "VOC2007", "SUN397", "Place365", "ImageNet-A", "ImageNet-R",
-        "ObjectNet", "Country211")),
-    ("QA", "image", "local", (
-        "OK-VQA", "A-OKVQA", "DocVQA", "InfographicsVQA", "ChartQA", "Visual7W", "ScienceQA", "VizWiz", "GQA",
-        "TextVQA")),
-    ("RET", "image", "local", (
-        "VisDial", "CIRR", "VisualNews_t2i", "VisualNews_i2t", "MSCOCO_t2i", "MSCOCO_i2t", "NIGHTS", "WebQA",
-        "FashionIQ", "Wiki-SS-NQ", "OVEN", "EDIS")),
+    (
+        "CLS",
+        "image",
+        "local",
+        (
+            "ImageNet-1K",
+            "N24News",
+            "HatefulMemes",
+            "VOC2007",
+            "SUN397",
+            "Place365",
+            "ImageNet-A",
+            "ImageNet-R",
+            "ObjectNet",
+            "Country211",
+        ),
+    ),
+    (
+        "QA",
+        "image",
+        "local",
+        (
+            "OK-VQA",
+            "A-OKVQA",
+            "DocVQA",
+            "InfographicsVQA",
+            "ChartQA",
+            "Visual7W",
+            "ScienceQA",
+            "VizWiz",
+            "GQA",
+            "TextVQA",
+        ),
+    ),
+    (
+        "RET",
+        "image",
+        "local",
+        (
+            "VisDial",
+            "CIRR",
+            "VisualNews_t2i",
+            "VisualNews_i2t",
+            "MSCOCO_t2i",
+            "MSCOCO_i2t",
+            "NIGHTS",
+            "WebQA",
+            "FashionIQ",
+            "Wiki-SS-NQ",
+            "OVEN",
+            "EDIS",
+        ),
+    ),
     ("GD", "image", "local", ("MSCOCO", "RefCOCO", "RefCOCO-Matching", "Visual7W-Pointing")),
     ("V-CLS", "video", "global", ("K700", "SmthSmthV2", "HMDB51", "UCF101", "Breakfast")),
     ("V-QA", "video", "local", ("MVBench", "Video-MME", "NExTQA", "EgoSchema", "ActivityNetQA")),
     ("V-RET", "video", "global", ("DiDeMo", "MSR-VTT", "MSVD", "VATEX", "YouCook2")),
     ("V-MRET", "video", "local", ("QVHighlight", "Charades-STA", "MomentSeeker")),
-    ("VDRv1", "visdoc", "global", (
-        "ViDoRe_arxivqa", "ViDoRe_docvqa", "ViDoRe_infovqa", "ViDoRe_tabfquad", "ViDoRe_tatdqa",
-        "ViDoRe_shiftproject", "ViDoRe_syntheticDocQA_artificial_intelligence", "ViDoRe_syntheticDocQA_energy",
-        "ViDoRe_syntheticDocQA_government_reports", "ViDoRe_syntheticDocQA_healthcare_industry")),
-    ("VDRv2", "visdoc", "global", (
-        "ViDoRe_esg_reports_human_labeled_v2", "ViDoRe_biomedical_lectures_v2_multilingual",
-        "ViDoRe_economics_reports_v2_multilingual", "ViDoRe_esg_reports_v2_multilingual")),
-    ("VR", "visdoc", "global", (
-        "VisRAG_ArxivQA", "VisRAG_ChartQA", "VisRAG_MP-DocVQA", "VisRAG_SlideVQA", "VisRAG_InfoVQA",
-        "VisRAG_PlotQA")),
-    ("OOD", "visdoc", "global", ("ViDoSeek-page-fixed", "ViDoSeek-doc", "MMLongBench-page-fixed", "MMLongBench-doc")),
+    (
+        "VDRv1",
+        "visdoc",
+        "global",
+        (
+            "ViDoRe_arxivqa",
+            "ViDoRe_docvqa",
+            "ViDoRe_infovqa",
+            "ViDoRe_tabfquad",
+            "ViDoRe_tatdqa",
+            "ViDoRe_shiftproject",
+            "ViDoRe_syntheticDocQA_artificial_intelligence",
+            "ViDoRe_syntheticDocQA_energy",
+            "ViDoRe_syntheticDocQA_government_reports",
+            "ViDoRe_syntheticDocQA_healthcare_industry",
+        ),
+    ),
+    (
+        "VDRv2",
+        "visdoc",
+        "global",
+        (
+            "ViDoRe_esg_reports_human_labeled_v2",
+            "ViDoRe_biomedical_lectures_v2_multilingual",
+            "ViDoRe_economics_reports_v2_multilingual",
+            "ViDoRe_esg_reports_v2_multilingual",
+        ),
+    ),
+    (
+        "VR",
+        "visdoc",
+        "global",
+        (
+            "VisRAG_ArxivQA",
+            "VisRAG_ChartQA",
+            "VisRAG_MP-DocVQA",
+            "VisRAG_SlideVQA",
+            "VisRAG_InfoVQA",
+            "VisRAG_PlotQA",
+        ),
+    ),
+    (
+        "OOD",
+        "visdoc",
+        "global",
+        ("ViDoSeek-page-fixed", "ViDoSeek-doc", "MMLongBench-page-fixed", "MMLongBench-doc"),
+    ),
 )
 
 # SmthSmthV2 ranks each query against its row's own negatives (`neg_text`), unlike the other video CLS tasks.
@@ -68,7 +148,8 @@ _EVAL_TYPE_EXCEPTIONS = {"SmthSmthV2": "local"}
 
 MMEB_TASKS: tuple[MMEBTask, ...] = tuple(
     MMEBTask(name, modality, meta, _EVAL_TYPE_EXCEPTIONS.get(name, eval_type))
-    for meta, modality, eval_type, names in _MMEB_GROUPS for name in names
+    for meta, modality, eval_type, names in _MMEB_GROUPS
+    for name in names
 )
 MMEB_META_TASKS: tuple[str, ...] = tuple(group[0] for group in _MMEB_GROUPS)
 
@@ -88,9 +169,9 @@ UVRB_FG_SUBDOMAINS = ("S", "T", "PR")
 
 @dataclass(frozen=True)
 class UVRBDataset:
-    name: str            # paper abbreviation
-    metric: str          # embedrl metric name the score is read from
-    paper_metric: str    # how the papers label the column
+    name: str  # paper abbreviation
+    metric: str  # embedrl metric name the score is read from
+    paper_metric: str  # how the papers label the column
     aliases: tuple[str, ...] = ()
 
 
@@ -128,7 +209,7 @@ UVRB_TREE: dict[str, tuple[str, ...]] = {
     "CMP": ("MS-TI", "MS-TV"),
     "VIS": ("MSRVTT-I2V", "LoVR-C2V"),
 }
-UVRB_COLUMNS = ("TXT", "CMP", "VIS", "CG", "FG", "LC", "S", "T", "PR")   # Table 13 column order after AVG
+UVRB_COLUMNS = ("TXT", "CMP", "VIS", "CG", "FG", "LC", "S", "T", "PR")  # Table 13 column order after AVG
 
 
 def uvrb_leaves(node: str) -> list[str]:

@@ -107,16 +107,20 @@ def _expect(obj: dict, key: str, kinds: tuple, problems: list[Problem], where: d
     value = obj[key]
     if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
         names = " or ".join(k.__name__ for k in kinds)
-        problems.append(
-            Problem(message=f"expected {names}, got {type(value).__name__}", field=key, **where)
-        )
+        problems.append(Problem(message=f"expected {names}, got {type(value).__name__}", field=key, **where))
         return None
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:  # JSON's "\ud800" escapes decode to text no tokenizer can encode
-            problems.append(Problem(message=f"contains a lone surrogate {value[exc.start]!r} at character "
-                                    f"{exc.start + 1}; fix the text's encoding", field=key, **where))
+            problems.append(
+                Problem(
+                    message=f"contains a lone surrogate {value[exc.start]!r} at character "
+                    f"{exc.start + 1}; fix the text's encoding",
+                    field=key,
+                    **where,
+                )
+            )
             return None
     return value
 
@@ -127,9 +131,7 @@ def _string_list(obj: dict, key: str, problems: list[Problem], where: dict) -> l
         return None
     bad = [i for i, v in enumerate(value) if not isinstance(v, str) or not v]
     if bad:
-        problems.append(
-            Problem(message=f"entries {bad} are not non-empty strings", field=key, **where)
-        )
+        problems.append(Problem(message=f"entries {bad} are not non-empty strings", field=key, **where))
         return None
     return list(value)
 
@@ -196,12 +198,18 @@ def parse_item(
         cands = obj.get("candidate_ids")
         if cands is not None:
             if isinstance(cands, list):  # ids may be integers, as qid and cid may
-                obj = {**obj, "candidate_ids": [str(c) if isinstance(c, int) and not isinstance(c, bool) else c
-                                                for c in cands]}
+                obj = {
+                    **obj,
+                    "candidate_ids": [
+                        str(c) if isinstance(c, int) and not isinstance(c, bool) else c for c in cands
+                    ],
+                }
             kwargs["candidate_ids"] = _string_list(obj, "candidate_ids", problems, where_rec)
     if len(problems) > before or item_id is None:
         return None
-    item = cls(id=item_id, text=text, instruction=instruction, images=images, video=video, meta=meta, **kwargs)
+    item = cls(
+        id=item_id, text=text, instruction=instruction, images=images, video=video, meta=meta, **kwargs
+    )
     if not item.has_content():
         problems.append(
             Problem(message="has no content: give text, images or video", record=item_id, **where)
@@ -233,8 +241,11 @@ def check_media_path(
     if candidate.is_absolute():
         if confine:
             problems.append(
-                Problem(message=f"absolute path {raw!r} is not allowed; use a path inside the task folder",
-                        field=field_name, **where)
+                Problem(
+                    message=f"absolute path {raw!r} is not allowed; use a path inside the task folder",
+                    field=field_name,
+                    **where,
+                )
             )
             return None
         resolved = candidate
@@ -268,7 +279,13 @@ def _has_symlink(base: Path, rel: Path) -> bool:
 
 
 def resolve_item_media(
-    item: Item, base: Path, *, confine: bool, file: str, line: int | None, problems: list[Problem],
+    item: Item,
+    base: Path,
+    *,
+    confine: bool,
+    file: str,
+    line: int | None,
+    problems: list[Problem],
     must_exist: bool = True,
 ) -> Item:
     """Return a copy of `item` whose media paths are absolute, recording a Problem per bad path."""
@@ -278,8 +295,15 @@ def resolve_item_media(
         if not isinstance(raw, str):
             images.append(raw)
             continue
-        path = check_media_path(raw, base, confine=confine, where=where, field_name=f"images[{i}]",
-                                problems=problems, must_exist=must_exist)
+        path = check_media_path(
+            raw,
+            base,
+            confine=confine,
+            where=where,
+            field_name=f"images[{i}]",
+            problems=problems,
+            must_exist=must_exist,
+        )
         images.append(str(path) if path is not None else raw)
     video = item.video
     if video is not None:
@@ -290,14 +314,28 @@ def resolve_item_media(
                 if not isinstance(raw, str):
                     frames.append(raw)
                     continue
-                path = check_media_path(raw, base, confine=confine, where=where,
-                                        field_name=f"video.frames[{i}]", problems=problems,
-                                        must_exist=must_exist)
+                path = check_media_path(
+                    raw,
+                    base,
+                    confine=confine,
+                    where=where,
+                    field_name=f"video.frames[{i}]",
+                    problems=problems,
+                    must_exist=must_exist,
+                )
                 frames.append(str(path) if path is not None else raw)
         vpath = video.path
         if vpath is not None:
-            resolved = check_media_path(vpath, base, confine=confine, where=where, field_name="video.path",
-                                        problems=problems, must_exist=must_exist, folder_ok=True)
+            resolved = check_media_path(
+                vpath,
+                base,
+                confine=confine,
+                where=where,
+                field_name="video.path",
+                problems=problems,
+                must_exist=must_exist,
+                folder_ok=True,
+            )
             vpath = str(resolved) if resolved is not None else vpath
         video = VideoRef(id=video.id, frames=frames, path=vpath)
     return replace(item, images=images, video=video)

@@ -36,11 +36,19 @@ ALLOWED_IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 _READ_FORMATS = "PNG, JPEG, WebP, GIF, BMP, TIFF"
 # Leading bytes of formats people mistake for images, so that a refusal can say what the file really is.
 _SIGNATURES = (
-    (b"%!PS", "PostScript data"), (b"\xc5\xd0\xd3\xc6", "PostScript data (DOS EPS binary)"),
-    (b"%PDF", "PDF document"), (b"<?xml", "SVG/XML document"), (b"<svg", "SVG/XML document"),
-    (b"8BPS", "Photoshop document"), (b"\x00\x00\x01\x00", "Windows icon"), (b"icns", "macOS icon"),
-    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000 image"), (b"\xff\x4f\xff\x51", "JPEG 2000 codestream"),
-    (b"DDS ", "DirectDraw surface"), (b"\x76\x2f\x31\x01", "OpenEXR image"), (b"PK\x03\x04", "ZIP archive"),
+    (b"%!PS", "PostScript data"),
+    (b"\xc5\xd0\xd3\xc6", "PostScript data (DOS EPS binary)"),
+    (b"%PDF", "PDF document"),
+    (b"<?xml", "SVG/XML document"),
+    (b"<svg", "SVG/XML document"),
+    (b"8BPS", "Photoshop document"),
+    (b"\x00\x00\x01\x00", "Windows icon"),
+    (b"icns", "macOS icon"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000 image"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000 codestream"),
+    (b"DDS ", "DirectDraw surface"),
+    (b"\x76\x2f\x31\x01", "OpenEXR image"),
+    (b"PK\x03\x04", "ZIP archive"),
 )
 
 
@@ -78,9 +86,13 @@ def special_file_problem(path: str | Path) -> str | None:
         return f"cannot be read ({exc.strerror if isinstance(exc, OSError) and exc.strerror else exc})"
     if stat.S_ISREG(mode):
         return None
-    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return f"is {kind}, not a regular file"
     return "is not a regular file"
@@ -116,8 +128,11 @@ def decode_image_file(handle: Any, max_pixels: int, where: str | Path) -> Image.
             with Image.open(handle, formats=ALLOWED_IMAGE_FORMATS) as img:
                 width, height = img.size
                 if width * height > max_pixels:
-                    raise MediaError(where, f"image is {width}x{height} = {width * height:,} pixels, above "
-                                     f"the limit of {max_pixels:,} (possible decompression bomb)")
+                    raise MediaError(
+                        where,
+                        f"image is {width}x{height} = {width * height:,} pixels, above "
+                        f"the limit of {max_pixels:,} (possible decompression bomb)",
+                    )
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)
                 img.load()
@@ -129,7 +144,12 @@ def decode_image_file(handle: Any, max_pixels: int, where: str | Path) -> Image.
         raise MediaError(where, not_readable_format(handle.read(16))) from None
     except Image.DecompressionBombError as exc:
         raise MediaError(where, f"refused as a decompression bomb: {exc}") from None
-    except (OSError, SyntaxError, ValueError, TypeError) as exc:  # TypeError: e.g. a malformed transparency key
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        TypeError,
+    ) as exc:  # TypeError: e.g. a malformed transparency key
         raise MediaError(where, f"corrupt or truncated image: {exc}") from None
 
 
@@ -231,8 +251,9 @@ def load_item_media(item: Any, num_frames: int = 8) -> tuple[list[Image.Image], 
     return images, frames
 
 
-def decode_problems(item: Any, num_frames: int = 8, seen: dict[str, str | None] | None = None
-                    ) -> list[tuple[str, str]]:
+def decode_problems(
+    item: Any, num_frames: int = 8, seen: dict[str, str | None] | None = None
+) -> list[tuple[str, str]]:
     """(field, message) for every image, frame or video of an `Item` that does not decode the way encoding
     would load it. Each file is tried once per `seen` (shared across items: candidates often share media)."""
     seen = {} if seen is None else seen
@@ -267,8 +288,11 @@ def _decode_video_file(path: Path, num_frames: int) -> list[Image.Image]:
     try:
         import av  # noqa: PLC0415 - optional extra
     except ImportError:
-        raise MediaError(path, "reading video files needs PyAV: pip install 'embedrl[video]' "
-                         "(or give the video as a folder of frames)") from None
+        raise MediaError(
+            path,
+            "reading video files needs PyAV: pip install 'embedrl[video]' "
+            "(or give the video as a folder of frames)",
+        ) from None
     try:
         # Pass 1 counts frames by demuxing (no decoding); stream.frames is 0 for many containers.
         with av.open(str(path)) as container:

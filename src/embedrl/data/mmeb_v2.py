@@ -49,16 +49,25 @@ VISDOC_CANDIDATE_INSTRUCTION = "Understand the content of the provided document 
 
 # Hub datasets of the VisDoc tasks (BEIR layout), recorded in task.json as the source to pin.
 VISDOC_SOURCES = {
-    **{f"ViDoRe_{n}": f"vidore/{n}_test_subsampled_beir" for n in ("arxivqa", "docvqa", "infovqa", "tabfquad")},
+    **{
+        f"ViDoRe_{n}": f"vidore/{n}_test_subsampled_beir"
+        for n in ("arxivqa", "docvqa", "infovqa", "tabfquad")
+    },
     "ViDoRe_tatdqa": "vidore/tatdqa_test_beir",
     "ViDoRe_shiftproject": "vidore/shiftproject_test_beir",
-    **{f"ViDoRe_syntheticDocQA_{n}": f"vidore/syntheticDocQA_{n}_test_beir"
-       for n in ("artificial_intelligence", "energy", "government_reports", "healthcare_industry")},
+    **{
+        f"ViDoRe_syntheticDocQA_{n}": f"vidore/syntheticDocQA_{n}_test_beir"
+        for n in ("artificial_intelligence", "energy", "government_reports", "healthcare_industry")
+    },
     "ViDoRe_esg_reports_human_labeled_v2": "vidore/esg_reports_human_labeled_v2",
-    **{f"ViDoRe_{n}_v2_multilingual": f"vidore/{n}_v2"
-       for n in ("biomedical_lectures", "economics_reports", "esg_reports")},
-    **{f"VisRAG_{n}": f"openbmb/VisRAG-Ret-Test-{n}"
-       for n in ("ArxivQA", "ChartQA", "MP-DocVQA", "SlideVQA", "InfoVQA", "PlotQA")},
+    **{
+        f"ViDoRe_{n}_v2_multilingual": f"vidore/{n}_v2"
+        for n in ("biomedical_lectures", "economics_reports", "esg_reports")
+    },
+    **{
+        f"VisRAG_{n}": f"openbmb/VisRAG-Ret-Test-{n}"
+        for n in ("ArxivQA", "ChartQA", "MP-DocVQA", "SlideVQA", "InfoVQA", "PlotQA")
+    },
     "ViDoSeek-page-fixed": "VLM2Vec/ViDoSeek-page-fixed",
     "ViDoSeek-doc": "VLM2Vec/ViDoSeek",
     "MMLongBench-page-fixed": "VLM2Vec/MMLongBench-page-fixed",
@@ -101,7 +110,16 @@ def task_name(name: str, modality: str) -> str:
 #   `path:caption` with the caption's double quotes stripped (several objects of one picture are targets).
 TEXT_CANDIDATES, TEXT_TO_IMAGE, IMAGE_TO_IMAGE = "text_candidates", "text_to_image", "image_to_image"
 _IMAGE_T2I = ("VisDial", "MSCOCO_t2i", "VisualNews_t2i", "WebQA", "EDIS", "Wiki-SS-NQ")
-_IMAGE_I2I = ("CIRR", "NIGHTS", "OVEN", "FashionIQ", "MSCOCO", "RefCOCO", "RefCOCO-Matching", "Visual7W-Pointing")
+_IMAGE_I2I = (
+    "CIRR",
+    "NIGHTS",
+    "OVEN",
+    "FashionIQ",
+    "MSCOCO",
+    "RefCOCO",
+    "RefCOCO-Matching",
+    "Visual7W-Pointing",
+)
 
 
 def image_task_kind(task: str) -> str:
@@ -120,8 +138,16 @@ def candidate_name(kind: str, text: str, image: str) -> str:
     return f"{image}:{text.strip(chr(34))}"
 
 
-def convert_image_task(records: str | Path | Iterable[Record], task: str, images: str | Path, out_dir: str | Path,
-                       *, split: str | None = None, revision: str | None = None, overwrite: bool = False) -> Path:
+def convert_image_task(
+    records: str | Path | Iterable[Record],
+    task: str,
+    images: str | Path,
+    out_dir: str | Path,
+    *,
+    split: str | None = None,
+    revision: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write `OUT/<task>/` from the rows of one MMEB-V2 image task. `images` is the unpacked `image-tasks/`
     folder the rows' paths are relative to. Returns the task folder.
 
@@ -135,7 +161,9 @@ def convert_image_task(records: str | Path | Iterable[Record], task: str, images
     if not image_root.is_dir():
         raise ConversionError(f"{image_root}: the images folder does not exist")
     problems: list[Problem] = []
-    run = start_conversion(records, out_dir, name, overwrite, problems, split=split, media_sources=[image_root])
+    run = start_conversion(
+        records, out_dir, name, overwrite, problems, split=split, media_sources=[image_root]
+    )
 
     queries: list[Query] = []
     candidates: dict[str, Item] = {}
@@ -155,20 +183,30 @@ def convert_image_task(records: str | Path | Iterable[Record], task: str, images
         if texts is None or paths is None:
             continue
         if len(texts) != len(paths) or not texts:
-            problems.append(record.problem(f"tgt_text has {len(texts)} entries and tgt_img_path {len(paths)}; "
-                                           "they must be equally long and not empty", "tgt_img_path", qid))
+            problems.append(
+                record.problem(
+                    f"tgt_text has {len(texts)} entries and tgt_img_path {len(paths)}; "
+                    "they must be equally long and not empty",
+                    "tgt_img_path",
+                    qid,
+                )
+            )
             continue
         for field, values in (("tgt_text", texts), ("tgt_img_path", paths)):
             for index, value in enumerate(values):
                 if not isinstance(value, str):
-                    problems.append(record.problem(f"must be a string, got {type(value).__name__}",
-                                                   f"{field}[{index}]", qid))
+                    problems.append(
+                        record.problem(
+                            f"must be a string, got {type(value).__name__}", f"{field}[{index}]", qid
+                        )
+                    )
         if len(problems) > before:
             continue
         placed_query = None
         if query_image and kind != TEXT_TO_IMAGE:  # text-to-image queries are text only upstream
-            placed_query = _place_image(record, "qry_img_path", query_image, image_root, run.building, problems,
-                                        qid)
+            placed_query = _place_image(
+                record, "qry_img_path", query_image, image_root, run.building, problems, qid
+            )
         with_captions = bool(texts[0].strip())
         names = []
         for index, (text, path) in enumerate(zip(texts, paths)):
@@ -183,36 +221,60 @@ def convert_image_task(records: str | Path | Iterable[Record], task: str, images
             if kind == TEXT_CANDIDATES:
                 candidates[cid] = Item(id=cid, text=text)
                 continue
-            placed = _place_image(record, f"tgt_img_path[{index}]", path, image_root, run.building, problems,
-                                  qid)
+            placed = _place_image(
+                record, f"tgt_img_path[{index}]", path, image_root, run.building, problems, qid
+            )
             if placed is not None:
-                candidates[cid] = Item(id=cid, text=strip_image_tokens(text) if with_captions else None,
-                                       instruction=strip_image_tokens(target_instruction), images=[placed])
+                candidates[cid] = Item(
+                    id=cid,
+                    text=strip_image_tokens(text) if with_captions else None,
+                    instruction=strip_image_tokens(target_instruction),
+                    images=[placed],
+                )
         if len(problems) > before:
             continue
         unique = dedupe_in_order(names)
         repeated += len(names) != len(unique)
-        queries.append(Query(id=qid, instruction=strip_image_tokens(query_instruction),
-                             text=strip_image_tokens(query_text), images=[placed_query] if placed_query else [],
-                             candidate_ids=unique, meta={"upstream_row": record.row}))
+        queries.append(
+            Query(
+                id=qid,
+                instruction=strip_image_tokens(query_instruction),
+                text=strip_image_tokens(query_text),
+                images=[placed_query] if placed_query else [],
+                candidate_ids=unique,
+                meta={"upstream_row": record.row},
+            )
+        )
         qrels.append(Qrel(qid, names[0], 1))
     if problems:
         raise DataError(problems)
     if not queries:
         raise ConversionError(f"{name}: the source holds no rows")
     hub = "TIGER-Lab/MMEB-eval" if v1_rows else IMAGE_TASKS_HF
-    meta = TaskMeta(benchmark=MMEB_V2, task=name, modality="image", meta_task=spec.meta_task,
-                    eval_type=spec.eval_type, primary_metric=spec.main_metric,
-                    source={"hf": hub, "config": name, "split": run.split,
-                            "revision": revision,
-                            "converter": f"{__name__}.convert_image_task"},
-                    version_note=(f"{repeated} queries listed a candidate twice; kept once, first position"
-                                  if repeated else None))
+    meta = TaskMeta(
+        benchmark=MMEB_V2,
+        task=name,
+        modality="image",
+        meta_task=spec.meta_task,
+        eval_type=spec.eval_type,
+        primary_metric=spec.main_metric,
+        source={
+            "hf": hub,
+            "config": name,
+            "split": run.split,
+            "revision": revision,
+            "converter": f"{__name__}.convert_image_task",
+        },
+        version_note=(
+            f"{repeated} queries listed a candidate twice; kept once, first position" if repeated else None
+        ),
+    )
     return finish(Task(meta, queries, list(candidates.values()), qrels), run.building, run.final)
 
 
-def _place_image(record: Record, field: str, path: str, image_root: Path, building: Path,
-                 problems: list[Problem], qid: str) -> str | None:
+def _place_image(
+    record: Record, field: str, path: str, image_root: Path, building: Path, problems: list[Problem], qid: str
+) -> str | None:
     """The task-relative path of an upstream image (kept at its upstream path under media/), or None after
     adding a problem."""
     rel = safe_relative(path)
@@ -225,9 +287,17 @@ def _place_image(record: Record, field: str, path: str, image_root: Path, buildi
 # --------------------------------------------------------------------------------------------- visdoc
 
 
-def convert_visdoc_task(queries: str | Path, corpus: str | Path, qrels: str | Path, task: str,
-                        out_dir: str | Path, *, split: str | None = None, revision: str | None = None,
-                        overwrite: bool = False) -> Path:
+def convert_visdoc_task(
+    queries: str | Path,
+    corpus: str | Path,
+    qrels: str | Path,
+    task: str,
+    out_dir: str | Path,
+    *,
+    split: str | None = None,
+    revision: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write `OUT/<task>/` from the BEIR-style splits of one MMEB-V2 VisDoc task: `queries` (`query-id`,
     `query`, optional `language`), `corpus` (`corpus-id`, `image` as inline bytes or a path next to the record
     file) and `qrels` (`query-id`, `corpus-id`, `score`). Each argument is a record file or a folder of them."""
@@ -274,8 +344,9 @@ def convert_visdoc_task(queries: str | Path, corpus: str | Path, qrels: str | Pa
         if qid is None or cid is None or score is None:
             continue
         if not math.isfinite(score) or score != int(score):
-            problems.append(record.problem(f"graded relevance must be a whole number, got {score!r}", "score",
-                                           qid))
+            problems.append(
+                record.problem(f"graded relevance must be a whole number, got {score!r}", "score", qid)
+            )
             continue
         if score <= 0:  # BEIR lists non-relevant pairs with score 0; upstream drops them before anything else
             continue
@@ -292,15 +363,28 @@ def convert_visdoc_task(queries: str | Path, corpus: str | Path, qrels: str | Pa
         missing = "queries" if not query_items else "corpus pages" if not candidates else "relevant pairs"
         raise ConversionError(f"{name}: the source holds no {missing}")
     unjudged = len(set(query_items) - {qid for qid, _ in grades})
-    notes = [f"{unjudged} queries have no relevant page (they score 0)" if unjudged else "",
-             f"{repeated_pages} repeated corpus-ids; the first page of each kept" if repeated_pages else "",
-             f"{extra_qrels} qrels of queries not in the queries split ignored" if extra_qrels else ""]
-    meta = TaskMeta(benchmark=MMEB_V2, task=name, modality="visdoc", meta_task=spec.meta_task,
-                    eval_type=spec.eval_type, primary_metric=spec.main_metric,
-                    query_instruction=VISDOC_QUERY_INSTRUCTION, candidate_instruction=VISDOC_CANDIDATE_INSTRUCTION,
-                    source={"hf": VISDOC_SOURCES.get(name), "split": split_label(queries, split), "revision": revision,
-                            "converter": f"{__name__}.convert_visdoc_task"},
-                    version_note="; ".join(n for n in notes if n) or None)
+    notes = [
+        f"{unjudged} queries have no relevant page (they score 0)" if unjudged else "",
+        f"{repeated_pages} repeated corpus-ids; the first page of each kept" if repeated_pages else "",
+        f"{extra_qrels} qrels of queries not in the queries split ignored" if extra_qrels else "",
+    ]
+    meta = TaskMeta(
+        benchmark=MMEB_V2,
+        task=name,
+        modality="visdoc",
+        meta_task=spec.meta_task,
+        eval_type=spec.eval_type,
+        primary_metric=spec.main_metric,
+        query_instruction=VISDOC_QUERY_INSTRUCTION,
+        candidate_instruction=VISDOC_CANDIDATE_INSTRUCTION,
+        source={
+            "hf": VISDOC_SOURCES.get(name),
+            "split": split_label(queries, split),
+            "revision": revision,
+            "converter": f"{__name__}.convert_visdoc_task",
+        },
+        version_note="; ".join(n for n in notes if n) or None,
+    )
     rels = [Qrel(qid, cid, grade) for (qid, cid), grade in grades.items()]
     return finish(Task(meta, list(query_items.values()), list(candidates.values()), rels), building, final)
 
@@ -316,7 +400,9 @@ def _place_page(record: Record, index: int, building: Path, problems: list[Probl
     elif isinstance(image, str):
         path = image
     if data is not None and not isinstance(data, (bytes, bytearray)):
-        problems.append(record.problem(f"image bytes must be binary, got {type(data).__name__}", "image", cid))
+        problems.append(
+            record.problem(f"image bytes must be binary, got {type(data).__name__}", "image", cid)
+        )
         return None
     if data:
         suffix = image_suffix(data)
@@ -325,8 +411,11 @@ def _place_page(record: Record, index: int, building: Path, problems: list[Probl
             return None
         return place_bytes(data, building, PurePosixPath("media", "corpus", f"{index:06d}{suffix}"))
     if not isinstance(path, str) or not path:
-        problems.append(record.problem("missing" if image is None else "neither image bytes nor a file path",
-                                       "image", cid))
+        problems.append(
+            record.problem(
+                "missing" if image is None else "neither image bytes nor a file path", "image", cid
+            )
+        )
         return None
     source, why = source_file(Path(record.file).parent, path)
     if source is None:

@@ -55,47 +55,79 @@ class VideoRetrievalLayout:
 
     hub: str
     instruction: str
-    video_field: str               # the row field that names the video
+    video_field: str  # the row field that names the video
     caption_field: str
     caption_is_list: bool = False  # the first caption is the query
-    name_from_path: bool = False   # the video name is the file name of `video_field` without its suffix
-    split: str = "test"            # the split the official evaluation reads
+    name_from_path: bool = False  # the video name is the file name of `video_field` without its suffix
+    split: str = "test"  # the split the official evaluation reads
 
     def video_name(self, value: str) -> str:
         return PurePosixPath(value).stem if self.name_from_path else value
 
 
 VIDEO_RETRIEVAL = {
-    "MSR-VTT": VideoRetrievalLayout("VLM2Vec/MSR-VTT", "Find a video that contains the following visual content:",
-                                    "video_id", "caption"),
-    "MSVD": VideoRetrievalLayout("VLM2Vec/MSVD", "Find the video snippet that corresponds to the given summary:",
-                                 "video_id", "caption", caption_is_list=True),
-    "DiDeMo": VideoRetrievalLayout("VLM2Vec/DiDeMo", "Find a video that includes the following described scenes:",
-                                   "video", "caption", name_from_path=True),
-    "VATEX": VideoRetrievalLayout("VLM2Vec/VATEX", "Select a video that fits the description provided:",
-                                  "videoID", "enCap", caption_is_list=True),
-    "YouCook2": VideoRetrievalLayout("lmms-lab/YouCook2",
-                                     "Find a video that demonstrates the following action while making a recipe:",
-                                     "id", "sentence", split="val"),
+    "MSR-VTT": VideoRetrievalLayout(
+        "VLM2Vec/MSR-VTT", "Find a video that contains the following visual content:", "video_id", "caption"
+    ),
+    "MSVD": VideoRetrievalLayout(
+        "VLM2Vec/MSVD",
+        "Find the video snippet that corresponds to the given summary:",
+        "video_id",
+        "caption",
+        caption_is_list=True,
+    ),
+    "DiDeMo": VideoRetrievalLayout(
+        "VLM2Vec/DiDeMo",
+        "Find a video that includes the following described scenes:",
+        "video",
+        "caption",
+        name_from_path=True,
+    ),
+    "VATEX": VideoRetrievalLayout(
+        "VLM2Vec/VATEX",
+        "Select a video that fits the description provided:",
+        "videoID",
+        "enCap",
+        caption_is_list=True,
+    ),
+    "YouCook2": VideoRetrievalLayout(
+        "lmms-lab/YouCook2",
+        "Find a video that demonstrates the following action while making a recipe:",
+        "id",
+        "sentence",
+        split="val",
+    ),
 }
 
 
-def convert_video_retrieval_task(records: str | Path | Iterable[Record], task: str, frames: str | Path,
-                                 out_dir: str | Path, *, num_frames: int = 8, split: str | None = None,
-                                 revision: str | None = None, overwrite: bool = False) -> Path:
+def convert_video_retrieval_task(
+    records: str | Path | Iterable[Record],
+    task: str,
+    frames: str | Path,
+    out_dir: str | Path,
+    *,
+    num_frames: int = 8,
+    split: str | None = None,
+    revision: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write `OUT/<task>/` from the rows of one MMEB-V2 video-retrieval task and its frame folders
     (`frames/<video name>/`, e.g. `video-tasks/frames/video_ret/MSR-VTT`). Each row is a caption query whose
     positive is its own video; the pool holds every video once."""
     name = task_name(task, "video")
     layout = VIDEO_RETRIEVAL.get(name)
     if layout is None:
-        raise ConversionError(f"{name}: not a video retrieval task ({', '.join(VIDEO_RETRIEVAL)}); the video "
-                              "classification, QA and moment-retrieval tasks have their own converters")
+        raise ConversionError(
+            f"{name}: not a video retrieval task ({', '.join(VIDEO_RETRIEVAL)}); the video "
+            "classification, QA and moment-retrieval tasks have their own converters"
+        )
     frame_root = frames_folder(frames, num_frames)
     spec = mmeb_task(name)
     split = split or layout.split
     problems: list[Problem] = []
-    run = start_conversion(records, out_dir, name, overwrite, problems, split=split, media_sources=[frame_root])
+    run = start_conversion(
+        records, out_dir, name, overwrite, problems, split=split, media_sources=[frame_root]
+    )
 
     queries: list[Query] = []
     videos: dict[str, Item | None] = {}
@@ -103,13 +135,18 @@ def convert_video_retrieval_task(records: str | Path | Iterable[Record], task: s
     for position, record in enumerate(run.rows):
         qid = f"q{position:05d}"
         value = require(record, layout.video_field, (str, int), problems, qid)
-        caption = require(record, layout.caption_field, list if layout.caption_is_list else str, problems, qid)
+        caption = require(
+            record, layout.caption_field, list if layout.caption_is_list else str, problems, qid
+        )
         if value is None or caption is None:
             continue
         if layout.caption_is_list:
             if not caption or not isinstance(caption[0], str):
-                problems.append(record.problem("must be a list that starts with a caption string",
-                                               layout.caption_field, qid))
+                problems.append(
+                    record.problem(
+                        "must be a list that starts with a caption string", layout.caption_field, qid
+                    )
+                )
                 continue
             caption = caption[0]
         if not caption.strip():
@@ -117,8 +154,9 @@ def convert_video_retrieval_task(records: str | Path | Iterable[Record], task: s
             continue
         video = layout.video_name(str(value))
         if video not in videos:
-            ref = _sampled_video(record, layout.video_field, video, frame_root, run.building, num_frames,
-                                 problems, qid)
+            ref = _sampled_video(
+                record, layout.video_field, video, frame_root, run.building, num_frames, problems, qid
+            )
             videos[video] = Item(id=video, video=ref) if ref is not None else None
         if videos[video] is None:
             continue
@@ -128,31 +166,61 @@ def convert_video_retrieval_task(records: str | Path | Iterable[Record], task: s
         raise DataError(problems)
     if not queries:
         raise ConversionError(f"{name}: the source holds no usable rows")
-    meta = TaskMeta(benchmark=MMEB_V2, task=name, modality="video", meta_task=spec.meta_task,
-                    eval_type=spec.eval_type, primary_metric=spec.main_metric, query_instruction=layout.instruction,
-                    candidate_instruction=VIDEO_CANDIDATE_INSTRUCTION, num_frames=num_frames,
-                    source={"hf": layout.hub, "split": run.split,
-                            "revision": revision,
-                            "converter": f"{__name__}.convert_video_retrieval_task"})
+    meta = TaskMeta(
+        benchmark=MMEB_V2,
+        task=name,
+        modality="video",
+        meta_task=spec.meta_task,
+        eval_type=spec.eval_type,
+        primary_metric=spec.main_metric,
+        query_instruction=layout.instruction,
+        candidate_instruction=VIDEO_CANDIDATE_INSTRUCTION,
+        num_frames=num_frames,
+        source={
+            "hf": layout.hub,
+            "split": run.split,
+            "revision": revision,
+            "converter": f"{__name__}.convert_video_retrieval_task",
+        },
+    )
     pool = [item for item in videos.values() if item is not None]
     return finish(Task(meta, queries, pool, qrels), run.building, run.final)
 
 
 def _plain_name(name: str) -> bool:
     """A name usable as one folder name: not empty, no separators, not `.` or `..`."""
-    return bool(name) and "/" not in name and "\\" not in name and "\0" not in name and name not in (".", "..")
+    return (
+        bool(name) and "/" not in name and "\\" not in name and "\0" not in name and name not in (".", "..")
+    )
 
 
-def _sampled_video(record: Record, field: str, video: str, frame_root: Path, building: Path, num_frames: int,
-                   problems: list[Problem], qid: str) -> VideoRef | None:
+def _sampled_video(
+    record: Record,
+    field: str,
+    video: str,
+    frame_root: Path,
+    building: Path,
+    num_frames: int,
+    problems: list[Problem],
+    qid: str,
+) -> VideoRef | None:
     """A video of the MMEB-V2 frame release (`video`: its folder below `frame_root`, one name or, for MVBench,
     `subset/name`): its sampled frames placed under media/frames/<video>/."""
     if not all(_plain_name(part) for part in video.split("/")):
         problems.append(record.problem(f"{video!r} is not a usable video name", field, qid))
         return None
-    placed = place_frames(record, field, frame_root, PurePosixPath(video), building,
-                          PurePosixPath("media", "frames", *video.split("/")), num_frames, problems, qid,
-                          sort_key=natural_key)
+    placed = place_frames(
+        record,
+        field,
+        frame_root,
+        PurePosixPath(video),
+        building,
+        PurePosixPath("media", "frames", *video.split("/")),
+        num_frames,
+        problems,
+        qid,
+        sort_key=natural_key,
+    )
     if placed is None:
         return None
     return VideoRef(id=video, frames=placed)
@@ -168,8 +236,13 @@ VIDEO_CLASSIFICATION_INSTRUCTIONS = {
     "UCF101": "What activities or sports are being performed by the person in the video?",
     "Breakfast": "Recognize the breakfast type that the person is cooking in the video. ",
 }
-VIDEO_CLASSIFICATION_SOURCES = {"K700": "VLM2Vec/Kinetics-700", "SmthSmthV2": "VLM2Vec/SmthSmthV2",
-                                "HMDB51": "VLM2Vec/HMDB51", "UCF101": "VLM2Vec/UCF101", "Breakfast": "VLM2Vec/Breakfast"}
+VIDEO_CLASSIFICATION_SOURCES = {
+    "K700": "VLM2Vec/Kinetics-700",
+    "SmthSmthV2": "VLM2Vec/SmthSmthV2",
+    "HMDB51": "VLM2Vec/HMDB51",
+    "UCF101": "VLM2Vec/UCF101",
+    "Breakfast": "VLM2Vec/Breakfast",
+}
 # The official run scores only the first rows of some tasks (`num_sample_per_subset` in its video.yaml).
 VIDEO_CLASSIFICATION_ROWS = {"SmthSmthV2": 1000}
 # Sizes of the official label lists of the globally ranked tasks (for messages).
@@ -203,11 +276,20 @@ def read_labels(path: str | Path) -> list[str]:
     return check_labels(labels, str(path))
 
 
-def convert_video_classification_task(records: str | Path | Iterable[Record], task: str, frames: str | Path,
-                                      out_dir: str | Path, *, labels: Iterable[str] | None = None,
-                                      labels_from_rows: bool = False, num_frames: int = 8,
-                                      max_rows: int | None = None, split: str | None = None,
-                                      revision: str | None = None, overwrite: bool = False) -> Path:
+def convert_video_classification_task(
+    records: str | Path | Iterable[Record],
+    task: str,
+    frames: str | Path,
+    out_dir: str | Path,
+    *,
+    labels: Iterable[str] | None = None,
+    labels_from_rows: bool = False,
+    num_frames: int = 8,
+    max_rows: int | None = None,
+    split: str | None = None,
+    revision: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write `OUT/<task>/` from the rows of one MMEB-V2 video classification task (`video_id`, `pos_text`, and
     `neg_text[]` for SmthSmthV2) and its frame folders (`frames/<video_id>/`). The query is the video; the
     candidates are label texts.
@@ -219,25 +301,32 @@ def convert_video_classification_task(records: str | Path | Iterable[Record], ta
     over the first 1,000 rows as the official run (`max_rows` overrides)."""
     name = task_name(task, "video")
     if name not in VIDEO_CLASSIFICATION_INSTRUCTIONS:
-        raise ConversionError(f"{name} is not a video classification task "
-                              f"({', '.join(VIDEO_CLASSIFICATION_INSTRUCTIONS)})")
+        raise ConversionError(
+            f"{name} is not a video classification task ({', '.join(VIDEO_CLASSIFICATION_INSTRUCTIONS)})"
+        )
     frame_root = frames_folder(frames, num_frames)
     spec = mmeb_task(name)
     split = split or "test"
     local = spec.eval_type == "local"
     if local and (labels is not None or labels_from_rows):
-        raise ConversionError(f"{name} ranks each video against its own neg_text options: --labels and "
-                              "--labels-from-rows do not apply")
+        raise ConversionError(
+            f"{name} ranks each video against its own neg_text options: --labels and "
+            "--labels-from-rows do not apply"
+        )
     label_list = check_labels(labels, "labels") if labels is not None else None
     if not local and label_list is None and not labels_from_rows:
-        raise ConversionError(f"{name} ranks every video against its full label list ({VIDEO_CLASSIFICATION_LABELS[name]} labels): give "
-                              "it with --labels FILE, in the official order (VLM2Vec's "
-                              "video_classification_utils.py), or pass --labels-from-rows to use only the labels "
-                              "the rows use (a smaller pool: higher scores than the official ones)")
+        raise ConversionError(
+            f"{name} ranks every video against its full label list ({VIDEO_CLASSIFICATION_LABELS[name]} labels): give "
+            "it with --labels FILE, in the official order (VLM2Vec's "
+            "video_classification_utils.py), or pass --labels-from-rows to use only the labels "
+            "the rows use (a smaller pool: higher scores than the official ones)"
+        )
     known = set(label_list or ())
     limit = max_rows if max_rows is not None else VIDEO_CLASSIFICATION_ROWS.get(name)
     problems: list[Problem] = []
-    run = start_conversion(records, out_dir, name, overwrite, problems, split=split, media_sources=[frame_root])
+    run = start_conversion(
+        records, out_dir, name, overwrite, problems, split=split, media_sources=[frame_root]
+    )
 
     queries: list[Query] = []
     qrels: list[Qrel] = []
@@ -257,13 +346,16 @@ def convert_video_classification_task(records: str | Path | Iterable[Record], ta
                 continue
             options = dedupe_in_order(options)
             if label not in options:
-                problems.append(record.problem(f"{label!r} is not among the row's neg_text options", "pos_text",
-                                               qid))
+                problems.append(
+                    record.problem(f"{label!r} is not among the row's neg_text options", "pos_text", qid)
+                )
                 continue
         elif label_list is not None and label not in known:
             problems.append(record.problem(f"{label!r} is not in the label list", "pos_text", qid))
             continue
-        ref = _sampled_video(record, "video_id", str(video), frame_root, run.building, num_frames, problems, qid)
+        ref = _sampled_video(
+            record, "video_id", str(video), frame_root, run.building, num_frames, problems, qid
+        )
         if ref is None:
             continue
         for text in options or [label]:
@@ -277,23 +369,38 @@ def convert_video_classification_task(records: str | Path | Iterable[Record], ta
     pool = label_list if label_list is not None and not local else list(seen_labels)
     note = None
     if not local and label_list is None:
-        note = (f"pool: the {len(pool)} labels the rows use, not the official full label list (give it with "
-                "--labels)")
-    meta = TaskMeta(benchmark=MMEB_V2, task=name, modality="video", meta_task=spec.meta_task,
-                    eval_type=spec.eval_type, primary_metric=spec.main_metric,
-                    query_instruction=VIDEO_CLASSIFICATION_INSTRUCTIONS[name], num_frames=num_frames,
-                    source={"hf": VIDEO_CLASSIFICATION_SOURCES[name],
-                            "split": run.split, "revision": revision,
-                            "rows": limit, "converter": f"{__name__}.convert_video_classification_task"},
-                    version_note=note)
+        note = (
+            f"pool: the {len(pool)} labels the rows use, not the official full label list (give it with "
+            "--labels)"
+        )
+    meta = TaskMeta(
+        benchmark=MMEB_V2,
+        task=name,
+        modality="video",
+        meta_task=spec.meta_task,
+        eval_type=spec.eval_type,
+        primary_metric=spec.main_metric,
+        query_instruction=VIDEO_CLASSIFICATION_INSTRUCTIONS[name],
+        num_frames=num_frames,
+        source={
+            "hf": VIDEO_CLASSIFICATION_SOURCES[name],
+            "split": run.split,
+            "revision": revision,
+            "rows": limit,
+            "converter": f"{__name__}.convert_video_classification_task",
+        },
+        version_note=note,
+    )
     candidates = [Item(id=text, text=text) for text in pool]
     return finish(Task(meta, queries, candidates, qrels), run.building, run.final)
 
 
 # ------------------------------------------------------------------------------------------- video QA
 
-VIDEO_QA_PROMPT = ("Given a video and a question, select the most accurate answer from the provided candidates. "
-                   "Return only the exact text of your chosen answer. Question:")
+VIDEO_QA_PROMPT = (
+    "Given a video and a question, select the most accurate answer from the provided candidates. "
+    "Return only the exact text of your chosen answer. Question:"
+)
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -307,12 +414,12 @@ class _RowDefect(Exception):
 class QARow:
     """One multiple-choice question as the official loader builds it."""
 
-    video: str                  # frame folder below the task's frames folder
-    video_field: str            # the row field that names the video (for messages)
-    question: str               # the query text after the prompt
-    names: list[str]            # candidate names: what is shared and what a hit is matched on
-    texts: list[str]            # candidate texts: what is embedded
-    answer: str                 # the positive's name
+    video: str  # frame folder below the task's frames folder
+    video_field: str  # the row field that names the video (for messages)
+    question: str  # the query text after the prompt
+    names: list[str]  # candidate names: what is shared and what a hit is matched on
+    texts: list[str]  # candidate texts: what is embedded
+    answer: str  # the positive's name
 
 
 def _get(data: dict, key: str, kinds: type | tuple[type, ...]) -> Any:
@@ -335,17 +442,22 @@ def _lettered(options: list[str]) -> list[str]:
 
 def _strip_letter(option: str) -> str:
     """'A. red car' -> 'red car' (the official loaders' `o[o.find('. '):].strip('. ')`)."""
-    return option[option.find(". "):].strip(". ")
+    return option[option.find(". ") :].strip(". ")
 
 
 def _video_mme(data: dict) -> QARow:
     options = _strings(data, "options")
     answer = _get(data, "answer", str)
-    if len(answer) != 1 or answer not in _LETTERS[:len(options)]:
+    if len(answer) != 1 or answer not in _LETTERS[: len(options)]:
         raise _RowDefect("answer", f"{answer!r} is not the letter of one of the {len(options)} options")
-    return QARow(str(_get(data, "videoID", (str, int))), "videoID",
-                 _get(data, "question", str) + "\n" + "\n".join(options), options,
-                 [_strip_letter(o) for o in options], options[_LETTERS.index(answer)])
+    return QARow(
+        str(_get(data, "videoID", (str, int))),
+        "videoID",
+        _get(data, "question", str) + "\n" + "\n".join(options),
+        options,
+        [_strip_letter(o) for o in options],
+        options[_LETTERS.index(answer)],
+    )
 
 
 def _nextqa(data: dict) -> QARow:
@@ -366,17 +478,41 @@ def _egoschema(data: dict) -> QARow:
     if not 0 <= answer < len(options):
         raise _RowDefect("answer", f"{answer} is not an option index")
     # the official query joins the question and the options without a separator
-    return QARow(str(_get(data, "video_idx", (str, int))), "video_idx",
-                 _get(data, "question", str) + " ".join(options), options, [_strip_letter(o) for o in options],
-                 options[answer])
+    return QARow(
+        str(_get(data, "video_idx", (str, int))),
+        "video_idx",
+        _get(data, "question", str) + " ".join(options),
+        options,
+        [_strip_letter(o) for o in options],
+        options[answer],
+    )
 
 
 # MVBench's 20 subsets (the official loader's `subset_meta`); the hub keeps each as its own folder or file.
-MVBENCH_SUBSETS = frozenset({
-    "episodic_reasoning", "action_sequence", "action_prediction", "action_antonym", "fine_grained_action",
-    "unexpected_action", "object_existence", "object_interaction", "object_shuffle", "moving_direction",
-    "action_localization", "scene_transition", "action_count", "moving_count", "moving_attribute", "state_change",
-    "fine_grained_pose", "character_order", "egocentric_navigation", "counterfactual_inference"})
+MVBENCH_SUBSETS = frozenset(
+    {
+        "episodic_reasoning",
+        "action_sequence",
+        "action_prediction",
+        "action_antonym",
+        "fine_grained_action",
+        "unexpected_action",
+        "object_existence",
+        "object_interaction",
+        "object_shuffle",
+        "moving_direction",
+        "action_localization",
+        "scene_transition",
+        "action_count",
+        "moving_count",
+        "moving_attribute",
+        "state_change",
+        "fine_grained_pose",
+        "character_order",
+        "egocentric_navigation",
+        "counterfactual_inference",
+    }
+)
 
 
 def _mvbench_subset(data: dict, file: str) -> str:
@@ -406,9 +542,17 @@ def _mvbench(data: dict, file: str) -> QARow:
 def _activitynetqa(data: dict) -> QARow:
     answer = _get(data, "answer", str)
     if answer not in ("yes", "no"):
-        raise _RowDefect("answer", f"{answer!r} is not yes or no (the official set keeps yes/no questions only)")
-    return QARow(f"v_{_get(data, 'video_name', (str, int))}", "video_name",
-                 _get(data, "question", str) + "? (A) yes; (B) no.", ["yes", "no"], ["yes", "no"], answer)
+        raise _RowDefect(
+            "answer", f"{answer!r} is not yes or no (the official set keeps yes/no questions only)"
+        )
+    return QARow(
+        f"v_{_get(data, 'video_name', (str, int))}",
+        "video_name",
+        _get(data, "question", str) + "? (A) yes; (B) no.",
+        ["yes", "no"],
+        ["yes", "no"],
+        answer,
+    )
 
 
 # task -> (hub dataset, its config, the split the official run reads, row parser)
@@ -421,9 +565,17 @@ VIDEO_QA = {
 }
 
 
-def convert_video_qa_task(records: str | Path | Iterable[Record], task: str, frames: str | Path,
-                          out_dir: str | Path, *, num_frames: int = 8, split: str | None = None,
-                          revision: str | None = None, overwrite: bool = False) -> Path:
+def convert_video_qa_task(
+    records: str | Path | Iterable[Record],
+    task: str,
+    frames: str | Path,
+    out_dir: str | Path,
+    *,
+    num_frames: int = 8,
+    split: str | None = None,
+    revision: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write `OUT/<task>/` from the rows of one MMEB-V2 video QA task and its frame folders. Each question is a
     local query (the video, the shared QA prompt, the question with its options) ranked against its own
     options, built and named as the official loader of the task does (Video-MME and EgoSchema embed the options
@@ -437,8 +589,16 @@ def convert_video_qa_task(records: str | Path | Iterable[Record], task: str, fra
     spec = mmeb_task(name)
     parts = name == "MVBench"  # one folder per subset
     problems: list[Problem] = []
-    run = start_conversion(records, out_dir, name, overwrite, problems, split=split, media_sources=[frame_root],
-                           several_folders=parts)
+    run = start_conversion(
+        records,
+        out_dir,
+        name,
+        overwrite,
+        problems,
+        split=split,
+        media_sources=[frame_root],
+        several_folders=parts,
+    )
 
     queries: list[Query] = []
     candidates: dict[str, Item] = {}
@@ -452,42 +612,76 @@ def convert_video_qa_task(records: str | Path | Iterable[Record], task: str, fra
             problems.append(record.problem(str(defect), defect.field, qid))
             continue
         if row.video not in videos:
-            videos[row.video] = _sampled_video(record, row.video_field, row.video, frame_root, run.building,
-                                               num_frames, problems, qid)
+            videos[row.video] = _sampled_video(
+                record, row.video_field, row.video, frame_root, run.building, num_frames, problems, qid
+            )
         if videos[row.video] is None:
             continue
         for cid, text in zip(row.names, row.texts):
-            candidates.setdefault(cid, Item(id=cid, text=text))  # the first text of a name is the one embedded
-        queries.append(Query(id=qid, text=row.question, video=videos[row.video],
-                             candidate_ids=dedupe_in_order(row.names), meta={"upstream_row": record.row}))
+            candidates.setdefault(
+                cid, Item(id=cid, text=text)
+            )  # the first text of a name is the one embedded
+        queries.append(
+            Query(
+                id=qid,
+                text=row.question,
+                video=videos[row.video],
+                candidate_ids=dedupe_in_order(row.names),
+                meta={"upstream_row": record.row},
+            )
+        )
         qrels.append(Qrel(qid, row.answer, 1))
     if problems:
         raise DataError(problems)
     if not queries:
         raise ConversionError(f"{name}: the source holds no usable rows")
-    meta = TaskMeta(benchmark=MMEB_V2, task=name, modality="video", meta_task=spec.meta_task,
-                    eval_type=spec.eval_type, primary_metric=spec.main_metric, query_instruction=VIDEO_QA_PROMPT,
-                    num_frames=num_frames,
-                    source={"hf": hub, "config": config,
-                            "split": run.split,
-                            "revision": revision, "converter": f"{__name__}.convert_video_qa_task"})
+    meta = TaskMeta(
+        benchmark=MMEB_V2,
+        task=name,
+        modality="video",
+        meta_task=spec.meta_task,
+        eval_type=spec.eval_type,
+        primary_metric=spec.main_metric,
+        query_instruction=VIDEO_QA_PROMPT,
+        num_frames=num_frames,
+        source={
+            "hf": hub,
+            "config": config,
+            "split": run.split,
+            "revision": revision,
+            "converter": f"{__name__}.convert_video_qa_task",
+        },
+    )
     return finish(Task(meta, queries, list(candidates.values()), qrels), run.building, run.final)
 
 
 # ------------------------------------------------------------------------------- moment retrieval
 
 MOMENT_INSTRUCTION = "Find the clip that corresponds to the described scene in the given video:"
-MOMENTSEEKER_INSTRUCTIONS = {"text": "Find the clip that corresponds to the given text:",
-                             "image": "Select the video clip that aligns with the given text and image:",
-                             "video": "Find the clip that corresponds to the given sentence and video segment:"}
+MOMENTSEEKER_INSTRUCTIONS = {
+    "text": "Find the clip that corresponds to the given text:",
+    "image": "Select the video clip that aligns with the given text and image:",
+    "video": "Find the clip that corresponds to the given sentence and video segment:",
+}
 MOMENTSEEKER_CANDIDATE_INSTRUCTION = "Understand the content of the provided video clip."
-MOMENT_SOURCES = {"QVHighlight": "VLM2Vec/QVHighlight", "Charades-STA": "VLM2Vec/Charades-STA",
-                  "MomentSeeker": "VLM2Vec/MomentSeeker"}
+MOMENT_SOURCES = {
+    "QVHighlight": "VLM2Vec/QVHighlight",
+    "Charades-STA": "VLM2Vec/Charades-STA",
+    "MomentSeeker": "VLM2Vec/MomentSeeker",
+}
 
 
-def convert_moment_retrieval_task(records: str | Path | Iterable[Record], task: str, frames: str | Path,
-                                  out_dir: str | Path, *, num_frames: int = 8, split: str | None = None,
-                                  revision: str | None = None, overwrite: bool = False) -> Path:
+def convert_moment_retrieval_task(
+    records: str | Path | Iterable[Record],
+    task: str,
+    frames: str | Path,
+    out_dir: str | Path,
+    *,
+    num_frames: int = 8,
+    split: str | None = None,
+    revision: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write `OUT/<task>/` from the rows of one MMEB-V2 moment-retrieval task and its frame folders. Local:
     each query is ranked against its own clips; every positive clip is relevant.
 
@@ -506,7 +700,9 @@ def convert_moment_retrieval_task(records: str | Path | Iterable[Record], task: 
     split = split or "test"
     seeker = name == "MomentSeeker"
     problems: list[Problem] = []
-    run = start_conversion(records, out_dir, name, overwrite, problems, split=split, media_sources=[frame_root])
+    run = start_conversion(
+        records, out_dir, name, overwrite, problems, split=split, media_sources=[frame_root]
+    )
     clip_instruction = MOMENTSEEKER_CANDIDATE_INSTRUCTION if seeker else VIDEO_CANDIDATE_INSTRUCTION
 
     queries: list[Query] = []
@@ -520,26 +716,59 @@ def convert_moment_retrieval_task(records: str | Path | Iterable[Record], task: 
         if text is None or parsed is None or len(problems) > before:
             continue
         kind, query_media, positives, negatives = parsed
-        query = Query(id=qid, text=text, instruction=MOMENTSEEKER_INSTRUCTIONS[kind] if seeker else None,
-                      candidate_ids=dedupe_in_order(positives + negatives), meta={"upstream_row": record.row})
+        query = Query(
+            id=qid,
+            text=text,
+            instruction=MOMENTSEEKER_INSTRUCTIONS[kind] if seeker else None,
+            candidate_ids=dedupe_in_order(positives + negatives),
+            meta={"upstream_row": record.row},
+        )
         if kind == "video":
-            query.video = _sampled_video(record, "input_frames" if seeker else "video_path", query_media, frame_root,
-                                         run.building, num_frames, problems, qid)
+            query.video = _sampled_video(
+                record,
+                "input_frames" if seeker else "video_path",
+                query_media,
+                frame_root,
+                run.building,
+                num_frames,
+                problems,
+                qid,
+            )
         elif kind == "image":
             rel = safe_relative(query_media)
-            placed = place_media(record, "input_frames", frame_root, query_media, run.building,
-                                 PurePosixPath("media", "images", *rel.parts), problems, qid) if rel else None
+            placed = (
+                place_media(
+                    record,
+                    "input_frames",
+                    frame_root,
+                    query_media,
+                    run.building,
+                    PurePosixPath("media", "images", *rel.parts),
+                    problems,
+                    qid,
+                )
+                if rel
+                else None
+            )
             if rel is None:
-                problems.append(record.problem(f"{query_media!r} must be a relative path", "input_frames", qid))
+                problems.append(
+                    record.problem(f"{query_media!r} must be a relative path", "input_frames", qid)
+                )
             query.images = [placed] if placed else []
         if kind == "text" and not text.strip():  # upstream would embed its instruction alone
             problems.append(record.problem("an empty text-only query", "query", qid))
             continue
         for clip in query.candidate_ids:
             if clip not in clips:
-                field = ("positive_frames" if clip in positives else "negative_frames") if seeker else "video_path"
+                field = (
+                    ("positive_frames" if clip in positives else "negative_frames")
+                    if seeker
+                    else "video_path"
+                )
                 ref = _sampled_video(record, field, clip, frame_root, run.building, num_frames, problems, qid)
-                clips[clip] = Item(id=clip, instruction=clip_instruction, video=ref) if ref is not None else None
+                clips[clip] = (
+                    Item(id=clip, instruction=clip_instruction, video=ref) if ref is not None else None
+                )
         if len(problems) > before or any(clips[c] is None for c in query.candidate_ids):
             continue
         queries.append(query)
@@ -548,11 +777,22 @@ def convert_moment_retrieval_task(records: str | Path | Iterable[Record], task: 
         raise DataError(problems)
     if not queries:
         raise ConversionError(f"{name}: the source holds no usable rows")
-    meta = TaskMeta(benchmark=MMEB_V2, task=name, modality="video", meta_task=spec.meta_task,
-                    eval_type=spec.eval_type, primary_metric=spec.main_metric,
-                    query_instruction=None if seeker else MOMENT_INSTRUCTION, num_frames=num_frames,
-                    source={"hf": MOMENT_SOURCES[name], "split": run.split,
-                            "revision": revision, "converter": f"{__name__}.convert_moment_retrieval_task"})
+    meta = TaskMeta(
+        benchmark=MMEB_V2,
+        task=name,
+        modality="video",
+        meta_task=spec.meta_task,
+        eval_type=spec.eval_type,
+        primary_metric=spec.main_metric,
+        query_instruction=None if seeker else MOMENT_INSTRUCTION,
+        num_frames=num_frames,
+        source={
+            "hf": MOMENT_SOURCES[name],
+            "split": run.split,
+            "revision": revision,
+            "converter": f"{__name__}.convert_moment_retrieval_task",
+        },
+    )
     pool = [item for item in clips.values() if item is not None]
     return finish(Task(meta, queries, pool, qrels), run.building, run.final)
 
@@ -570,13 +810,17 @@ def _highlight_row(record: Record, frame_root: Path, problems: list[Problem], qi
     try:
         clips = sorted(p.name for p in (frame_root / video).iterdir() if p.is_dir() and p.name != "query")
     except OSError as exc:
-        problems.append(record.problem(f"{frame_root / video}: no frame folder ({exc.strerror or exc})",
-                                       "video_path", qid))
+        problems.append(
+            record.problem(
+                f"{frame_root / video}: no frame folder ({exc.strerror or exc})", "video_path", qid
+            )
+        )
         return None
     positives = [f"{video}/{c}" for c in clips if c.startswith("positive")]
     if not positives:
-        problems.append(record.problem(f"{frame_root / video} has no clip folder named positive*", "video_path",
-                                       qid))
+        problems.append(
+            record.problem(f"{frame_root / video} has no clip folder named positive*", "video_path", qid)
+        )
         return None
     negatives = [f"{video}/{c}" for c in clips if not c.startswith("positive")]
     return "video", f"{video}/query", positives, negatives
@@ -616,19 +860,37 @@ def _seeker_row(record: Record, frame_root: Path, problems: list[Problem], qid: 
 # ------------------------------------------------------------------------------------------- any task
 
 
-def convert_video_task(records: str | Path | Iterable[Record], task: str, frames: str | Path, out_dir: str | Path,
-                       *, labels: Iterable[str] | None = None, labels_from_rows: bool = False,
-                       max_rows: int | None = None, split: str | None = None, **common: Any) -> Path:
+def convert_video_task(
+    records: str | Path | Iterable[Record],
+    task: str,
+    frames: str | Path,
+    out_dir: str | Path,
+    *,
+    labels: Iterable[str] | None = None,
+    labels_from_rows: bool = False,
+    max_rows: int | None = None,
+    split: str | None = None,
+    **common: Any,
+) -> Path:
     """Any of the 18 video tasks, by its family. `labels`, `labels_from_rows` and `max_rows` are for the
     classification tasks only; `common`: num_frames, revision, overwrite."""
     name = task_name(task, "video")
     if name in VIDEO_CLASSIFICATION_INSTRUCTIONS:
-        return convert_video_classification_task(records, name, frames, out_dir, labels=labels,
-                                                 labels_from_rows=labels_from_rows, max_rows=max_rows,
-                                                 split=split, **common)
+        return convert_video_classification_task(
+            records,
+            name,
+            frames,
+            out_dir,
+            labels=labels,
+            labels_from_rows=labels_from_rows,
+            max_rows=max_rows,
+            split=split,
+            **common,
+        )
     if labels is not None or labels_from_rows or max_rows is not None:
-        raise ConversionError("--labels, --labels-from-rows and --max-rows apply to the video classification "
-                              "tasks only")
+        raise ConversionError(
+            "--labels, --labels-from-rows and --max-rows apply to the video classification tasks only"
+        )
     if name in VIDEO_QA:
         return convert_video_qa_task(records, name, frames, out_dir, split=split, **common)
     if name in MOMENT_SOURCES:

@@ -33,7 +33,15 @@ QRELS_FILE = "qrels.jsonl"
 
 EVAL_TYPES = ("local", "global")
 METRIC_NAMES = (
-    "hit", "precision", "recall", "uvrb_recall", "ndcg_linear", "ndcg_exponential", "mrr", "map", "f1",
+    "hit",
+    "precision",
+    "recall",
+    "uvrb_recall",
+    "ndcg_linear",
+    "ndcg_exponential",
+    "mrr",
+    "map",
+    "f1",
 )
 _METRIC_RE = re.compile(r"^(" + "|".join(METRIC_NAMES) + r")@([1-9][0-9]*)$")
 
@@ -103,16 +111,18 @@ class Task:
         return [_absolute(q, self.root).with_instruction(self.meta.query_instruction) for q in self.queries]
 
     def candidates_for_encoding(self) -> list[Item]:
-        return [_absolute(c, self.root).with_instruction(self.meta.candidate_instruction)
-                for c in self.candidates]
+        return [
+            _absolute(c, self.root).with_instruction(self.meta.candidate_instruction) for c in self.candidates
+        ]
 
 
 def _absolute(item: Item, root: Path | None) -> Item:
     if root is None:
         return item
     problems: list[Problem] = []
-    resolved = resolve_item_media(item, root, confine=True, file=str(root), line=None, problems=problems,
-                                  must_exist=False)
+    resolved = resolve_item_media(
+        item, root, confine=True, file=str(root), line=None, problems=problems, must_exist=False
+    )
     return resolved
 
 
@@ -147,19 +157,30 @@ def _read_meta(root: Path, problems: list[Problem]) -> TaskMeta | None:
         value = raw.get(key)
         if isinstance(value, str) and value and not _usable_as_file_name(value):
             # results are written to OUT/<benchmark>/<task>.json: a name must not lead out of OUT
-            problems.append(Problem(message=f"{value!r} cannot be used as a file name (no '/', '\\', "
-                                    "leading '.' or control characters)", field=key, **where))
+            problems.append(
+                Problem(
+                    message=f"{value!r} cannot be used as a file name (no '/', '\\', "
+                    "leading '.' or control characters)",
+                    field=key,
+                    **where,
+                )
+            )
     if isinstance(raw.get("eval_type"), str) and raw["eval_type"] not in EVAL_TYPES:
-        problems.append(Problem(message=f"must be 'local' or 'global', got {raw['eval_type']!r}",
-                                field="eval_type", **where))
+        problems.append(
+            Problem(
+                message=f"must be 'local' or 'global', got {raw['eval_type']!r}", field="eval_type", **where
+            )
+        )
     if isinstance(raw.get("primary_metric"), str):
         try:
             parse_metric_name(raw["primary_metric"])
         except ValueError as exc:
             problems.append(Problem(message=str(exc), field="primary_metric", **where))
     k_list = raw.get("k_list", [1, 5, 10])
-    if not isinstance(k_list, list) or not k_list or not all(
-        isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in k_list
+    if (
+        not isinstance(k_list, list)
+        or not k_list
+        or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in k_list)
     ):
         problems.append(Problem(message="must be a non-empty list of integers >= 1", field="k_list", **where))
     num_frames = raw.get("num_frames", 8)
@@ -172,7 +193,9 @@ def _read_meta(root: Path, problems: list[Problem]) -> TaskMeta | None:
         problems.append(Problem(message="must be an object", field="source", **where))
     if len(problems) > before:
         return None
-    return TaskMeta(**{k: v for k, v in raw.items() if k in known and v is not None or k in TaskMeta.REQUIRED})
+    return TaskMeta(
+        **{k: v for k, v in raw.items() if k in known and v is not None or k in TaskMeta.REQUIRED}
+    )
 
 
 def _check_media(item: Item, root: Path, file: str, line: int, problems: list[Problem]) -> None:
@@ -180,13 +203,16 @@ def _check_media(item: Item, root: Path, file: str, line: int, problems: list[Pr
     what it is: the loader would block on it or read it forever, and "does not exist" sends users looking for
     a file that is there."""
     before = len(problems)
-    resolved = resolve_item_media(item, root, confine=True, file=file, line=line, problems=problems,
-                                  must_exist=False)
+    resolved = resolve_item_media(
+        item, root, confine=True, file=file, line=line, problems=problems, must_exist=False
+    )
     refused = {p.field for p in problems[before:]}
     media = [(f"images[{i}]", raw, path) for i, (raw, path) in enumerate(zip(item.images, resolved.images))]
     if item.video is not None and resolved.video is not None:
-        media += [(f"video.frames[{i}]", raw, path)
-                  for i, (raw, path) in enumerate(zip(item.video.frames or (), resolved.video.frames or ()))]
+        media += [
+            (f"video.frames[{i}]", raw, path)
+            for i, (raw, path) in enumerate(zip(item.video.frames or (), resolved.video.frames or ()))
+        ]
         if item.video.path is not None:
             media.append(("video.path", item.video.path, resolved.video.path))
     for field_name, raw, path in media:
@@ -197,8 +223,9 @@ def _check_media(item: Item, root: Path, file: str, line: int, problems: list[Pr
         why = special_file_problem(path)
         if why is not None:
             why = "does not exist" if why == "file not found" else why
-            problems.append(Problem(file, f"media file {raw!r} {why}", line=line, field=field_name,
-                                    record=item.id))
+            problems.append(
+                Problem(file, f"media file {raw!r} {why}", line=line, field=field_name, record=item.id)
+            )
     order = {field_name: i for i, (field_name, _, _) in enumerate(media)}
     problems[before:] = sorted(problems[before:], key=lambda p: order.get(p.field, -1))  # in field order
 
@@ -233,8 +260,15 @@ def _load(root: Path, problems: list[Problem], check_media: bool) -> Task | None
         if item is None:
             continue
         if item.id in cid_line:
-            problems.append(Problem(str(cand_file), f"duplicate cid (first on line {cid_line[item.id]})",
-                                    line=line, field="cid", record=item.id))
+            problems.append(
+                Problem(
+                    str(cand_file),
+                    f"duplicate cid (first on line {cid_line[item.id]})",
+                    line=line,
+                    field="cid",
+                    record=item.id,
+                )
+            )
             continue
         cid_line[item.id] = line
         if check_media:
@@ -251,28 +285,49 @@ def _load(root: Path, problems: list[Problem], check_media: bool) -> Task | None
         assert isinstance(query, Query)
         where = {"file": str(query_file), "line": line, "record": query.id}
         if query.id in qid_line:
-            problems.append(Problem(message=f"duplicate qid (first on line {qid_line[query.id]})",
-                                    field="qid", **where))
+            problems.append(
+                Problem(message=f"duplicate qid (first on line {qid_line[query.id]})", field="qid", **where)
+            )
             continue
         qid_line[query.id] = line
         if meta is not None:
             if local:
                 if not query.candidate_ids:
-                    problems.append(Problem(message="a local task needs a non-empty candidate list",
-                                            field="candidate_ids", **where))
+                    problems.append(
+                        Problem(
+                            message="a local task needs a non-empty candidate list",
+                            field="candidate_ids",
+                            **where,
+                        )
+                    )
                 else:
                     unknown = [c for c in query.candidate_ids if c not in cid_line]
                     if unknown:
-                        problems.append(Problem(message=f"unknown candidate id(s) {unknown[:5]}",
-                                                field="candidate_ids", **where))
+                        problems.append(
+                            Problem(
+                                message=f"unknown candidate id(s) {unknown[:5]}",
+                                field="candidate_ids",
+                                **where,
+                            )
+                        )
                     dups = sorted({c for c in query.candidate_ids if query.candidate_ids.count(c) > 1})
                     if dups:
-                        problems.append(Problem(message=f"candidate id(s) listed twice: {dups[:5]}",
-                                                field="candidate_ids", **where))
+                        problems.append(
+                            Problem(
+                                message=f"candidate id(s) listed twice: {dups[:5]}",
+                                field="candidate_ids",
+                                **where,
+                            )
+                        )
             elif query.candidate_ids is not None:
-                problems.append(Problem(message="only local tasks take per-query candidate lists "
-                                        "(set eval_type to 'local' or remove the field)",
-                                        field="candidate_ids", **where))
+                problems.append(
+                    Problem(
+                        message="only local tasks take per-query candidate lists "
+                        "(set eval_type to 'local' or remove the field)",
+                        field="candidate_ids",
+                        **where,
+                    )
+                )
         if check_media:
             _check_media(query, root, str(query_file), line, problems)
         queries.append(query)
@@ -285,14 +340,23 @@ def _load(root: Path, problems: list[Problem], check_media: bool) -> Task | None
         where = {"file": str(qrel_file), "line": line}
         bad = False
         for key in ("qid", "cid"):
-            if not isinstance(obj.get(key), (str, int)) or isinstance(obj.get(key), bool) or obj.get(key) == "":
+            if (
+                not isinstance(obj.get(key), (str, int))
+                or isinstance(obj.get(key), bool)
+                or obj.get(key) == ""
+            ):
                 msg = "missing required field" if key not in obj else "must be a non-empty string"
                 problems.append(Problem(message=msg, field=key, **where))
                 bad = True
         rel = obj.get("rel", 1)
         if not isinstance(rel, int) or isinstance(rel, bool) or rel < 1:
-            problems.append(Problem(message=f"must be an integer >= 1, got {rel!r} (leave non-relevant "
-                                    "pairs out)", field="rel", **where))
+            problems.append(
+                Problem(
+                    message=f"must be an integer >= 1, got {rel!r} (leave non-relevant pairs out)",
+                    field="rel",
+                    **where,
+                )
+            )
             bad = True
         if bad:
             continue
@@ -304,12 +368,17 @@ def _load(root: Path, problems: list[Problem], check_media: bool) -> Task | None
             problems.append(Problem(message=f"unknown cid {cid!r}", field="cid", **where))
             continue
         if local and cid not in local_sets.get(qid, ()):
-            problems.append(Problem(message=f"cid {cid!r} is not in query {qid!r}'s candidate_ids",
-                                    field="cid", **where))
+            problems.append(
+                Problem(message=f"cid {cid!r} is not in query {qid!r}'s candidate_ids", field="cid", **where)
+            )
             continue
         if (qid, cid) in seen_pairs:
-            problems.append(Problem(message=f"duplicate qrel ({qid!r}, {cid!r}), first on line "
-                                    f"{seen_pairs[(qid, cid)]}", **where))
+            problems.append(
+                Problem(
+                    message=f"duplicate qrel ({qid!r}, {cid!r}), first on line {seen_pairs[(qid, cid)]}",
+                    **where,
+                )
+            )
             continue
         seen_pairs[(qid, cid)] = line
         qrels.append(Qrel(qid, cid, rel))

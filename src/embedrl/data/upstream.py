@@ -76,27 +76,42 @@ def record_files(source: str | Path, split: str | None = None, several_folders: 
         return [source]
     if not source.is_dir():
         raise ConversionError(f"{source}: no such file or folder")
-    files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix in RECORD_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(source).parts))
+    files = sorted(
+        p
+        for p in source.rglob("*")
+        if p.is_file()
+        and p.suffix in RECORD_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(source).parts)
+    )
     if not files:
         raise ConversionError(f"{source}: holds no {', '.join(RECORD_SUFFIXES)} files")
+
     def task_folder(path: Path) -> str:
-        folder = path.parent.parent if path.parent != source and path.parent.name in SPLIT_NAMES else path.parent
+        folder = (
+            path.parent.parent if path.parent != source and path.parent.name in SPLIT_NAMES else path.parent
+        )
         return str(folder.relative_to(source))
 
     folders = sorted({task_folder(p) for p in files})
-    if len(folders) > 1 and not several_folders:  # e.g. a hub snapshot's root, one folder per task: never merge
+    if (
+        len(folders) > 1 and not several_folders
+    ):  # e.g. a hub snapshot's root, one folder per task: never merge
         shown = ", ".join(folders[:5]) + (", ..." if len(folders) > 5 else "")
-        raise ConversionError(f"{source}: record files in {len(folders)} folders ({shown}); give the folder of "
-                              "the one task to convert")
+        raise ConversionError(
+            f"{source}: record files in {len(folders)} folders ({shown}); give the folder of "
+            "the one task to convert"
+        )
     splits = {split_of(p) for p in files}
     named = sorted(x for x in splits if x is not None)
     if split is not None and split in splits:
         return [p for p in files if split_of(p) == split]
     if named and (split is not None or len(splits) > 1):
         listed = ", ".join(named) + (" and files of no split" if None in splits else "")
-        wanted = f"not {split} (the split to convert; pass --split to choose another)" if split else \
-            "pick one with --split"
+        wanted = (
+            f"not {split} (the split to convert; pass --split to choose another)"
+            if split
+            else "pick one with --split"
+        )
         raise ConversionError(f"{source}: holds {listed}, {wanted}")
     return files
 
@@ -114,15 +129,23 @@ def split_label(source: str | Path | None, split: str | None, several_folders: b
 class Conversion:
     """What a converter writes into and reads from, opened by `start_conversion`."""
 
-    final: Path                  # OUT/<task>
-    building: Path               # OUT/<task>.partial
+    final: Path  # OUT/<task>
+    building: Path  # OUT/<task>.partial
     rows: Iterable[Record]
-    split: str | None            # the split the rows belong to, as recorded in task.json
+    split: str | None  # the split the rows belong to, as recorded in task.json
 
 
-def start_conversion(records: str | Path | Iterable[Record], out_dir: str | Path, name: str, overwrite: bool,
-                     problems: list[Problem], *, split: str | None, media_sources: Iterable[str | Path] = (),
-                     several_folders: bool = False) -> Conversion:
+def start_conversion(
+    records: str | Path | Iterable[Record],
+    out_dir: str | Path,
+    name: str,
+    overwrite: bool,
+    problems: list[Problem],
+    *,
+    split: str | None,
+    media_sources: Iterable[str | Path] = (),
+    several_folders: bool = False,
+) -> Conversion:
     """The common opening of a converter: the rows (`records`: a record file or folder, or rows already read)
     and the folder to build in, which may not hold any source."""
     if isinstance(records, (str, Path)):
@@ -143,8 +166,9 @@ def frames_folder(frames: str | Path, num_frames: int) -> Path:
     return root
 
 
-def read_records(source: str | Path, problems: list[Problem], split: str | None = None,
-                 several_folders: bool = False) -> Iterator[Record]:
+def read_records(
+    source: str | Path, problems: list[Problem], split: str | None = None, several_folders: bool = False
+) -> Iterator[Record]:
     """Rows of every record file of `source` (of `split`, when the folder holds several), in order. A line or
     file that cannot be read is added to `problems` and skipped, so that the caller still reports every other
     defect. Parquet is read in batches, so memory stays bounded when a split carries its images inline."""
@@ -194,8 +218,14 @@ def field_defect(data: dict, key: str, kinds: type | tuple[type, ...]) -> str | 
     return "missing" if key not in data else f"must be {names}, got {type(value).__name__}"
 
 
-def require(record: Record, key: str, kinds: type | tuple[type, ...], problems: list[Problem],
-            record_id: str | None = None, optional: bool = False) -> Any:
+def require(
+    record: Record,
+    key: str,
+    kinds: type | tuple[type, ...],
+    problems: list[Problem],
+    record_id: str | None = None,
+    optional: bool = False,
+) -> Any:
     """`record.data[key]` when it has one of `kinds`; otherwise a problem is added and None returned."""
     if record.data.get(key) is None and optional:
         return None
@@ -243,10 +273,15 @@ def source_file(root: Path, path: str) -> tuple[Path | None, str | None]:
     except FileNotFoundError:
         return None, f"{root / rel} does not exist"
     except (OSError, RuntimeError, ValueError) as exc:  # too long a name, a symlink loop, a NUL byte
-        return None, f"{root / rel}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else 'unreadable'}"
+        return (
+            None,
+            f"{root / rel}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else 'unreadable'}",
+        )
     if not inside:
-        return None, (f"{root / rel} leads outside {root} (a symlink to {real}); refused: place the files "
-                      "themselves in the folder (a hub download into --local-dir does)")
+        return None, (
+            f"{root / rel} leads outside {root} (a symlink to {real}); refused: place the files "
+            "themselves in the folder (a hub download into --local-dir does)"
+        )
     if not is_file:
         return None, f"{root / rel} {special_file_problem(real) or 'is not a regular file'}"
     return real, None
@@ -257,8 +292,11 @@ def place_file(source: Path, task_root: Path, rel: PurePosixPath) -> str:
     return `rel` as written in the task files. What a rerun of an interrupted conversion finds there is kept only
     if it is the same file or has the same bytes."""
     target = task_root / rel
-    if target.is_file() and not target.is_symlink() and (
-            os.path.samefile(source, target) or filecmp.cmp(source, target, shallow=False)):
+    if (
+        target.is_file()
+        and not target.is_symlink()
+        and (os.path.samefile(source, target) or filecmp.cmp(source, target, shallow=False))
+    ):
         return rel.as_posix()
     target.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
@@ -274,8 +312,12 @@ def place_file(source: Path, task_root: Path, rel: PurePosixPath) -> str:
 
 def place_bytes(data: bytes, task_root: Path, rel: PurePosixPath) -> str:
     target = task_root / rel
-    if target.is_file() and not target.is_symlink() and target.stat().st_size == len(data) \
-            and target.read_bytes() == data:
+    if (
+        target.is_file()
+        and not target.is_symlink()
+        and target.stat().st_size == len(data)
+        and target.read_bytes() == data
+    ):
         return rel.as_posix()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
@@ -288,8 +330,16 @@ def place_bytes(data: bytes, task_root: Path, rel: PurePosixPath) -> str:
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def place_media(record: Record, field: str, root: Path, path: str, building: Path, target: PurePosixPath,
-                problems: list[Problem], record_id: str | None) -> str | None:
+def place_media(
+    record: Record,
+    field: str,
+    root: Path,
+    path: str,
+    building: Path,
+    target: PurePosixPath,
+    problems: list[Problem],
+    record_id: str | None,
+) -> str | None:
     """Place the file `path` (below `root`) at `target` in the task folder being built; None after adding a
     problem that names the row and field."""
     source, why = source_file(root, path)
@@ -299,9 +349,18 @@ def place_media(record: Record, field: str, root: Path, path: str, building: Pat
     return place_file(source, building, target)
 
 
-def place_frames(record: Record, field: str, root: Path, folder: PurePosixPath, building: Path,
-                 target: PurePosixPath, num_frames: int, problems: list[Problem], record_id: str | None,
-                 sort_key: Any = None) -> list[str] | None:
+def place_frames(
+    record: Record,
+    field: str,
+    root: Path,
+    folder: PurePosixPath,
+    building: Path,
+    target: PurePosixPath,
+    num_frames: int,
+    problems: list[Problem],
+    record_id: str | None,
+    sort_key: Any = None,
+) -> list[str] | None:
     """The frames of the folder `folder` (below `root`) as a video: its .jpg/.jpeg/.png files in name order
     (`sort_key`: natural order for MMEB-V2, plain for UVRB, as each official loader), sampled with `linspace` to
     `num_frames` (all of them when there are fewer) and placed under `target`. None after adding a problem."""
@@ -317,8 +376,9 @@ def place_frames(record: Record, field: str, root: Path, folder: PurePosixPath, 
         return None
     placed = []
     for name in (names[i] for i in sample_indices(len(names), num_frames)):
-        rel = place_media(record, field, root, f"{folder.as_posix()}/{name}", building, target / name, problems,
-                          record_id)
+        rel = place_media(
+            record, field, root, f"{folder.as_posix()}/{name}", building, target / name, problems, record_id
+        )
         if rel is None:
             return None
         placed.append(rel)
@@ -331,8 +391,9 @@ def image_suffix(data: bytes | Path) -> str:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data,
-                        formats=ALLOWED_IMAGE_FORMATS) as image:
+        with Image.open(
+            io.BytesIO(data) if isinstance(data, bytes) else data, formats=ALLOWED_IMAGE_FORMATS
+        ) as image:
             kind = (image.format or "").lower()
     except (UnidentifiedImageError, OSError):
         return ""
@@ -342,8 +403,9 @@ def image_suffix(data: bytes | Path) -> str:
 # ------------------------------------------------------------------------------------------- the folder
 
 
-def partial_folder(out_dir: str | Path, name: str, overwrite: bool,
-                   sources: Iterable[str | Path] = ()) -> tuple[Path, Path]:
+def partial_folder(
+    out_dir: str | Path, name: str, overwrite: bool, sources: Iterable[str | Path] = ()
+) -> tuple[Path, Path]:
     """(final folder, folder to build in). A finished folder is replaced only with `overwrite`, and only when
     it is a task folder that holds none of the `sources` (the download being converted)."""
     final = Path(out_dir) / name
@@ -352,18 +414,26 @@ def partial_folder(out_dir: str | Path, name: str, overwrite: bool,
         real_final = final.resolve()
         for source in sources:
             real = Path(source).resolve()
-            if real == real_final or real.is_relative_to(real_final) or real == building.resolve() \
-                    or real.is_relative_to(building.resolve()):
-                raise ConversionError(f"{final} would hold the converted task, but the source {source} is in it; "
-                                      "write to another --out")
+            if (
+                real == real_final
+                or real.is_relative_to(real_final)
+                or real == building.resolve()
+                or real.is_relative_to(building.resolve())
+            ):
+                raise ConversionError(
+                    f"{final} would hold the converted task, but the source {source} is in it; "
+                    "write to another --out"
+                )
         if final.is_symlink() or (final.exists() and not final.is_dir()):
             raise ConversionError(f"{final} exists and is not a folder; remove it or use another --out")
         if final.exists():
             if not overwrite:
                 raise ConversionError(f"{final} exists; pass --overwrite to replace it")
             if not (final / TASK_FILE).is_file():
-                raise ConversionError(f"{final} exists but is not a task folder (no {TASK_FILE}); --overwrite only "
-                                      "replaces task folders: remove it yourself or use another --out")
+                raise ConversionError(
+                    f"{final} exists but is not a task folder (no {TASK_FILE}); --overwrite only "
+                    "replaces task folders: remove it yourself or use another --out"
+                )
         if building.is_symlink() or (building.exists() and not building.is_dir()):
             raise ConversionError(f"{building} exists and is not a folder; remove it")
         building.mkdir(parents=True, exist_ok=True)
@@ -383,8 +453,9 @@ def finish(task: Task, building: Path, final: Path) -> Path:
             shutil.rmtree(final)
         os.replace(building, final)
     except OSError as exc:
-        raise ConversionError(f"{final}: cannot move the finished task folder into place ({exc}); it is complete "
-                              f"in {building}") from None
+        raise ConversionError(
+            f"{final}: cannot move the finished task folder into place ({exc}); it is complete in {building}"
+        ) from None
     task.root = final
     return final
 

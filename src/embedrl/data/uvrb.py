@@ -64,8 +64,9 @@ UVRB_QUERY_PROMPTS = {
 def _dataset_name(name: str) -> str:
     resolved = resolve_task(UVRB, name)
     if resolved is None:
-        raise ConversionError(f"{name!r} is not a UVRB dataset; expected one of: "
-                              f"{', '.join(d.name for d in UVRB_DATASETS)}")
+        raise ConversionError(
+            f"{name!r} is not a UVRB dataset; expected one of: {', '.join(d.name for d in UVRB_DATASETS)}"
+        )
     return resolved
 
 
@@ -76,8 +77,15 @@ def _split_file(root: Path, stem: str) -> Path:
     raise ConversionError(f"{root}: no {stem}.jsonl (looked in {root / 'jsonl'} and {root})")
 
 
-def convert_uvrb_dataset(root: str | Path, dataset: str, out_dir: str | Path, *, num_frames: int = 8,
-                         revision: str | None = None, overwrite: bool = False) -> Path:
+def convert_uvrb_dataset(
+    root: str | Path,
+    dataset: str,
+    out_dir: str | Path,
+    *,
+    num_frames: int = 8,
+    revision: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write `OUT/<dataset>/` from one extracted UVRB dataset folder. Every defect (a missing frame folder or
     image, an unknown id) is collected and raised together, naming file, line and field; media already placed
     stay in `OUT/<dataset>.partial/` for the rerun."""
@@ -162,17 +170,33 @@ def convert_uvrb_dataset(root: str | Path, dataset: str, out_dir: str | Path, *,
     if not queries or not candidates:
         raise ConversionError(f"{name}: {files['queries' if not queries else 'corpus']} holds no records")
     without = sum(1 for qid in queries if not positives.get(qid))
-    notes = [f"{without} queries have no positive (they score 0)" if without else "",
-             f"{truncated} query texts cut to {MAX_TEXT_CHARS} characters with the prompt, as upstream"
-             if truncated else "",
-             f"{video_dropped} queries with an image and a video keep the image only, as upstream"
-             if video_dropped else ""]
-    meta = TaskMeta(benchmark=UVRB, task=name, modality="video", eval_type="global",
-                    primary_metric=spec.metric, k_list=[1, 5, 10, 50], query_instruction=UVRB_QUERY_PROMPTS[name],
-                    num_frames=num_frames, frame_sampling="linspace_int",
-                    source={"hf": "Alibaba-NLP/UVRB", "dataset": name, "revision": revision,
-                            "converter": f"{__name__}.convert_uvrb_dataset"},
-                    version_note="; ".join(n for n in notes if n) or None)
+    notes = [
+        f"{without} queries have no positive (they score 0)" if without else "",
+        f"{truncated} query texts cut to {MAX_TEXT_CHARS} characters with the prompt, as upstream"
+        if truncated
+        else "",
+        f"{video_dropped} queries with an image and a video keep the image only, as upstream"
+        if video_dropped
+        else "",
+    ]
+    meta = TaskMeta(
+        benchmark=UVRB,
+        task=name,
+        modality="video",
+        eval_type="global",
+        primary_metric=spec.metric,
+        k_list=[1, 5, 10, 50],
+        query_instruction=UVRB_QUERY_PROMPTS[name],
+        num_frames=num_frames,
+        frame_sampling="linspace_int",
+        source={
+            "hf": "Alibaba-NLP/UVRB",
+            "dataset": name,
+            "revision": revision,
+            "converter": f"{__name__}.convert_uvrb_dataset",
+        },
+        version_note="; ".join(n for n in notes if n) or None,
+    )
     qrels = [Qrel(qid, cid, 1) for qid, cids in positives.items() for cid in cids]
     return finish(Task(meta, list(queries.values()), list(candidates.values()), qrels), building, final)
 
@@ -183,22 +207,47 @@ def frame_folder(video: str) -> PurePosixPath | None:
     return None if rel is None else rel.parent / PurePosixPath(rel.name).stem
 
 
-def _place_video(record: Record, video: str, root: Path, building: Path, num_frames: int,
-                 problems: list[Problem], record_id: str) -> VideoRef | None:
+def _place_video(
+    record: Record,
+    video: str,
+    root: Path,
+    building: Path,
+    num_frames: int,
+    problems: list[Problem],
+    record_id: str,
+) -> VideoRef | None:
     rel = frame_folder(video)
     if rel is None:
         problems.append(record.problem(f"{video!r} must be a relative path", "video", record_id))
         return None
-    placed = place_frames(record, "video", root, PurePosixPath("videos_frames") / rel, building,
-                          PurePosixPath("media", "frames", *rel.parts), num_frames, problems, record_id)
+    placed = place_frames(
+        record,
+        "video",
+        root,
+        PurePosixPath("videos_frames") / rel,
+        building,
+        PurePosixPath("media", "frames", *rel.parts),
+        num_frames,
+        problems,
+        record_id,
+    )
     return VideoRef(id=video, frames=placed) if placed is not None else None
 
 
-def _place_image(record: Record, image: str, root: Path, building: Path, problems: list[Problem],
-                 record_id: str) -> str | None:
+def _place_image(
+    record: Record, image: str, root: Path, building: Path, problems: list[Problem], record_id: str
+) -> str | None:
     rel = safe_relative(image)
     if rel is None:
         problems.append(record.problem(f"{image!r} must be a relative path", "image", record_id))
         return None
-    return place_media(record, "image", root, f"images/{rel.as_posix()}", building,
-                       PurePosixPath("media", "images", *rel.parts), problems, record_id)
+    return place_media(
+        record,
+        "image",
+        root,
+        f"images/{rel.as_posix()}",
+        building,
+        PurePosixPath("media", "images", *rel.parts),
+        problems,
+        record_id,
+    )

@@ -55,8 +55,9 @@ class Judged:
         return int(self.gains.shape[0])
 
 
-def judge(rankings: Sequence[Sequence[Hashable]], relevance: Sequence[Mapping[Hashable, int]],
-          depth: int) -> Judged:
+def judge(
+    rankings: Sequence[Sequence[Hashable]], relevance: Sequence[Mapping[Hashable, int]], depth: int
+) -> Judged:
     """Build a `Judged` batch from ranked id lists (best first) and per-query {id: grade} maps.
 
     Rankings may be shorter than `depth` (small pools) or longer (cut at `depth`). Grades < 1 count as not
@@ -124,7 +125,7 @@ def f1_at_k(judged: Judged, k: int) -> np.ndarray:
 
 
 def _discounts(k: int) -> np.ndarray:
-    return 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))   # rank i -> 1 / log2(i + 1)
+    return 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))  # rank i -> 1 / log2(i + 1)
 
 
 def _ndcg(judged: Judged, k: int, gain: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
@@ -178,17 +179,21 @@ METRICS: dict[str, Callable[[Judged, int], np.ndarray]] = {
 assert tuple(METRICS) == METRIC_NAMES
 
 
-def per_query_metrics(judged: Judged, ks: Iterable[int] = DEFAULT_KS,
-                      names: Iterable[str] = METRIC_NAMES) -> dict[str, np.ndarray]:
+def per_query_metrics(
+    judged: Judged, ks: Iterable[int] = DEFAULT_KS, names: Iterable[str] = METRIC_NAMES
+) -> dict[str, np.ndarray]:
     """{"hit@1": array over queries, ...} for every metric name and k."""
     return {f"{name}@{k}": METRICS[name](judged, k) for name in names for k in sorted(set(ks))}
 
 
-def task_metrics(judged: Judged, ks: Iterable[int] = DEFAULT_KS,
-                 names: Iterable[str] = METRIC_NAMES) -> dict[str, float]:
+def task_metrics(
+    judged: Judged, ks: Iterable[int] = DEFAULT_KS, names: Iterable[str] = METRIC_NAMES
+) -> dict[str, float]:
     """Task score of every metric at every k: the plain mean over queries (0.0 for a task without queries)."""
-    return {key: float(values.mean()) if values.size else 0.0
-            for key, values in per_query_metrics(judged, ks, names).items()}
+    return {
+        key: float(values.mean()) if values.size else 0.0
+        for key, values in per_query_metrics(judged, ks, names).items()
+    }
 
 
 # ------------------------------------------------------------------------------------------------- ties
@@ -213,8 +218,9 @@ def top1_tied(ranked_scores: np.ndarray, valid: np.ndarray | None = None) -> np.
     return tied
 
 
-def pessimistic_hit_at_1(judged: Judged, ranked_scores: np.ndarray, valid: np.ndarray,
-                         complete: np.ndarray) -> np.ndarray:
+def pessimistic_hit_at_1(
+    judged: Judged, ranked_scores: np.ndarray, valid: np.ndarray, complete: np.ndarray
+) -> np.ndarray:
     """Hit@1 under the worst order of the candidates tied at the top: 1 only if every candidate sharing the
     best score is relevant.
 

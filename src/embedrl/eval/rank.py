@@ -33,8 +33,8 @@ _MAX_QUERY_BLOCK = 1024
 class TopK:
     """Best-first candidates per query. Rows of pools smaller than k are padded with index -1, score -inf."""
 
-    indices: np.ndarray   # (num_queries, k) int64
-    scores: np.ndarray    # (num_queries, k) float32 (float64 when ranking a float64 score matrix)
+    indices: np.ndarray  # (num_queries, k) int64
+    scores: np.ndarray  # (num_queries, k) float32 (float64 when ranking a float64 score matrix)
 
     @property
     def valid(self) -> np.ndarray:
@@ -61,8 +61,9 @@ def _prepare(x: np.ndarray, similarity: str) -> np.ndarray:
     return normalize_rows(x) if similarity == "cosine" else np.asarray(x, dtype=np.float32)
 
 
-def similarity_block(queries: np.ndarray, candidates: np.ndarray, similarity: str,
-                     out: np.ndarray | None = None) -> np.ndarray:
+def similarity_block(
+    queries: np.ndarray, candidates: np.ndarray, similarity: str, out: np.ndarray | None = None
+) -> np.ndarray:
     """Scores of a query block against a candidate block in float32: rows are normalised first for cosine,
     the same arithmetic as `normalize(Q) @ normalize(C).T` on the whole matrices."""
     return np.matmul(_prepare(queries, similarity), _prepare(candidates, similarity).T, out=out)
@@ -97,7 +98,7 @@ def block_topk(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         cols = np.argsort(-block, axis=1, kind="stable")[:, :k]
         return cols, np.take_along_axis(block, cols, axis=1)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)   # read-only input (a memmap): torch only reads it
+        warnings.simplefilter("ignore", UserWarning)  # read-only input (a memmap): torch only reads it
         values, cols = torch.topk(torch.from_numpy(block), k + 1, dim=1, largest=True, sorted=True)
     values, cols = values.numpy(), cols.numpy()
     # With the (k+1)-th value equal to the k-th, torch may have kept a higher column than a stable sort would.
@@ -122,16 +123,24 @@ def _merge(best: TopK, rows: slice, cols: np.ndarray, scores: np.ndarray) -> Non
 
 
 def _empty(num_queries: int, k: int, dtype=np.float32) -> TopK:
-    return TopK(np.full((num_queries, k), -1, dtype=np.int64), np.full((num_queries, k), -np.inf, dtype=dtype))
+    return TopK(
+        np.full((num_queries, k), -1, dtype=np.int64), np.full((num_queries, k), -np.inf, dtype=dtype)
+    )
 
 
-def plan_blocks(num_queries: int, num_candidates: int, block_bytes: int = DEFAULT_BLOCK_BYTES,
-                dim: int = 1, itemsize: int = 4) -> tuple[int, int]:
+def plan_blocks(
+    num_queries: int,
+    num_candidates: int,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    dim: int = 1,
+    itemsize: int = 4,
+) -> tuple[int, int]:
     """(query block, candidate chunk) sizes such that the score block, and the float32 copy of a candidate
     chunk (normalised for cosine), each fit in `block_bytes`."""
     query_block = max(1, min(num_queries, _MAX_QUERY_BLOCK))
-    cand_chunk = max(1, min(num_candidates, block_bytes // (itemsize * query_block),
-                            block_bytes // (itemsize * dim)))
+    cand_chunk = max(
+        1, min(num_candidates, block_bytes // (itemsize * query_block), block_bytes // (itemsize * dim))
+    )
     if cand_chunk < 1024 and num_candidates > cand_chunk:
         # A tiny budget: trade query rows for candidate columns so that each matmul stays efficient.
         cand_chunk = min(num_candidates, 1024)
@@ -139,8 +148,14 @@ def plan_blocks(num_queries: int, num_candidates: int, block_bytes: int = DEFAUL
     return query_block, cand_chunk
 
 
-def exact_topk(queries: np.ndarray, candidates: np.ndarray, k: int, *, similarity: str = "cosine",
-               block_bytes: int = DEFAULT_BLOCK_BYTES) -> TopK:
+def exact_topk(
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    k: int,
+    *,
+    similarity: str = "cosine",
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> TopK:
     """Exact top-k candidates per query by cosine or dot product, in bounded memory (see module doc).
 
     `queries` (nq × d) and `candidates` (nc × d) may be memory-mapped and of any real dtype; blocks are
@@ -149,7 +164,9 @@ def exact_topk(queries: np.ndarray, candidates: np.ndarray, k: int, *, similarit
     if k < 1:
         raise ValueError("k must be >= 1")
     if queries.ndim != 2 or candidates.ndim != 2 or queries.shape[1] != candidates.shape[1]:
-        raise ValueError(f"shapes {queries.shape} and {candidates.shape} do not make a query × candidate product")
+        raise ValueError(
+            f"shapes {queries.shape} and {candidates.shape} do not make a query × candidate product"
+        )
     nq, nc = queries.shape[0], candidates.shape[0]
     best = _empty(nq, k)
     query_block, cand_chunk = plan_blocks(nq, nc, block_bytes, dim=queries.shape[1])
@@ -157,7 +174,7 @@ def exact_topk(queries: np.ndarray, candidates: np.ndarray, k: int, *, similarit
     # Candidates outside, queries inside: each pool chunk (maybe read from disk) is read and normalised once.
     for c0 in range(0, nc, cand_chunk):
         try:
-            chunk = _prepare(candidates[c0:c0 + cand_chunk], similarity)
+            chunk = _prepare(candidates[c0 : c0 + cand_chunk], similarity)
         except ValueError as exc:
             raise ValueError(f"candidates: {_shift_row(exc, c0)}") from None
         for q0 in range(0, nq, query_block):
@@ -205,12 +222,22 @@ def _import_faiss():
     try:
         import faiss
     except ImportError:
-        raise ConfigError("FAISS search needs the `index` extra: pip install 'embedrl[index]' (faiss-cpu)") from None
+        raise ConfigError(
+            "FAISS search needs the `index` extra: pip install 'embedrl[index]' (faiss-cpu)"
+        ) from None
     return faiss
 
 
-def faiss_topk(queries: np.ndarray, candidates: np.ndarray, k: int, *, similarity: str = "cosine",
-               index: str = "flat", hnsw_m: int = 32, ef_search: int | None = None) -> TopK:
+def faiss_topk(
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    k: int,
+    *,
+    similarity: str = "cosine",
+    index: str = "flat",
+    hnsw_m: int = 32,
+    ef_search: int | None = None,
+) -> TopK:
     """Top-k through FAISS. index="flat" is exact (IndexFlatIP) and, after re-sorting FAISS's output by
     (−score, index) and redoing rows whose cut falls in a tie, equals `exact_topk` whenever both compute the same
     float32 scores. index="hnsw" is approximate (IndexHNSWFlat, inner product)."""

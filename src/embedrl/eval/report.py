@@ -50,10 +50,10 @@ def fmt(value: float, digits: int = 2) -> str:
 
 @dataclass(frozen=True)
 class TaskScore:
-    task: str          # registry name
-    score: float       # percent
-    metric: str        # metric the score was read from ("given" for plain mappings)
-    source: str        # file it came from
+    task: str  # registry name
+    score: float  # percent
+    metric: str  # metric the score was read from ("given" for plain mappings)
+    source: str  # file it came from
 
 
 @dataclass(frozen=True)
@@ -77,15 +77,20 @@ class Mean:
         return f"{shown} (partial {self.n}/{self.total})" if self.partial else shown
 
     def to_json(self) -> dict[str, Any]:
-        return {"score": self.value, "n": self.n, "total": self.total, "partial": self.partial,
-                "missing": list(self.missing)}
+        return {
+            "score": self.value,
+            "n": self.n,
+            "total": self.total,
+            "partial": self.partial,
+            "missing": list(self.missing),
+        }
 
 
 @dataclass
 class Report:
     benchmark: str
-    tasks: list[dict[str, Any]]                    # one row per registry task, in registry order
-    sections: dict[str, dict[str, Mean]]           # section -> label -> mean
+    tasks: list[dict[str, Any]]  # one row per registry task, in registry order
+    sections: dict[str, dict[str, Mean]]  # section -> label -> mean
     missing: list[str]
     notes: list[str] = field(default_factory=list)
 
@@ -109,11 +114,13 @@ class _Collector:
     benchmark: str
     scores: dict[str, TaskScore] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)    # JSON files in folders that hold no results
+    skipped: list[str] = field(default_factory=list)  # JSON files in folders that hold no results
 
     def unknown(self, name: str, source: str) -> None:
         hint = reg.MMEB_NOT_LEADERBOARD.get(name) if self.benchmark == reg.MMEB_V2 else None
-        what = "one of the 78 MMEB-V2 tasks" if self.benchmark == reg.MMEB_V2 else "one of the 16 UVRB datasets"
+        what = (
+            "one of the 78 MMEB-V2 tasks" if self.benchmark == reg.MMEB_V2 else "one of the 16 UVRB datasets"
+        )
         self.notes.append(f"{source}: {name!r} is not {what}" + (f" ({hint})" if hint else "") + "; ignored")
 
     def add(self, name: str, value: float, metric: str, source: str) -> None:
@@ -125,7 +132,9 @@ class _Collector:
             raise DataError(Problem(source, f"score of {name!r} is not a finite number: {value!r}"))
         if task in self.scores:
             first = self.scores[task].source
-            raise DataError(Problem(source, f"{task!r} is given twice (also in {first}); pass one result per task"))
+            raise DataError(
+                Problem(source, f"{task!r} is given twice (also in {first}); pass one result per task")
+            )
         self.scores[task] = TaskScore(task, float(value), metric, source)
 
 
@@ -156,11 +165,18 @@ def _read_embedrl_result(obj: dict, source: str, out: _Collector) -> None:
     metric = _registry_metric(out.benchmark, task)
     metrics = obj["metrics"]
     if metric not in metrics:
-        raise DataError(Problem(source, f"{name!r} has no {metric!r}, the metric {out.benchmark} reports for it "
-                                        f"(it has: {', '.join(sorted(metrics)[:12])})"))
+        raise DataError(
+            Problem(
+                source,
+                f"{name!r} has no {metric!r}, the metric {out.benchmark} reports for it "
+                f"(it has: {', '.join(sorted(metrics)[:12])})",
+            )
+        )
     if obj.get("primary_metric") not in (None, metric):
-        out.notes.append(f"{source}: {name!r} lists primary_metric {obj['primary_metric']!r}; the report uses "
-                         f"{metric!r} as {out.benchmark} defines")
+        out.notes.append(
+            f"{source}: {name!r} lists primary_metric {obj['primary_metric']!r}; the report uses "
+            f"{metric!r} as {out.benchmark} defines"
+        )
     out.add(name, 100.0 * metrics[metric], metric, source)
 
 
@@ -193,10 +209,14 @@ def _read_mapping(obj: dict, source: str, out: _Collector) -> None:
     values = list(scores.values())
     if scale is None:
         scale = "fraction" if values and all(abs(v) <= 1.0 for v in values) else "percent"
-        out.notes.append(f"{source}: plain score mapping read as {scale}s"
-                         + (" (every value ≤ 1)" if scale == "fraction" else ""))
+        out.notes.append(
+            f"{source}: plain score mapping read as {scale}s"
+            + (" (every value ≤ 1)" if scale == "fraction" else "")
+        )
     if scale not in ("percent", "fraction"):
-        raise DataError(Problem(source, f"scale must be 'percent' or 'fraction', got {scale!r}", field="scale"))
+        raise DataError(
+            Problem(source, f"scale must be 'percent' or 'fraction', got {scale!r}", field="scale")
+        )
     factor = 100.0 if scale == "fraction" else 1.0
     for name, value in scores.items():
         out.add(name, factor * value, "given", source)
@@ -212,11 +232,20 @@ def _classify(obj: Any) -> str | None:
         return None
     if isinstance(obj.get("metrics"), dict) and "task" in obj and "benchmark" in obj:
         return "embedrl"
-    if isinstance(obj.get("metrics"), dict) and obj["metrics"] and all(
-            isinstance(v, dict) and all(isinstance(m, dict) for m in v.values()) for v in obj["metrics"].values()):
+    if (
+        isinstance(obj.get("metrics"), dict)
+        and obj["metrics"]
+        and all(
+            isinstance(v, dict) and all(isinstance(m, dict) for m in v.values())
+            for v in obj["metrics"].values()
+        )
+    ):
         return "leaderboard"
-    if isinstance(obj.get("scores"), dict) and set(obj) <= {"scale", "scores"} and all(
-            _is_number(v) for v in obj["scores"].values()):
+    if (
+        isinstance(obj.get("scores"), dict)
+        and set(obj) <= {"scale", "scores"}
+        and all(_is_number(v) for v in obj["scores"].values())
+    ):
         return "mapping"
     if all(_is_number(v) for v in obj.values()):
         return "vlm2vec_task" if all(_is_metric_key(k) for k in obj) else "mapping"
@@ -235,8 +264,13 @@ def _read_file(path: Path, out: _Collector, explicit: bool) -> None:
     kind = _classify(obj)
     if kind is None:
         if explicit:
-            raise DataError(Problem(source, "not a result file: expected an embedrl task result, the VLM2Vec / "
-                                            "Embed-RL score layout or a {name: score} mapping"))
+            raise DataError(
+                Problem(
+                    source,
+                    "not a result file: expected an embedrl task result, the VLM2Vec / "
+                    "Embed-RL score layout or a {name: score} mapping",
+                )
+            )
         out.skipped.append(source)
     elif kind == "embedrl":
         _read_embedrl_result(obj, source, out)
@@ -272,7 +306,9 @@ def collect(paths: Sequence[str | Path], benchmark: str) -> tuple[dict[str, Task
             raise DataError(Problem(str(path), "no such file or folder"))
     if out.skipped:
         shown = ", ".join(out.skipped[:5]) + (", ..." if len(out.skipped) > 5 else "")
-        out.notes.append(f"{len(out.skipped)} JSON file(s) in the folders are not result files, skipped: {shown}")
+        out.notes.append(
+            f"{len(out.skipped)} JSON file(s) in the folders are not result files, skipped: {shown}"
+        )
     return out.scores, out.notes
 
 
@@ -290,18 +326,36 @@ def mean_over(name: str, names: Iterable[str], scores: dict[str, float]) -> Mean
 
 def mmeb_report(scores: dict[str, TaskScore], notes: Sequence[str] = ()) -> Report:
     values = {t: s.score for t, s in scores.items()}
-    rows = [{"task": t.name, "modality": t.modality, "meta_task": t.meta_task, "metric": t.main_metric,
-             "score": values.get(t.name), "source": scores[t.name].source if t.name in scores else None}
-            for t in reg.MMEB_TASKS]
-    meta = {m: mean_over(m, [t.name for t in reg.MMEB_TASKS if t.meta_task == m], values)
-            for m in reg.MMEB_META_TASKS}
-    modalities = {reg.MMEB_MODALITY_LABELS[mod]: mean_over(
-        reg.MMEB_MODALITY_LABELS[mod], [t.name for t in reg.MMEB_TASKS if t.modality == mod], values)
-        for mod in reg.MMEB_MODALITIES}
+    rows = [
+        {
+            "task": t.name,
+            "modality": t.modality,
+            "meta_task": t.meta_task,
+            "metric": t.main_metric,
+            "score": values.get(t.name),
+            "source": scores[t.name].source if t.name in scores else None,
+        }
+        for t in reg.MMEB_TASKS
+    ]
+    meta = {
+        m: mean_over(m, [t.name for t in reg.MMEB_TASKS if t.meta_task == m], values)
+        for m in reg.MMEB_META_TASKS
+    }
+    modalities = {
+        reg.MMEB_MODALITY_LABELS[mod]: mean_over(
+            reg.MMEB_MODALITY_LABELS[mod], [t.name for t in reg.MMEB_TASKS if t.modality == mod], values
+        )
+        for mod in reg.MMEB_MODALITIES
+    }
     overall = {"All": mean_over("All", [t.name for t in reg.MMEB_TASKS], values)}
     missing = [t.name for t in reg.MMEB_TASKS if t.name not in values]
-    return Report(reg.MMEB_V2, rows, {"meta_tasks": meta, "modalities": modalities, "overall": overall},
-                  missing, list(notes))
+    return Report(
+        reg.MMEB_V2,
+        rows,
+        {"meta_tasks": meta, "modalities": modalities, "overall": overall},
+        missing,
+        list(notes),
+    )
 
 
 def _hier_mean(node: str, values: dict[str, float]) -> Mean:
@@ -332,10 +386,20 @@ def _ability_average(columns: dict[str, Mean], values: dict[str, float]) -> Mean
 
 def uvrb_report(scores: dict[str, TaskScore], notes: Sequence[str] = ()) -> Report:
     values = {t: s.score for t, s in scores.items()}
-    rows = [{"task": d.name, "metric": d.paper_metric, "metric_name": d.metric, "score": values.get(d.name),
-             "source": scores[d.name].source if d.name in scores else None} for d in reg.UVRB_DATASETS]
+    rows = [
+        {
+            "task": d.name,
+            "metric": d.paper_metric,
+            "metric_name": d.metric,
+            "score": values.get(d.name),
+            "source": scores[d.name].source if d.name in scores else None,
+        }
+        for d in reg.UVRB_DATASETS
+    ]
     sections: dict[str, dict[str, Mean]] = {
-        "avg_datasets": {"AVG_datasets": mean_over("AVG_datasets", [d.name for d in reg.UVRB_DATASETS], values)},
+        "avg_datasets": {
+            "AVG_datasets": mean_over("AVG_datasets", [d.name for d in reg.UVRB_DATASETS], values)
+        },
     }
     for section, node_mean in (("abilities_hier", _hier_mean), ("abilities_flat", _flat_mean)):
         columns = {c: node_mean(c, values) for c in reg.UVRB_COLUMNS}
@@ -348,8 +412,13 @@ def build_report(benchmark: str, paths: Sequence[str | Path]) -> Report:
     """Collect results from files and folders and aggregate them for `benchmark` ("mmeb-v2" or "uvrb")."""
     scores, notes = collect(paths, benchmark)
     if not scores:
-        raise DataError(Problem(", ".join(map(str, paths)), f"no {reg.canonical_benchmark(benchmark)} results found"
-                                + (f" ({len(notes)} note(s): {notes[0]})" if notes else "")))
+        raise DataError(
+            Problem(
+                ", ".join(map(str, paths)),
+                f"no {reg.canonical_benchmark(benchmark)} results found"
+                + (f" ({len(notes)} note(s): {notes[0]})" if notes else ""),
+            )
+        )
     if reg.canonical_benchmark(benchmark) == reg.MMEB_V2:
         return mmeb_report(scores, notes)
     return uvrb_report(scores, notes)
@@ -367,31 +436,56 @@ def render_markdown(report: Report) -> str:
     if report.benchmark == reg.MMEB_V2:
         lines += ["| Modality | Meta-task | Task | Metric | Score |", "|---|---|---|---|---:|"]
         for row in report.tasks:
-            lines.append(f"| {reg.MMEB_MODALITY_LABELS[row['modality']]} | {row['meta_task']} | {row['task']} | "
-                         f"{row['metric']} | {_score_text(row['score'])} |")
+            lines.append(
+                f"| {reg.MMEB_MODALITY_LABELS[row['modality']]} | {row['meta_task']} | {row['task']} | "
+                f"{row['metric']} | {_score_text(row['score'])} |"
+            )
         lines += ["", "| Group | Score | Tasks |", "|---|---:|---:|"]
         for section in ("meta_tasks", "modalities", "overall"):
             for label, mean in report.sections[section].items():
-                shown = "**All**" if section == "overall" else (f"**{label}**" if section == "modalities" else label)
+                shown = (
+                    "**All**"
+                    if section == "overall"
+                    else (f"**{label}**" if section == "modalities" else label)
+                )
                 lines.append(f"| {shown} | {mean.text()} | {mean.n}/{mean.total} |")
-        lines += ["", "Scores ×100: hit@1 for Image and Video, ndcg_linear@5 for VisDoc. Meta-task, modality and "
-                      "overall scores are flat means over their tasks, as in the official MMEB-V2 aggregation."]
+        lines += [
+            "",
+            "Scores ×100: hit@1 for Image and Video, ndcg_linear@5 for VisDoc. Meta-task, modality and "
+            "overall scores are flat means over their tasks, as in the official MMEB-V2 aggregation.",
+        ]
     else:
         lines += ["| # | Dataset | Metric | Score |", "|---:|---|---|---:|"]
         for i, row in enumerate(report.tasks, 1):
             lines.append(f"| {i} | {row['task']} | {row['metric']} | {_score_text(row['score'])} |")
         avg = report.sections["avg_datasets"]["AVG_datasets"]
         columns = list(report.sections["abilities_hier"])
-        lines += ["", f"16-dataset average: {avg.text()}", "",
-                  "| Scheme | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
-        for section, title in (("abilities_hier", "hierarchical (GVE)"), ("abilities_flat", "flat (Embed-RL)")):
-            lines.append(f"| {title} | " + " | ".join(m.text(1) for m in report.sections[section].values()) + " |")
-        lines += ["", "Scores ×100. R@k is hit@k (Embed-RL's UVRB script), P@1 is precision@1. "
-                      "AVG = mean(TXT, CMP, VIS, CG, FG, LC). "
-                      f"Hierarchical: {SCHEME_LABELS['abilities_hier']}. Flat: {SCHEME_LABELS['abilities_flat']}."]
+        lines += [
+            "",
+            f"16-dataset average: {avg.text()}",
+            "",
+            "| Scheme | " + " | ".join(columns) + " |",
+            "|---|" + "---:|" * len(columns),
+        ]
+        for section, title in (
+            ("abilities_hier", "hierarchical (GVE)"),
+            ("abilities_flat", "flat (Embed-RL)"),
+        ):
+            lines.append(
+                f"| {title} | " + " | ".join(m.text(1) for m in report.sections[section].values()) + " |"
+            )
+        lines += [
+            "",
+            "Scores ×100. R@k is hit@k (Embed-RL's UVRB script), P@1 is precision@1. "
+            "AVG = mean(TXT, CMP, VIS, CG, FG, LC). "
+            f"Hierarchical: {SCHEME_LABELS['abilities_hier']}. Flat: {SCHEME_LABELS['abilities_flat']}.",
+        ]
     if report.missing:
-        lines += ["", f"**Missing ({len(report.missing)}):** " + ", ".join(report.missing),
-                  "Means marked partial average only the tasks present."]
+        lines += [
+            "",
+            f"**Missing ({len(report.missing)}):** " + ", ".join(report.missing),
+            "Means marked partial average only the tasks present.",
+        ]
     if report.notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in report.notes]
     return "\n".join(lines) + "\n"
@@ -405,8 +499,18 @@ def render_csv(report: Report) -> str:
         score = "" if row["score"] is None else f"{row['score']:.4f}"
         level = "task" if report.benchmark == reg.MMEB_V2 else "dataset"
         group = row.get("meta_task", "")
-        writer.writerow([level, row["task"], group, row["metric"], score, int(row["score"] is not None), 1,
-                         row["score"] is None])
+        writer.writerow(
+            [
+                level,
+                row["task"],
+                group,
+                row["metric"],
+                score,
+                int(row["score"] is not None),
+                1,
+                row["score"] is None,
+            ]
+        )
     for section, means in report.sections.items():
         for label, mean in means.items():
             score = "" if mean.value is None else f"{mean.value:.4f}"
@@ -440,8 +544,10 @@ def plot_report(report: Report, path: str | Path) -> Path:
         series = {"score": {**report.sections["modalities"], **report.sections["overall"]}}
         title = "MMEB-V2: modality and overall scores (flat means over tasks)"
     else:
-        series = {"hierarchical (GVE)": report.sections["abilities_hier"],
-                  "flat (Embed-RL)": report.sections["abilities_flat"]}
+        series = {
+            "hierarchical (GVE)": report.sections["abilities_hier"],
+            "flat (Embed-RL)": report.sections["abilities_flat"],
+        }
         title = "UVRB ability scores"
     labels = list(next(iter(series.values())))
     width = 0.8 / len(series)
@@ -454,8 +560,13 @@ def plot_report(report: Report, path: str | Path) -> Path:
             if mean.partial:
                 bar.set_hatch("//")
             text = "n/a" if mean.value is None else fmt(mean.value, 1) + ("*" if mean.partial else "")
-            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                        fontsize=7)
+            ax.annotate(
+                text,
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel("score (×100)")
     ax.set_ylim(0, 105)

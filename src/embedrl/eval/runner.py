@@ -31,11 +31,11 @@ class TaskFailed(EmbedRLError):
 
 @dataclass
 class EvalSettings:
-    reasoning: str | None = None       # generate | cached | off (default: generate with a reasoner)
+    reasoning: str | None = None  # generate | cached | off (default: generate with a reasoner)
     batch_size: int = 8
     progress: bool = True
     overwrite: bool = False
-    label: str | None = None            # free-form run name stored in every result
+    label: str | None = None  # free-form run name stored in every result
 
 
 def candidate_modality(task: Task) -> str:
@@ -53,9 +53,14 @@ def result_path(out_dir: Path, task: Task) -> Path:
 
 
 @weights_fixed()
-def evaluate_task(task_dir: str | Path, embedder: EmbedderLike, reasoner: ReasonerLike | None = None, *,
-                  out_dir: str | Path,
-                  settings: EvalSettings | None = None) -> dict:
+def evaluate_task(
+    task_dir: str | Path,
+    embedder: EmbedderLike,
+    reasoner: ReasonerLike | None = None,
+    *,
+    out_dir: str | Path,
+    settings: EvalSettings | None = None,
+) -> dict:
     """Score one task folder; returns the result dict (also written to OUT/<benchmark>/<task>.json). Model
     identities are computed once for the whole task (`weights_fixed`). Videos are sampled with the task's
     `num_frames`, whatever the models' own setting."""
@@ -65,8 +70,14 @@ def evaluate_task(task_dir: str | Path, embedder: EmbedderLike, reasoner: Reason
     return _evaluate(task, embedder, reasoner, Path(out_dir), settings, frames)
 
 
-def _evaluate(task: Task, embedder: EmbedderLike, reasoner: ReasonerLike | None, out_dir: Path, settings: EvalSettings,
-              frames: int | None) -> dict:
+def _evaluate(
+    task: Task,
+    embedder: EmbedderLike,
+    reasoner: ReasonerLike | None,
+    out_dir: Path,
+    settings: EvalSettings,
+    frames: int | None,
+) -> dict:
     from .scoring import score_task
 
     target = result_path(out_dir, task)
@@ -80,26 +91,43 @@ def _evaluate(task: Task, embedder: EmbedderLike, reasoner: ReasonerLike | None,
             run["reused"] = True
             return existing
         if not isinstance(recorded, dict):
-            raise TaskFailed(f"{target} was written by an older embedrl (no record of the model and settings "
-                             "behind it), so it cannot be checked against this run; pass --overwrite to recompute "
-                             "it, or use another --out")
+            raise TaskFailed(
+                f"{target} was written by an older embedrl (no record of the model and settings "
+                "behind it), so it cannot be checked against this run; pass --overwrite to recompute "
+                "it, or use another --out"
+            )
         differs = [k for k in identity if recorded.get(k) != identity[k]]
-        raise TaskFailed(f"{target} holds the result of a different run (its {', '.join(differs)} differ"
-                         f"{'s' if len(differs) == 1 else ''}); pass --overwrite to replace it, or use another "
-                         "--out")
+        raise TaskFailed(
+            f"{target} holds the result of a different run (its {', '.join(differs)} differ"
+            f"{'s' if len(differs) == 1 else ''}); pass --overwrite to replace it, or use another "
+            "--out"
+        )
     cache = out_dir / "cache" / task.meta.benchmark / task.meta.task
     start = time.perf_counter()
     # The task's frame count reaches both models through the one settings object (None: the Embedder's own).
-    common = EncodeSettings(reasoning=settings.reasoning, cache_dir=cache, batch_size=settings.batch_size,
-                            progress=settings.progress, num_frames=frames)
+    common = EncodeSettings(
+        reasoning=settings.reasoning,
+        cache_dir=cache,
+        batch_size=settings.batch_size,
+        progress=settings.progress,
+        num_frames=frames,
+    )
     cands = encode_detailed(task.candidates_for_encoding(), embedder, reasoner, common, side="candidate")
-    queries = encode_detailed(task.queries_for_encoding(), embedder, reasoner, common, side="query",
-                              target_modality=candidate_modality(task))
+    queries = encode_detailed(
+        task.queries_for_encoding(),
+        embedder,
+        reasoner,
+        common,
+        side="query",
+        target_modality=candidate_modality(task),
+    )
     failures = [("candidate", f) for f in cands.failures] + [("query", f) for f in queries.failures]
     if failures:
         lines = "; ".join(f"{side} {f}" for side, f in failures[:10])
-        raise TaskFailed(f"{task.meta.task}: {len(failures)} item(s) could not be encoded ({lines}). Everything "
-                         f"else is cached in {cache}; fix the inputs and rerun.")
+        raise TaskFailed(
+            f"{task.meta.task}: {len(failures)} item(s) could not be encoded ({lines}). Everything "
+            f"else is cached in {cache}; fix the inputs and rerun."
+        )
     result = score_task(task, query_emb=queries.vectors, cand_emb=cands.vectors)
     result["run"] = {
         "label": settings.label,
@@ -115,8 +143,13 @@ def _evaluate(task: Task, embedder: EmbedderLike, reasoner: ReasonerLike | None,
     return result
 
 
-def run_identity(task: Task, embedder: EmbedderLike, reasoner: ReasonerLike | None, settings: EvalSettings,
-                 frames: int | None = None) -> dict[str, str | None]:
+def run_identity(
+    task: Task,
+    embedder: EmbedderLike,
+    reasoner: ReasonerLike | None,
+    settings: EvalSettings,
+    frames: int | None = None,
+) -> dict[str, str | None]:
     """What a task's result depends on: the task's files and the media they name (by content, as the encode
     caches hash them), the Embedder, the Reasoner (weights and generation settings) and the reasoning mode. A
     stored result is reused only when all of them are the same."""
@@ -132,9 +165,16 @@ def run_identity(task: Task, embedder: EmbedderLike, reasoner: ReasonerLike | No
         files.update(content_key(item).encode())
     reasoning = settings.reasoning or ("generate" if reasoner is not None else "off")
     frames = frames or embedder.config.num_frames
-    reasoner_id = reasoner_fingerprint(reasoner, frames) if reasoner is not None and reasoning != "off" else None
-    return {"task": files.hexdigest()[:24], "embedder": embedder_fingerprint(embedder), "reasoner": reasoner_id,
-            "reasoning": reasoning, "frames_per_video": str(frames)}
+    reasoner_id = (
+        reasoner_fingerprint(reasoner, frames) if reasoner is not None and reasoning != "off" else None
+    )
+    return {
+        "task": files.hexdigest()[:24],
+        "embedder": embedder_fingerprint(embedder),
+        "reasoner": reasoner_id,
+        "reasoning": reasoning,
+        "frames_per_video": str(frames),
+    }
 
 
 def _unparsed(tcots: Sequence[str | None]) -> int:
@@ -143,9 +183,14 @@ def _unparsed(tcots: Sequence[str | None]) -> int:
     return sum(1 for t in tcots if t is not None and not parse(t).ok)
 
 
-def evaluate_tasks(task_dirs: Sequence[str | Path], embedder: EmbedderLike, reasoner: ReasonerLike | None = None, *,
-                   out_dir: str | Path,
-                   settings: EvalSettings | None = None) -> tuple[list[dict], list[str]]:
+def evaluate_tasks(
+    task_dirs: Sequence[str | Path],
+    embedder: EmbedderLike,
+    reasoner: ReasonerLike | None = None,
+    *,
+    out_dir: str | Path,
+    settings: EvalSettings | None = None,
+) -> tuple[list[dict], list[str]]:
     """Every task in turn; a failing task is reported and the others still run. Returns (results, errors)."""
     results, errors = [], []
     for task_dir in task_dirs:

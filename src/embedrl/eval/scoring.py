@@ -42,9 +42,9 @@ _MAX_LISTED_ROWS = 10
 class Ranked:
     """Best-first candidates of every query, cut at `depth` and padded with index -1 / score -inf."""
 
-    indices: np.ndarray    # (num_queries, depth) positions in candidates.jsonl
-    scores: np.ndarray     # (num_queries, depth)
-    complete: np.ndarray   # (num_queries,) True when the row holds the query's whole pool
+    indices: np.ndarray  # (num_queries, depth) positions in candidates.jsonl
+    scores: np.ndarray  # (num_queries, depth)
+    complete: np.ndarray  # (num_queries,) True when the row holds the query's whole pool
 
     @property
     def valid(self) -> np.ndarray:
@@ -73,18 +73,21 @@ def load_array(source: ArraySource, label: str) -> tuple[np.ndarray, str]:
 def _check_numeric_matrix(array: np.ndarray, label: str) -> None:
     if array.ndim != 2:
         raise DataError(Problem(label, f"expected a 2-D array, got shape {array.shape}"))
-    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.floating)
-                                       or np.issubdtype(array.dtype, np.integer)):
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+    ):
         raise DataError(Problem(label, f"has dtype {array.dtype}; expected real numbers"))
 
 
-def _check_rows(array: np.ndarray, label: str, ids: Sequence[str], id_name: str, *, zero_is_error: bool) -> None:
+def _check_rows(
+    array: np.ndarray, label: str, ids: Sequence[str], id_name: str, *, zero_is_error: bool
+) -> None:
     """Every row finite (and nonzero for embeddings), checked in row chunks; lists the offending rows."""
     problems: list[Problem] = []
     bad_rows = 0
     rows_per_chunk = max(1, _CHECK_CHUNK_BYTES // max(1, array.shape[1] * array.itemsize))
     for start in range(0, array.shape[0], rows_per_chunk):
-        chunk = np.asarray(array[start:start + rows_per_chunk])
+        chunk = np.asarray(array[start : start + rows_per_chunk])
         nonfinite = ~np.isfinite(chunk).all(axis=1)
         zero = ~np.any(chunk != 0, axis=1) if zero_is_error else np.zeros(len(chunk), dtype=bool)
         for offset in np.flatnonzero(nonfinite | zero):
@@ -99,17 +102,27 @@ def _check_rows(array: np.ndarray, label: str, ids: Sequence[str], id_name: str,
         raise DataError(problems)
 
 
-def _check_embeddings(query_emb: np.ndarray, q_label: str, cand_emb: np.ndarray, c_label: str,
-                      task: Task) -> None:
+def _check_embeddings(
+    query_emb: np.ndarray, q_label: str, cand_emb: np.ndarray, c_label: str, task: Task
+) -> None:
     nq, nc = len(task.queries), len(task.candidates)
-    for array, label, count, what in ((query_emb, q_label, nq, "queries"), (cand_emb, c_label, nc, "candidates")):
+    for array, label, count, what in (
+        (query_emb, q_label, nq, "queries"),
+        (cand_emb, c_label, nc, "candidates"),
+    ):
         _check_numeric_matrix(array, label)
         if array.shape[0] != count:
-            raise DataError(Problem(label, f"has {array.shape[0]} rows but the task has {count} {what} "
-                                           f"(rows must follow {what}.jsonl order)"))
+            raise DataError(
+                Problem(
+                    label,
+                    f"has {array.shape[0]} rows but the task has {count} {what} "
+                    f"(rows must follow {what}.jsonl order)",
+                )
+            )
     if query_emb.shape[1] != cand_emb.shape[1]:
-        raise DataError(Problem(q_label, f"has dimension {query_emb.shape[1]} but {c_label} has "
-                                         f"{cand_emb.shape[1]}"))
+        raise DataError(
+            Problem(q_label, f"has dimension {query_emb.shape[1]} but {c_label} has {cand_emb.shape[1]}")
+        )
     # A zero vector is a failed encoding for dot product too, so it is an error for both similarities.
     _check_rows(query_emb, q_label, [q.id for q in task.queries], "qid", zero_is_error=True)
     _check_rows(cand_emb, c_label, [c.id for c in task.candidates], "cid", zero_is_error=True)
@@ -119,8 +132,13 @@ def _check_scores(scores: np.ndarray, label: str, task: Task) -> None:
     _check_numeric_matrix(scores, label)
     nq, nc = len(task.queries), len(task.candidates)
     if scores.shape != (nq, nc):
-        raise DataError(Problem(label, f"has shape {scores.shape} but the task has {nq} queries × {nc} candidates "
-                                       "(rows: queries.jsonl order, columns: candidates.jsonl order)"))
+        raise DataError(
+            Problem(
+                label,
+                f"has shape {scores.shape} but the task has {nq} queries × {nc} candidates "
+                "(rows: queries.jsonl order, columns: candidates.jsonl order)",
+            )
+        )
     _check_rows(scores, label, [q.id for q in task.queries], "qid", zero_is_error=False)
 
 
@@ -135,8 +153,14 @@ def _pad(order: np.ndarray, values: np.ndarray, depth: int) -> tuple[np.ndarray,
     return idx, sc
 
 
-def _rank_local(task: Task, depth: int, scores: np.ndarray | None, query_emb: np.ndarray | None,
-                cand_emb: np.ndarray | None, similarity: str) -> Ranked:
+def _rank_local(
+    task: Task,
+    depth: int,
+    scores: np.ndarray | None,
+    query_emb: np.ndarray | None,
+    cand_emb: np.ndarray | None,
+    similarity: str,
+) -> Ranked:
     """Each query against its own candidate_ids; the listed order breaks ties."""
     position = task.candidate_index()
     nq = len(task.queries)
@@ -153,12 +177,13 @@ def _rank_local(task: Task, depth: int, scores: np.ndarray | None, query_emb: np
         width = scores.shape[1] if scores is not None else cols.size
         rows_per_block = max(1, rank.DEFAULT_BLOCK_BYTES // (8 * max(width, 1)))
         for start in range(0, len(rows), rows_per_block):
-            block_rows = np.array(rows[start:start + rows_per_block])
+            block_rows = np.array(rows[start : start + rows_per_block])
             if scores is not None:
                 block = np.asarray(scores[block_rows][:, cols])
             else:
-                block = rank.similarity_block(np.asarray(query_emb[block_rows]), np.asarray(cand_emb[cols]),
-                                              similarity)
+                block = rank.similarity_block(
+                    np.asarray(query_emb[block_rows]), np.asarray(cand_emb[cols]), similarity
+                )
             for row, values in zip(block_rows, block):
                 order = stable_order(values)
                 indices[row], ranked_scores[row] = _pad(cols[order], values[order], depth)
@@ -166,15 +191,23 @@ def _rank_local(task: Task, depth: int, scores: np.ndarray | None, query_emb: np
     return Ranked(indices, ranked_scores, complete)
 
 
-def _rank_global(task: Task, depth: int, scores: np.ndarray | None, query_emb: np.ndarray | None,
-                 cand_emb: np.ndarray | None, similarity: str, search: str) -> Ranked:
+def _rank_global(
+    task: Task,
+    depth: int,
+    scores: np.ndarray | None,
+    query_emb: np.ndarray | None,
+    cand_emb: np.ndarray | None,
+    similarity: str,
+    search: str,
+) -> Ranked:
     if scores is not None:
         top = rank.topk_from_scores(scores, depth)
     elif search == "exact":
         top = rank.exact_topk(query_emb, cand_emb, depth, similarity=similarity)
     else:
-        top = rank.faiss_topk(query_emb, cand_emb, depth, similarity=similarity,
-                              index=search.removeprefix("faiss-"))
+        top = rank.faiss_topk(
+            query_emb, cand_emb, depth, similarity=similarity, index=search.removeprefix("faiss-")
+        )
     complete = np.full(len(task.queries), len(task.candidates) <= depth)
     return Ranked(top.indices, top.scores.astype(np.float64), complete)
 
@@ -195,9 +228,16 @@ def _primary(task: Task) -> tuple[str, int]:
         raise ConfigError(f"task {task.meta.task!r}: {exc}") from None
 
 
-def score_task(task: Task, *, scores: ArraySource | None = None, query_emb: ArraySource | None = None,
-               cand_emb: ArraySource | None = None, similarity: str = "cosine", pessimistic: bool = False,
-               search: str = "exact") -> dict[str, Any]:
+def score_task(
+    task: Task,
+    *,
+    scores: ArraySource | None = None,
+    query_emb: ArraySource | None = None,
+    cand_emb: ArraySource | None = None,
+    similarity: str = "cosine",
+    pessimistic: bool = False,
+    search: str = "exact",
+) -> dict[str, Any]:
     """The per-task result dict (what `embedrl score` writes).
 
     Give either `scores` (num_queries × num_candidates, rows in queries.jsonl order, columns in candidates.jsonl
@@ -209,7 +249,9 @@ def score_task(task: Task, *, scores: ArraySource | None = None, query_emb: Arra
     `main_score` is the task's primary metric as a fraction in [0, 1], like VLM2Vec's score files.
     """
     if similarity not in rank.SIMILARITIES:
-        raise ConfigError(f"unknown similarity {similarity!r}; expected one of {', '.join(rank.SIMILARITIES)}")
+        raise ConfigError(
+            f"unknown similarity {similarity!r}; expected one of {', '.join(rank.SIMILARITIES)}"
+        )
     if search not in SEARCH_METHODS:
         raise ConfigError(f"unknown search {search!r}; expected one of {', '.join(SEARCH_METHODS)}")
     primary_name, primary_k = _primary(task)
@@ -217,7 +259,8 @@ def score_task(task: Task, *, scores: ArraySource | None = None, query_emb: Arra
     depth = max(ks) + 1
     given_scores = scores is not None
     if given_scores == (query_emb is not None or cand_emb is not None) or (
-            not given_scores and (query_emb is None or cand_emb is None)):
+        not given_scores and (query_emb is None or cand_emb is None)
+    ):
         raise ConfigError("give either a score matrix, or query and candidate embeddings (both)")
 
     if given_scores:
@@ -230,25 +273,32 @@ def score_task(task: Task, *, scores: ArraySource | None = None, query_emb: Arra
 
     if task.is_local:
         if search != "exact":
-            log.info("%s: local task, ranked exactly (search=%s applies to global tasks)", task.meta.task, search)
+            log.info(
+                "%s: local task, ranked exactly (search=%s applies to global tasks)", task.meta.task, search
+            )
         ranked = _rank_local(task, depth, scores, query_emb, cand_emb, similarity)
     else:
         ranked = _rank_global(task, depth, scores, query_emb, cand_emb, similarity, search)
 
     relevance = task.relevance()
     position = task.candidate_index()
-    per_query_rel = [{position[cid]: grade for cid, grade in relevance.get(q.id, {}).items()}
-                     for q in task.queries]
+    per_query_rel = [
+        {position[cid]: grade for cid, grade in relevance.get(q.id, {}).items()} for q in task.queries
+    ]
     judged = judge(ranked.indices, per_query_rel, depth)
     metrics = task_metrics(judged, ks, METRIC_NAMES)
     if pessimistic:
         metrics["pessimistic_hit@1"] = float(
-            pessimistic_hit_at_1(judged, ranked.scores, ranked.valid, ranked.complete).mean())
+            pessimistic_hit_at_1(judged, ranked.scores, ranked.valid, ranked.complete).mean()
+        )
     tied = top1_tied(ranked.scores, ranked.valid)
     without_positives = sum(1 for rel in per_query_rel if not rel)
     if without_positives:
-        log.warning("%s: %d queries have no relevant candidate (hit/ndcg/mrr/map 0, recall 1.0 for them)",
-                    task.meta.task, without_positives)
+        log.warning(
+            "%s: %d queries have no relevant candidate (hit/ndcg/mrr/map 0, recall 1.0 for them)",
+            task.meta.task,
+            without_positives,
+        )
     return {
         "benchmark": task.meta.benchmark,
         "task": task.meta.task,

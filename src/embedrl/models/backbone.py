@@ -25,8 +25,14 @@ from .speedups import use_fast_paths
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass
@@ -94,8 +100,10 @@ def read_config(path: str | Path) -> dict:
 
         return AutoConfig.from_pretrained(str(path)).to_dict()
     except Exception as exc:
-        raise ModelError(f"{path}: cannot read the model config ({exc}). Give a local checkpoint folder, "
-                         "or make the hub reachable.") from None
+        raise ModelError(
+            f"{path}: cannot read the model config ({exc}). Give a local checkpoint folder, "
+            "or make the hub reachable."
+        ) from None
 
 
 def detect_family(path: str | Path) -> Family:
@@ -142,7 +150,7 @@ class MixedBatchImagesMixin:
         """The Qwen-VL placeholder run of one image (one token per merged patch), read from the grid as Python
         ints: the families' version does three tensor operations per image."""
         t, h, w = image_inputs["image_grid_thw"][image_idx].tolist()
-        return self.image_token * (t * h * w // self.image_processor.merge_size ** 2)
+        return self.image_token * (t * h * w // self.image_processor.merge_size**2)
 
 
 def _with_mixed_batches(processor: Any) -> Any:
@@ -178,8 +186,11 @@ def load_processor(path: str | Path, family: Family | None = None, options: Load
     options = options or LoadOptions()
     path = checkpoint_path(path)
     family = family or detect_family(path)
-    pixel_kwargs = {k: v for k, v in (("min_pixels", options.min_pixels), ("max_pixels", options.max_pixels))
-                    if v is not None}
+    pixel_kwargs = {
+        k: v
+        for k, v in (("min_pixels", options.min_pixels), ("max_pixels", options.max_pixels))
+        if v is not None
+    }
     if torchvision_available():
         try:
             from transformers import AutoProcessor
@@ -198,11 +209,17 @@ def load_processor(path: str | Path, family: Family | None = None, options: Load
     return image_only_processor(family, tokenizer, image_processor, chat_template)
 
 
-def image_only_processor(family: Family, tokenizer: Any, image_processor: Any, chat_template: str | None = None):
+def image_only_processor(
+    family: Family, tokenizer: Any, image_processor: Any, chat_template: str | None = None
+):
     """The family's processor class assembled from a tokenizer and an image processor, without video processor."""
     cls = _image_only_processor_class(family)
-    return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-               chat_template=chat_template or tokenizer.chat_template)
+    return cls(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=None,
+        chat_template=chat_template or tokenizer.chat_template,
+    )
 
 
 def _read_chat_template(path: Path) -> str | None:
@@ -248,7 +265,6 @@ def load_model(path: str | Path, family: Family | None = None, options: LoadOpti
         raise ModelError(f"{path}: cannot load {family.model_class}: {exc}") from None
     use_fast_paths(model)
     return model.to(options.torch_device()).eval()
-
 
 
 def final_norm(model) -> torch.nn.Module:

@@ -48,6 +48,7 @@ from .speedups import image_rope_positions
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class LoraSettings:
     """LoRA on every Linear inside the backbone, as in the released code; the vision tower is an explicit
@@ -84,8 +85,14 @@ def lora_target_modules(model: torch.nn.Module, include_vision: bool) -> list[st
 class Embedder:
     """A Qwen-VL backbone with `<emb>` pooling. Use `Embedder.from_pretrained(path)`."""
 
-    def __init__(self, model, processor, family: Family, config: EmbedderConfig | None = None,
-                 emb_token_id: int | None = None):
+    def __init__(
+        self,
+        model,
+        processor,
+        family: Family,
+        config: EmbedderConfig | None = None,
+        emb_token_id: int | None = None,
+    ):
         self.model = model
         self.processor = processor
         self.family = family
@@ -102,20 +109,31 @@ class Embedder:
     # ----------------------------------------------------------------------------------------- loading
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, options: LoadOptions | None = None,
-                        config: EmbedderConfig | None = None, adapter: str | Path | None = None) -> Embedder:
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        options: LoadOptions | None = None,
+        config: EmbedderConfig | None = None,
+        adapter: str | Path | None = None,
+    ) -> Embedder:
         """Load an Embedder from a checkpoint: an official Embed-RL one (`emb_token_ids` in its config), one
         saved by embedrl, or a plain Qwen-VL model (then `<emb>` is added). `adapter`: a LoRA folder."""
         options = options or LoadOptions()
         path = checkpoint_path(path)
         folder = Path(path)
-        if adapter is None and (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        if (
+            adapter is None
+            and (folder / "adapter_config.json").is_file()
+            and not (folder / "config.json").is_file()
+        ):
             # An adapter-only folder (`save_pretrained(merge=False)`, stage 1 with merge_lora off): load the base
             # model it names, then the adapter, with the settings saved beside the adapter.
             base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
             if not base:
-                raise ModelError(f"{path}: a LoRA adapter that does not name its base model; load it with "
-                                 "Embedder.from_pretrained(BASE, adapter=...)")
+                raise ModelError(
+                    f"{path}: a LoRA adapter that does not name its base model; load it with "
+                    "Embedder.from_pretrained(BASE, adapter=...)"
+                )
             if config is None and (folder / EMBEDDER_CONFIG_FILE).is_file():
                 config = EmbedderConfig.load(folder)
             return cls.from_pretrained(base, options, config=config, adapter=folder)
@@ -126,7 +144,9 @@ class Embedder:
         if config is None:
             saved = Path(path) / EMBEDDER_CONFIG_FILE
             # An official Embed-RL checkpoint (emb_token_ids, no embedrl settings) gets the paper's vision bounds.
-            config = EmbedderConfig.load(path) if saved.is_file() or emb_id is None else EmbedderConfig.official()
+            config = (
+                EmbedderConfig.load(path) if saved.is_file() or emb_id is None else EmbedderConfig.official()
+            )
         embedder = cls(model, processor, family, config, emb_id)
         embedder.name_or_path = str(path)
         if adapter is not None:
@@ -137,7 +157,12 @@ class Embedder:
         token = self.config.emb_token
         ids = self.tokenizer.convert_tokens_to_ids([token])
         unk = self.tokenizer.unk_token_id
-        if ids and ids[0] is not None and ids[0] != unk and self.tokenizer.convert_ids_to_tokens(ids[0]) == token:
+        if (
+            ids
+            and ids[0] is not None
+            and ids[0] != unk
+            and self.tokenizer.convert_ids_to_tokens(ids[0]) == token
+        ):
             emb_id = ids[0]
         else:
             self.tokenizer.add_tokens([token], special_tokens=True)
@@ -166,8 +191,14 @@ class Embedder:
         targets = settings.target_modules or lora_target_modules(self.model, settings.include_vision)
         if not targets:
             raise ConfigError("no Linear layers matched for LoRA")
-        lora = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                          target_modules=targets, bias="none", task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=settings.r,
+            lora_alpha=settings.alpha,
+            lora_dropout=settings.dropout,
+            target_modules=targets,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
         self.model = get_peft_model(self.model, lora)
         self.changed_in_memory = True
 
@@ -218,12 +249,17 @@ class Embedder:
         return VisionBounds.resolve(self.config, self.processor)
 
     def build_input(self, item: Item, tcot: Any = None, media=None) -> EmbedderInput:
-        return build_input(item, self.config, self.vision_bounds, tcot, media=media, truncate=self.truncate_text)
+        return build_input(
+            item, self.config, self.vision_bounds, tcot, media=media, truncate=self.truncate_text
+        )
 
-    def collate(self, inputs: Sequence[EmbedderInput], padding_side: str | None = None) -> dict[str, torch.Tensor]:
+    def collate(
+        self, inputs: Sequence[EmbedderInput], padding_side: str | None = None
+    ) -> dict[str, torch.Tensor]:
         """Tokenise and pad a batch; images are flattened in placeholder order."""
-        texts = self.processor.apply_chat_template([inp.messages for inp in inputs], tokenize=False,
-                                                   add_generation_prompt=False)
+        texts = self.processor.apply_chat_template(
+            [inp.messages for inp in inputs], tokenize=False, add_generation_prompt=False
+        )
         images = [img for inp in inputs for img in inp.images]
         videos = [v for inp in inputs for v in inp.videos]
         side = padding_side or self.config.padding_side
@@ -262,7 +298,9 @@ class Embedder:
             self.model.eval()
         return self.forward_batch(batch).cpu().numpy()
 
-    def embed(self, items: Sequence[Item], tcots: Sequence[Any] | None = None, batch_size: int = 8) -> np.ndarray:
+    def embed(
+        self, items: Sequence[Item], tcots: Sequence[Any] | None = None, batch_size: int = 8
+    ) -> np.ndarray:
         """Vectors of items with optional T-CoTs (str / TCoT / None per item), batch by batch: no reasoning, no
         caches, no deduplication. `embedrl.pipeline.encode` is the full path; both build the same input."""
         tcots = list(tcots) if tcots is not None else [None] * len(items)
@@ -270,13 +308,21 @@ class Embedder:
             raise ConfigError(f"got {len(tcots)} T-CoTs for {len(items)} items")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-        parts = [self.embed_inputs([self.build_input(it, t) for it, t in zip(items[i:i + batch_size],
-                                                                            tcots[i:i + batch_size])])
-                 for i in range(0, len(items), batch_size)]
+        parts = [
+            self.embed_inputs(
+                [
+                    self.build_input(it, t)
+                    for it, t in zip(items[i : i + batch_size], tcots[i : i + batch_size])
+                ]
+            )
+            for i in range(0, len(items), batch_size)
+        ]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
 
-def pooled_embeddings(model: torch.nn.Module, batch: dict[str, Any], emb_token_id: int,
-                      normalize: bool = True) -> torch.Tensor:
+
+def pooled_embeddings(
+    model: torch.nn.Module, batch: dict[str, Any], emb_token_id: int, normalize: bool = True
+) -> torch.Tensor:
     """Hidden state after the final norm at the last `<emb>` of each row (float32, L2-normalised)."""
     device = next(model.parameters()).device
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -307,7 +353,9 @@ def emb_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, 
         last_real = torch.full_like(last_emb, seq - 1)
     missing = last_emb < 0
     if bool(missing.any()):
-        log.warning("%d input(s) have no <emb> token (truncated?); pooling at the last token", int(missing.sum()))
+        log.warning(
+            "%d input(s) have no <emb> token (truncated?); pooling at the last token", int(missing.sum())
+        )
     return torch.where(missing, last_real, last_emb)
 
 

@@ -83,22 +83,36 @@ class EmbedderConfig:
     @classmethod
     def official(cls, style: str = DEFAULT_EVIDENCE_STYLE) -> EmbedderConfig:
         """The official evaluation's pixel bounds, with the evidence rules of `style`."""
-        return cls(image_min_pixels=OFFICIAL_IMAGE_PIXELS[0], image_max_pixels=OFFICIAL_IMAGE_PIXELS[1],
-                   frame_min_pixels=OFFICIAL_FRAME_PIXELS[0], frame_max_pixels=OFFICIAL_FRAME_PIXELS[1]
-                   ).with_style(style)
+        return cls(
+            image_min_pixels=OFFICIAL_IMAGE_PIXELS[0],
+            image_max_pixels=OFFICIAL_IMAGE_PIXELS[1],
+            frame_min_pixels=OFFICIAL_FRAME_PIXELS[0],
+            frame_max_pixels=OFFICIAL_FRAME_PIXELS[1],
+        ).with_style(style)
 
     def with_style(self, style: str) -> EmbedderConfig:
         """A copy with the evidence rules of the named preset ('official', 'paper' or 'embedrl')."""
         rules = EvidenceRules.preset(style)
-        return EmbedderConfig(**{**asdict(self), "keyframe_base": rules.keyframe_base,
-                                 "repair_cue_json": rules.repair_cue_json, "max_crops": rules.max_crops,
-                                 "max_keyframes": rules.max_keyframes, "drop_repeated_evidence": rules.drop_repeats})
+        return EmbedderConfig(
+            **{
+                **asdict(self),
+                "keyframe_base": rules.keyframe_base,
+                "repair_cue_json": rules.repair_cue_json,
+                "max_crops": rules.max_crops,
+                "max_keyframes": rules.max_keyframes,
+                "drop_repeated_evidence": rules.drop_repeats,
+            }
+        )
 
     @property
     def evidence_rules(self) -> EvidenceRules:
-        return EvidenceRules(keyframe_base=self.keyframe_base, repair_cue_json=self.repair_cue_json,
-                             max_crops=self.max_crops, max_keyframes=self.max_keyframes,
-                             drop_repeats=self.drop_repeated_evidence)
+        return EvidenceRules(
+            keyframe_base=self.keyframe_base,
+            repair_cue_json=self.repair_cue_json,
+            max_crops=self.max_crops,
+            max_keyframes=self.max_keyframes,
+            drop_repeats=self.drop_repeated_evidence,
+        )
 
     @property
     def evidence_style(self) -> str:
@@ -108,8 +122,10 @@ class EmbedderConfig:
         if self.video_mode not in ("frames", "video"):
             raise ConfigError(f"video_mode must be 'frames' or 'video', got {self.video_mode!r}")
         if self.video_mode == "video" and not torchvision_available():
-            raise ConfigError("video_mode='video' needs torchvision; this environment has none that imports. "
-                              "Use video_mode='frames' (the default).")
+            raise ConfigError(
+                "video_mode='video' needs torchvision; this environment has none that imports. "
+                "Use video_mode='frames' (the default)."
+            )
         if self.padding_side not in ("left", "right"):
             raise ConfigError("padding_side must be 'left' or 'right'")
         if self.num_frames < 1:
@@ -122,8 +138,10 @@ class EmbedderConfig:
             if lo is not None and hi is not None and lo > hi:
                 raise ConfigError(f"{low} ({lo}) is above {high} ({hi})")
         if self.input_layout != INPUT_LAYOUT:
-            raise ConfigError(f"input_layout {self.input_layout} is not built by this version of embedrl "
-                              f"(it builds layout {INPUT_LAYOUT})")
+            raise ConfigError(
+                f"input_layout {self.input_layout} is not built by this version of embedrl "
+                f"(it builds layout {INPUT_LAYOUT})"
+            )
         self.evidence_rules  # noqa: B018 - validates the evidence fields
 
     @classmethod
@@ -141,17 +159,26 @@ class EmbedderConfig:
         if "input_layout" not in raw:
             # Saved by embedrl 0.1 (layout 1). Its evidence settings are those of the 'embedrl' preset; the text
             # layout of version 1 is gone, so its vectors move a little: say so instead of hiding it.
-            log.warning("%s was saved with embedrl's input layout 1 (a newline after the text and after "
-                        "</answer>, frames before the text); it is now read with layout %d, the official one. "
-                        "Retrain it for exact vectors.", file, INPUT_LAYOUT)
+            log.warning(
+                "%s was saved with embedrl's input layout 1 (a newline after the text and after "
+                "</answer>, frames before the text); it is now read with layout %d, the official one. "
+                "Retrain it for exact vectors.",
+                file,
+                INPUT_LAYOUT,
+            )
             legacy = EvidenceRules.preset("embedrl")
             if known.get("image_min_pixels") and "frame_min_pixels" not in raw:
                 known["frame_min_pixels"] = known["image_min_pixels"]  # layout 1 applied it to frames too
             known.pop("max_crops", None)
             known.pop("max_keyframes", None)
-            known.update(keyframe_base=legacy.keyframe_base, repair_cue_json=legacy.repair_cue_json,
-                         max_crops=legacy.max_crops, max_keyframes=legacy.max_keyframes,
-                         drop_repeated_evidence=legacy.drop_repeats, input_layout=INPUT_LAYOUT)
+            known.update(
+                keyframe_base=legacy.keyframe_base,
+                repair_cue_json=legacy.repair_cue_json,
+                max_crops=legacy.max_crops,
+                max_keyframes=legacy.max_keyframes,
+                drop_repeated_evidence=legacy.drop_repeats,
+                input_layout=INPUT_LAYOUT,
+            )
         return cls(**known)
 
     def save(self, path: str | Path) -> None:
@@ -172,14 +199,22 @@ class VisionBounds:
         patch = int(getattr(image_processor, "patch_size", 14))
         merge = int(getattr(image_processor, "merge_size", 2))
         size = getattr(image_processor, "size", None)
-        own_min = _size_field(size, "shortest_edge") or getattr(image_processor, "min_pixels", None) or 4 * 28 * 28
-        own_max = _size_field(size, "longest_edge") or getattr(image_processor, "max_pixels", None) or 16384 * 28 * 28
+        own_min = (
+            _size_field(size, "shortest_edge") or getattr(image_processor, "min_pixels", None) or 4 * 28 * 28
+        )
+        own_max = (
+            _size_field(size, "longest_edge")
+            or getattr(image_processor, "max_pixels", None)
+            or 16384 * 28 * 28
+        )
         image = (config.image_min_pixels or own_min, config.image_max_pixels or own_max)
         frame = (config.frame_min_pixels or own_min, config.frame_max_pixels or own_max)
         for name, (low, high) in (("image", image), ("frame", frame)):
             if low > high:
                 raise ConfigError(f"{name} pixel bounds are empty: min {low} > max {high}")
-        return cls(factor=patch * merge, image=(int(image[0]), int(image[1])), frame=(int(frame[0]), int(frame[1])))
+        return cls(
+            factor=patch * merge, image=(int(image[0]), int(image[1])), frame=(int(frame[0]), int(frame[1]))
+        )
 
 
 def _size_field(size: Any, key: str) -> int | None:
@@ -193,7 +228,9 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     """(height, width) rounded to multiples of `factor` with the area inside [min_pixels, max_pixels], keeping the
     aspect ratio as well as possible: the rule of qwen-vl-utils (Python's round, then floor or ceil by factor)."""
     if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
-        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.1f} is above {MAX_ASPECT_RATIO}")
+        raise ValueError(
+            f"aspect ratio {max(height, width) / min(height, width):.1f} is above {MAX_ASPECT_RATIO}"
+        )
     h_bar = max(factor, round(height / factor) * factor)
     w_bar = max(factor, round(width / factor) * factor)
     if h_bar * w_bar > max_pixels:
@@ -246,15 +283,26 @@ def item_text(item: Item) -> str:
     return strip_special_tokens(joined).strip()
 
 
-def _placed(image: Image.Image, role: str, bounds: tuple[int, int], factor: int, item: Item,
-            **where: Any) -> tuple[Image.Image, ImagePlacement]:
+def _placed(
+    image: Image.Image, role: str, bounds: tuple[int, int], factor: int, item: Item, **where: Any
+) -> tuple[Image.Image, ImagePlacement]:
     try:
         height, width = smart_resize(image.height, image.width, factor, *bounds)
     except ValueError as exc:
-        raise MediaError(item.id, f"{role} of {image.width}x{image.height} px cannot be resized: {exc}") from None
-    resized = image if (width, height) == image.size else image.resize((width, height), Image.Resampling.BICUBIC)
-    return resized, ImagePlacement(role=role, source_hw=(image.height, image.width), min_pixels=bounds[0],
-                                   max_pixels=bounds[1], resized_hw=(height, width), **where)
+        raise MediaError(
+            item.id, f"{role} of {image.width}x{image.height} px cannot be resized: {exc}"
+        ) from None
+    resized = (
+        image if (width, height) == image.size else image.resize((width, height), Image.Resampling.BICUBIC)
+    )
+    return resized, ImagePlacement(
+        role=role,
+        source_hw=(image.height, image.width),
+        min_pixels=bounds[0],
+        max_pixels=bounds[1],
+        resized_hw=(height, width),
+        **where,
+    )
 
 
 def build_input(
@@ -303,15 +351,20 @@ def build_input(
         videos.append(list(frames))
     else:
         for index, frame in enumerate(frames):
-            place(frame, "frame" if sequence else "image", bounds.frame if sequence else bounds.image,
-                  frame_index=index if sequence else None)
+            place(
+                frame,
+                "frame" if sequence else "image",
+                bounds.frame if sequence else bounds.image,
+                frame_index=index if sequence else None,
+            )
     if not sequence and text:
         content.append({"type": "text", "text": text})
 
     notes: list[str] = []
     crop_source = images[0] if images else (frames[0] if frames else None)
-    evidence = read_evidence(tcot, crop_source=crop_source, num_frames=len(sequence_pictures),
-                             rules=config.evidence_rules)
+    evidence = read_evidence(
+        tcot, crop_source=crop_source, num_frames=len(sequence_pictures), rules=config.evidence_rules
+    )
     if evidence is not None:
         notes.extend(evidence.notes)
         if evidence.fallback_text is not None:

@@ -77,7 +77,9 @@ class EvidenceRules:
         try:
             return EVIDENCE_STYLES[style]
         except KeyError:
-            raise ConfigError(f"unknown evidence style {style!r}; choose {', '.join(EVIDENCE_STYLES)}") from None
+            raise ConfigError(
+                f"unknown evidence style {style!r}; choose {', '.join(EVIDENCE_STYLES)}"
+            ) from None
 
     @property
     def style(self) -> str:
@@ -88,8 +90,9 @@ class EvidenceRules:
 EVIDENCE_STYLES: dict[str, EvidenceRules] = {
     "official": EvidenceRules(keyframe_base=0),
     "paper": EvidenceRules(keyframe_base=1),
-    "embedrl": EvidenceRules(keyframe_base=1, repair_cue_json=True, max_crops=4, max_keyframes=8,
-                             drop_repeats=True),
+    "embedrl": EvidenceRules(
+        keyframe_base=1, repair_cue_json=True, max_crops=4, max_keyframes=8, drop_repeats=True
+    ),
 }
 DEFAULT_EVIDENCE_STYLE = "paper"
 
@@ -151,18 +154,26 @@ def read_evidence(
         notes.append("special tokens (<|...|>, <emb>) were removed from the T-CoT text")
     match = _THINKING.search(clean)
     if match is None:
-        return Evidence(fallback_text=clean, notes=[*notes, "no <thinking>…</thinking> block: the T-CoT is "
-                                                    "appended as plain text"])
+        return Evidence(
+            fallback_text=clean,
+            notes=[*notes, "no <thinking>…</thinking> block: the T-CoT is appended as plain text"],
+        )
     cue = _strict_cue(match.group(1))
     if cue is None and rules.repair_cue_json:
         cue = _lenient_cue(clean)
         if cue is not None:
             notes.append("the cue JSON was read leniently (repair_cue_json)")
     if cue is None:
-        return Evidence(fallback_text=clean, notes=[*notes, "no readable cue JSON in <thinking>: the T-CoT is "
-                                                    "appended as plain text"])
-    out = Evidence(thinking_text=f"<thinking>{match.group(1)}</thinking>\n", tail_text=clean[match.end():].strip(),
-                   cue=cue, notes=notes)
+        return Evidence(
+            fallback_text=clean,
+            notes=[*notes, "no readable cue JSON in <thinking>: the T-CoT is appended as plain text"],
+        )
+    out = Evidence(
+        thinking_text=f"<thinking>{match.group(1)}</thinking>\n",
+        tail_text=clean[match.end() :].strip(),
+        cue=cue,
+        notes=notes,
+    )
     if "bbox_2d" in cue:
         _add_crops(out, cue["bbox_2d"], crop_source, rules)
     elif "key_frames" in cue:
@@ -225,8 +236,10 @@ def _boxes(value: Any, notes: list[str]) -> list[list]:
 
 def pixel_box(box: list, width: int, height: int) -> tuple[int, int, int, int]:
     """A 0–1000 box in pixels: each coordinate scaled and truncated toward zero, then clamped to the image."""
-    x1, y1, x2, y2 = (int(max(-_COORDINATE_LIMIT, min(v, _COORDINATE_LIMIT)) * size / COORDINATE_MAX)
-                      for v, size in zip(box[:4], (width, height, width, height)))
+    x1, y1, x2, y2 = (
+        int(max(-_COORDINATE_LIMIT, min(v, _COORDINATE_LIMIT)) * size / COORDINATE_MAX)
+        for v, size in zip(box[:4], (width, height, width, height))
+    )
     return (max(0, min(x1, width)), max(0, min(y1, height)), max(0, min(x2, width)), max(0, min(y2, height)))
 
 

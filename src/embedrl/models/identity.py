@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 # id(model) -> (model, digest): the model is held so that no other object can reuse its id within the block
 _DIGESTS: contextvars.ContextVar[dict[int, tuple[Any, str]] | None] = contextvars.ContextVar(
-    "embedrl_digests", default=None)
+    "embedrl_digests", default=None
+)
 
 
 def checkpoint_stamps(path: str | Path) -> list[tuple[str, int, int]]:
@@ -68,8 +69,9 @@ def parameter_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def weights_identity(model: torch.nn.Module, path: str | Path | None = None,
-                     adapters: Sequence[str | Path] = ()) -> list:
+def weights_identity(
+    model: torch.nn.Module, path: str | Path | None = None, adapters: Sequence[str | Path] = ()
+) -> list:
     """The identity of `model`'s weights: the folder they were loaded from (resolved, so a relative and an
     absolute path agree) with its file stamps and those of the `adapters` loaded on top; without a folder, a hash
     of the parameters. The dtype is part of it either way (bf16 and fp32 vectors differ)."""

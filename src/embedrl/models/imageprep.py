@@ -25,9 +25,26 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 # Keys the fast path understands; any other truthy option (e.g. a crop or pad request) takes the slow path.
 _HANDLED = {
-    "do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std",
-    "patch_size", "temporal_patch_size", "merge_size", "return_tensors", "do_convert_rgb", "data_format",
-    "input_data_format", "device", "min_pixels", "max_pixels", "default_to_square", "disable_grouping",
+    "do_resize",
+    "size",
+    "resample",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+    "patch_size",
+    "temporal_patch_size",
+    "merge_size",
+    "return_tensors",
+    "do_convert_rgb",
+    "data_format",
+    "input_data_format",
+    "device",
+    "min_pixels",
+    "max_pixels",
+    "default_to_square",
+    "disable_grouping",
 }
 
 
@@ -53,7 +70,9 @@ def patch_codes_into(codes: torch.Tensor, pixels: np.ndarray, patch: int, merge:
     gh, gw = height // patch, width // patch
     grid = torch.from_numpy(pixels).view(gh // merge, merge, patch, gw // merge, merge, patch, channels)
     # One strided copy moves the bytes into patch order and widens them to lookup indices.
-    codes.view(gh // merge, gw // merge, merge, merge, channels, patch, patch).copy_(grid.permute(0, 3, 1, 4, 6, 2, 5))
+    codes.view(gh // merge, gw // merge, merge, merge, channels, patch, patch).copy_(
+        grid.permute(0, 3, 1, 4, 6, 2, 5)
+    )
 
 
 def normalise_codes(codes: torch.Tensor, table: torch.Tensor, temporal: int) -> torch.Tensor:
@@ -78,11 +97,15 @@ class FastQwen2VLImageProcessorPil(Qwen2VLImageProcessorPil):
         if args or not images:
             return False
         # A transparency key on an RGB image means compositing on white (stock behaviour), not a plain read.
-        if not all(isinstance(img, Image.Image) and img.mode == "RGB" and img.info.get("transparency") is None
-                   for img in images):
+        if not all(
+            isinstance(img, Image.Image) and img.mode == "RGB" and img.info.get("transparency") is None
+            for img in images
+        ):
             return False
         mean, std = kwargs.get("image_mean"), kwargs.get("image_std")
-        if not (isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple)) and len(mean) == len(std) == 3):
+        if not (
+            isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple)) and len(mean) == len(std) == 3
+        ):
             return False
         if not (kwargs.get("do_resize") and kwargs.get("do_rescale") and kwargs.get("do_normalize")):
             return False
@@ -103,10 +126,19 @@ class FastQwen2VLImageProcessorPil(Qwen2VLImageProcessorPil):
 
         size = kwargs["size"]
         patch, merge, temporal = kwargs["patch_size"], kwargs["merge_size"], kwargs["temporal_patch_size"]
-        table = torch.from_numpy(normalisation_table(kwargs["rescale_factor"], kwargs["image_mean"],
-                                                     kwargs["image_std"])).reshape(-1)
-        sizes = [smart_resize(img.height, img.width, factor=patch * merge, min_pixels=size.shortest_edge,
-                              max_pixels=size.longest_edge) for img in flat]
+        table = torch.from_numpy(
+            normalisation_table(kwargs["rescale_factor"], kwargs["image_mean"], kwargs["image_std"])
+        ).reshape(-1)
+        sizes = [
+            smart_resize(
+                img.height,
+                img.width,
+                factor=patch * merge,
+                min_pixels=size.shortest_edge,
+                max_pixels=size.longest_edge,
+            )
+            for img in flat
+        ]
         rows = [(h // patch) * (w // patch) for h, w in sizes]
         codes = torch.empty(sum(rows), 3, patch * patch, dtype=torch.int32)
         start = 0
@@ -116,14 +148,16 @@ class FastQwen2VLImageProcessorPil(Qwen2VLImageProcessorPil):
             for img, (height, width), count in zip(flat, sizes, rows):
                 if (width, height) != img.size:
                     img = img.resize((width, height), resample=kwargs["resample"])
-                patch_codes_into(codes[start:start + count], np.asarray(img), patch, merge)
+                patch_codes_into(codes[start : start + count], np.asarray(img), patch, merge)
                 start += count
         pixel_values = normalise_codes(codes, table, temporal)
         grid_thw = torch.tensor([[1, h // patch, w // patch] for h, w in sizes], dtype=torch.long)
         if kwargs.get("return_tensors") != "pt":
             pixel_values, grid_thw = pixel_values.numpy(), grid_thw.numpy()
-        return BatchFeature(data={"pixel_values": pixel_values, "image_grid_thw": grid_thw},
-                            tensor_type=kwargs.get("return_tensors"))
+        return BatchFeature(
+            data={"pixel_values": pixel_values, "image_grid_thw": grid_thw},
+            tensor_type=kwargs.get("return_tensors"),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()

@@ -44,5 +44,10 @@ class ReasonerLike(Protocol):
 
     def cache_identity(self) -> Any: ...
 
-    def reason(self, items: Sequence[Item], side: str, target_modality: str | None = None,
-               media: Sequence[Media] | None = None) -> list[str]: ...
+    def reason(
+        self,
+        items: Sequence[Item],
+        side: str,
+        target_modality: str | None = None,
+        media: Sequence[Media] | None = None,
+    ) -> list[str]: ...

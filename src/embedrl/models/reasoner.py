@@ -65,13 +65,17 @@ class Generation:
 class GenerationBackend(Protocol):
     name: str
 
-    def generate(self, conversations: Sequence[Conversation], settings: GenerationSettings) -> list[str]:
-        ...
+    def generate(self, conversations: Sequence[Conversation], settings: GenerationSettings) -> list[str]: ...
 
 
 def conversation_images(conversation: Conversation) -> list[Image.Image]:
-    return [c["image"] for m in conversation if isinstance(m["content"], list) for c in m["content"]
-            if c.get("type") == "image"]
+    return [
+        c["image"]
+        for m in conversation
+        if isinstance(m["content"], list)
+        for c in m["content"]
+        if c.get("type") == "image"
+    ]
 
 
 # ------------------------------------------------------------------------------------------ transformers
@@ -80,8 +84,14 @@ def conversation_images(conversation: Conversation) -> list[Image.Image]:
 class TransformersBackend:
     """Batched HF `generate` on a local checkpoint, left-padded so every row continues from its own end."""
 
-    def __init__(self, model, processor, name: str = "transformers", batch_size: int = 8,
-                 path: str | Path | None = None):
+    def __init__(
+        self,
+        model,
+        processor,
+        name: str = "transformers",
+        batch_size: int = 8,
+        path: str | Path | None = None,
+    ):
         self.model = model
         self.processor = processor
         self.name = name
@@ -94,8 +104,9 @@ class TransformersBackend:
         return [self.name, weights_identity(self.model, self.path)]
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, options: LoadOptions | None = None,
-                        batch_size: int = 8) -> TransformersBackend:
+    def from_pretrained(
+        cls, path: str | Path, options: LoadOptions | None = None, batch_size: int = 8
+    ) -> TransformersBackend:
         family = detect_family(path)
         processor = load_processor(path, family, options)
         model = load_model(path, family, options)
@@ -105,19 +116,23 @@ class TransformersBackend:
         return [g.text for g in self.generate_with_usage(conversations, settings)]
 
     @torch.no_grad()
-    def generate_with_usage(self, conversations: Sequence[Conversation],
-                            settings: GenerationSettings) -> list[Generation]:
+    def generate_with_usage(
+        self, conversations: Sequence[Conversation], settings: GenerationSettings
+    ) -> list[Generation]:
         """Replies with their token counts and why each ended (what an OpenAI-style server reports)."""
         out: list[Generation] = []
         for start in range(0, len(conversations), self.batch_size):
-            out.extend(self._generate_batch(conversations[start:start + self.batch_size], settings))
+            out.extend(self._generate_batch(conversations[start : start + self.batch_size], settings))
         return out
 
-    def _generate_batch(self, conversations: Sequence[Conversation],
-                        settings: GenerationSettings) -> list[Generation]:
+    def _generate_batch(
+        self, conversations: Sequence[Conversation], settings: GenerationSettings
+    ) -> list[Generation]:
         tokenizer = self.processor.tokenizer
-        texts = [self.processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-                 for c in conversations]
+        texts = [
+            self.processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+            for c in conversations
+        ]
         images = [img for c in conversations for img in conversation_images(c)]
         old_side = tokenizer.padding_side
         tokenizer.padding_side = "left"
@@ -142,11 +157,14 @@ class TransformersBackend:
         else:
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
         sequences = self.model.generate(**batch, **gen_kwargs)
-        new_tokens = sequences[:, batch["input_ids"].shape[1]:]
+        new_tokens = sequences[:, batch["input_ids"].shape[1] :]
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         eos = self.model.generation_config.eos_token_id
-        eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), device=new_tokens.device,
-                               dtype=new_tokens.dtype)
+        eos_ids = torch.tensor(
+            [eos] if isinstance(eos, int) else list(eos or []),
+            device=new_tokens.device,
+            dtype=new_tokens.dtype,
+        )
         out = []
         for row, text, prompt in zip(new_tokens, texts, batch["attention_mask"].sum(dim=1).tolist()):
             ended = torch.isin(row, eos_ids).nonzero()  # a finished row is padded after its end token
@@ -172,19 +190,25 @@ class VLLMBackend:
         try:
             import vllm  # noqa: PLC0415
         except ImportError:
-            raise ConfigError("the vLLM backend needs the GPU extra: pip install 'embedrl[gpu]' "
-                              "(CUDA machines only)") from None
+            raise ConfigError(
+                "the vLLM backend needs the GPU extra: pip install 'embedrl[gpu]' (CUDA machines only)"
+            ) from None
         self._vllm = vllm
         self.name = f"vllm:{model}"
-        self.llm = vllm.LLM(model=model, limit_mm_per_prompt={"image": max_images_per_prompt}, **engine_kwargs)
+        self.llm = vllm.LLM(
+            model=model, limit_mm_per_prompt={"image": max_images_per_prompt}, **engine_kwargs
+        )
 
     def generate(self, conversations: Sequence[Conversation], settings: GenerationSettings) -> list[str]:
         params = self._vllm.SamplingParams(
-            max_tokens=settings.max_new_tokens, temperature=max(settings.temperature, 0.0),
-            top_p=settings.top_p, seed=settings.seed,
+            max_tokens=settings.max_new_tokens,
+            temperature=max(settings.temperature, 0.0),
+            top_p=settings.top_p,
+            seed=settings.seed,
         )
-        converted = [[{"role": m["role"], "content": _vllm_content(m["content"])} for m in c]
-                     for c in conversations]
+        converted = [
+            [{"role": m["role"], "content": _vllm_content(m["content"])} for m in c] for c in conversations
+        ]
         outputs = self.llm.chat(converted, params, use_tqdm=False)
         return [o.outputs[0].text for o in outputs]
 
@@ -258,8 +282,15 @@ def api_base(url: str) -> str:
 class OpenAIChatBackend:
     """Any OpenAI-compatible chat endpoint; requests run concurrently (`max_concurrency`)."""
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 300.0,
-                 max_concurrency: int = 8, retries: int = 2):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        timeout: float = 300.0,
+        max_concurrency: int = 8,
+        retries: int = 2,
+    ):
         self.base_url = api_base(base_url)
         self.model = model
         self.api_key = api_key
@@ -278,11 +309,15 @@ class OpenAIChatBackend:
         }
         if settings.seed is not None:
             payload["seed"] = settings.seed
-        reply = post_json(f"{self.base_url}/chat/completions", payload, self.api_key, self.timeout, self.retries)
+        reply = post_json(
+            f"{self.base_url}/chat/completions", payload, self.api_key, self.timeout, self.retries
+        )
         try:
             return reply["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):
-            raise BackendError(f"{self.base_url}/chat/completions: unexpected reply {str(reply)[:300]}") from None
+            raise BackendError(
+                f"{self.base_url}/chat/completions: unexpected reply {str(reply)[:300]}"
+            ) from None
 
     def generate(self, conversations: Sequence[Conversation], settings: GenerationSettings) -> list[str]:
         if len(conversations) <= 1 or self.max_concurrency <= 1:
@@ -298,8 +333,14 @@ class Reasoner:
     """Builds the reasoner conversation for an item (media first, then the prompt chosen by `prompts.py`)
     and returns the raw T-CoT texts."""
 
-    def __init__(self, backend: GenerationBackend, settings: GenerationSettings | None = None,
-                 num_frames: int = 8, fps: float = 2.0, prompt_fn: PromptFn | None = None):
+    def __init__(
+        self,
+        backend: GenerationBackend,
+        settings: GenerationSettings | None = None,
+        num_frames: int = 8,
+        fps: float = 2.0,
+        prompt_fn: PromptFn | None = None,
+    ):
         self.backend = backend
         self.settings = settings or GenerationSettings()
         # Frames sampled when `reason` is called without media; `encode()` passes media sampled with its own
@@ -309,8 +350,9 @@ class Reasoner:
         self.prompt_fn = prompt_fn
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, options: LoadOptions | None = None, batch_size: int = 8,
-                        **kwargs: Any) -> Reasoner:
+    def from_pretrained(
+        cls, path: str | Path, options: LoadOptions | None = None, batch_size: int = 8, **kwargs: Any
+    ) -> Reasoner:
         return cls(TransformersBackend.from_pretrained(path, options, batch_size=batch_size), **kwargs)
 
     @property
@@ -321,22 +363,47 @@ class Reasoner:
         """Everything that decides the T-CoT an item gets: the backend and its weights (or endpoint and model
         name), the generation settings, and the frame sampling."""
         backend_identity = getattr(self.backend, "identity", None)
-        prompt = None if self.prompt_fn is None else f"{self.prompt_fn.__module__}.{self.prompt_fn.__qualname__}"
-        return {"backend": backend_identity() if callable(backend_identity) else self.backend.name,
-                "settings": asdict(self.settings), "num_frames": self.num_frames, "fps": self.fps, "prompt": prompt}
+        prompt = (
+            None if self.prompt_fn is None else f"{self.prompt_fn.__module__}.{self.prompt_fn.__qualname__}"
+        )
+        return {
+            "backend": backend_identity() if callable(backend_identity) else self.backend.name,
+            "settings": asdict(self.settings),
+            "num_frames": self.num_frames,
+            "fps": self.fps,
+            "prompt": prompt,
+        }
 
-    def conversation(self, item: Item, side: str, target_modality: str | None,
-                     media: tuple[list[Image.Image], list[Image.Image]], answer: str | None = None) -> Conversation:
+    def conversation(
+        self,
+        item: Item,
+        side: str,
+        target_modality: str | None,
+        media: tuple[list[Image.Image], list[Image.Image]],
+        answer: str | None = None,
+    ) -> Conversation:
         images, frames = media
-        text = item_prompt(item, side, target_modality, num_frames=len(frames), fps=self.fps, answer=answer,
-                           prompt_fn=self.prompt_fn)
+        text = item_prompt(
+            item,
+            side,
+            target_modality,
+            num_frames=len(frames),
+            fps=self.fps,
+            answer=answer,
+            prompt_fn=self.prompt_fn,
+        )
         content: list[dict] = [{"type": "image", "image": img} for img in images]
         content += [{"type": "image", "image": f} for f in frames]
         content.append({"type": "text", "text": text})
         return [{"role": "user", "content": content}]
 
-    def reason(self, items: Sequence[Item], side: str, target_modality: str | None = None,
-               media: Sequence[tuple[list[Image.Image], list[Image.Image]]] | None = None) -> list[str]:
+    def reason(
+        self,
+        items: Sequence[Item],
+        side: str,
+        target_modality: str | None = None,
+        media: Sequence[tuple[list[Image.Image], list[Image.Image]]] | None = None,
+    ) -> list[str]:
         """Raw T-CoT text per item. `media` gives each item's loaded (images, frames)."""
         from ..data.media import load_item_media
 

@@ -44,8 +44,12 @@ def use_linear_patch_embedding(model: torch.nn.Module) -> int:
         proj = getattr(module, "proj", None)
         if not (name.endswith("patch_embed") and type(proj) is torch.nn.Conv3d):
             continue
-        if (proj.kernel_size != proj.stride or proj.padding != (0, 0, 0) or proj.dilation != (1, 1, 1)
-                or proj.groups != 1):
+        if (
+            proj.kernel_size != proj.stride
+            or proj.padding != (0, 0, 0)
+            or proj.dilation != (1, 1, 1)
+            or proj.groups != 1
+        ):
             continue
         proj.__class__ = PatchConv3dAsLinear
         switched += 1
@@ -76,8 +80,19 @@ def _equal_length_runs(lengths: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def packed_sdpa_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
-                          cu_seq_lens_q=None, cu_seq_lens_k=None, is_causal=False, **kwargs):
+def packed_sdpa_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask=None,
+    scaling=None,
+    dropout=0.0,
+    cu_seq_lens_q=None,
+    cu_seq_lens_k=None,
+    is_causal=False,
+    **kwargs,
+):
     """Attention over a packed (1, heads, total, dim) sequence of independent segments given by cu_seqlens.
 
     Consecutive segments of equal length (the images of a batch usually share a size) go through one batched
@@ -86,20 +101,26 @@ def packed_sdpa_attention(module, query, key, value, attention_mask=None, scalin
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    packed = (cu_seq_lens_q is not None and attention_mask is None and query.shape[0] == 1
-              and query.shape == key.shape == value.shape
-              and (cu_seq_lens_k is None or torch.equal(cu_seq_lens_q, cu_seq_lens_k)))
+    packed = (
+        cu_seq_lens_q is not None
+        and attention_mask is None
+        and query.shape[0] == 1
+        and query.shape == key.shape == value.shape
+        and (cu_seq_lens_k is None or torch.equal(cu_seq_lens_q, cu_seq_lens_k))
+    )
     if not packed:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
-                                      dropout=dropout, is_causal=is_causal)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, is_causal=is_causal
+        )
     _, heads, _, dim = query.shape
     lengths = (cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]).tolist()
     outputs, start = [], 0
     for length, count in _equal_length_runs(lengths):
         span = slice(start, start + length * count)
         q, k, v = (t[0, :, span].unflatten(1, (count, length)).transpose(0, 1) for t in (query, key, value))
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling,
-                                                               is_causal=is_causal)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout, scale=scaling, is_causal=is_causal
+        )
         outputs.append(out.transpose(1, 2).reshape(length * count, heads, dim))
         start += length * count
     return torch.cat(outputs).unsqueeze(0), None
@@ -127,8 +148,16 @@ def _block_major_positions(height: int, width: int, merge: int) -> torch.Tensor:
     """(height * width, 2) (row, column) of each patch, merge blocks first: the vision rotary positions of one
     frame. Cached: read-only, shared by every image of that grid size."""
     # An explicit device: under a `torch.device("meta")` context (a dry run) the cache must not keep meta tensors.
-    rows = torch.arange(height, device="cpu").view(height // merge, merge, 1, 1).expand(-1, -1, width // merge, merge)
-    cols = torch.arange(width, device="cpu").view(1, 1, width // merge, merge).expand(height // merge, merge, -1, -1)
+    rows = (
+        torch.arange(height, device="cpu")
+        .view(height // merge, merge, 1, 1)
+        .expand(-1, -1, width // merge, merge)
+    )
+    cols = (
+        torch.arange(width, device="cpu")
+        .view(1, 1, width // merge, merge)
+        .expand(height // merge, merge, -1, -1)
+    )
     return torch.stack([rows.transpose(1, 2).reshape(-1), cols.transpose(1, 2).reshape(-1)], dim=-1)
 
 

@@ -18,10 +18,20 @@ from ..errors import ConfigError
 from .families import FAMILIES, Family, family_by_name
 
 SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
-    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
-    "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
-    "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 ]
 # Qwen3 adds the think tags as ordinary (non-special) added tokens; so do we.
 ADDED_TOKENS = ["<think>", "</think>"]
@@ -67,14 +77,19 @@ class TinySize:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"tiny model size {name} must be a positive integer, got {value!r}")
         # rotary embeddings rotate pairs of dimensions, so each head's width must be even
-        for hidden, heads, what in ((self.hidden_size, self.num_heads, "hidden_size"),
-                                    (self.vision_hidden, self.vision_heads, "vision_hidden")):
+        for hidden, heads, what in (
+            (self.hidden_size, self.num_heads, "hidden_size"),
+            (self.vision_hidden, self.vision_heads, "vision_hidden"),
+        ):
             if hidden % (2 * heads):
-                raise ConfigError(f"tiny model {what} must be a multiple of {2 * heads} (2 x {heads} heads), "
-                                  f"got {hidden}")
+                raise ConfigError(
+                    f"tiny model {what} must be a multiple of {2 * heads} (2 x {heads} heads), got {hidden}"
+                )
         if self.num_heads % self.num_kv_heads:
-            raise ConfigError(f"tiny model num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
-                              f"({self.num_kv_heads})")
+            raise ConfigError(
+                f"tiny model num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                f"({self.num_kv_heads})"
+            )
 
 
 # ------------------------------------------------------------------------------------------ tokenizer
@@ -110,16 +125,22 @@ def _corpus(seed: int, num_sentences: int = 6000) -> list[str]:
         kind = rng.random()
         if kind < 0.15:
             box = sorted(rng.sample(range(1001), 2)) + sorted(rng.sample(range(1001), 2))
-            lines.append(f'<thinking>{sentence} {{"bbox_2d": [[{box[0]}, {box[2]}, {box[1]}, {box[3]}]]}}'
-                         f"</thinking><rethink>{sentence}</rethink><answer>{sentence}</answer>")
+            lines.append(
+                f'<thinking>{sentence} {{"bbox_2d": [[{box[0]}, {box[2]}, {box[1]}, {box[3]}]]}}'
+                f"</thinking><rethink>{sentence}</rethink><answer>{sentence}</answer>"
+            )
         elif kind < 0.3:
             frames = sorted(rng.sample(range(1, 9), rng.randint(1, 4)))
-            lines.append(f'<thinking>{sentence} {{"key_frames": {frames}}}</thinking>'
-                         f"<rethink>{sentence}</rethink><answer>{sentence}</answer>")
+            lines.append(
+                f'<thinking>{sentence} {{"key_frames": {frames}}}</thinking>'
+                f"<rethink>{sentence}</rethink><answer>{sentence}</answer>"
+            )
         elif kind < 0.45:
             kws = json.dumps(rng.sample(_WORDS, 3))
-            lines.append(f'<thinking>{sentence} {{"text_keywords": {kws}}}</thinking>'
-                         f"<rethink>{sentence}</rethink><answer>{sentence}</answer>")
+            lines.append(
+                f'<thinking>{sentence} {{"text_keywords": {kws}}}</thinking>'
+                f"<rethink>{sentence}</rethink><answer>{sentence}</answer>"
+            )
         elif kind < 0.55:
             lines.append(" ".join(str(rng.randint(0, 1000)) for _ in range(8)))
     return lines
@@ -192,37 +213,62 @@ def build_config(family: Family, tokenizer, size: TinySize):
         "pad_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
     }
     if family.model_type == "qwen3_vl":
-        text.update(head_dim=head_dim, rope_parameters={
-            "rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope, "mrope_interleaved": True,
-        })
+        text.update(
+            head_dim=head_dim,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": mrope,
+                "mrope_interleaved": True,
+            },
+        )
         vision = {
-            "depth": size.vision_depth, "hidden_size": size.vision_hidden,
-            "intermediate_size": 2 * size.vision_hidden, "num_heads": size.vision_heads,
-            "patch_size": family.patch_size, "spatial_merge_size": 2, "temporal_patch_size": 2,
-            "out_hidden_size": size.hidden_size, "num_position_embeddings": 256,
+            "depth": size.vision_depth,
+            "hidden_size": size.vision_hidden,
+            "intermediate_size": 2 * size.vision_hidden,
+            "num_heads": size.vision_heads,
+            "patch_size": family.patch_size,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "out_hidden_size": size.hidden_size,
+            "num_position_embeddings": 256,
             "deepstack_visual_indexes": [0],
         }
-        return transformers.Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True,
-                                          **ids)
+        return transformers.Qwen3VLConfig(
+            text_config=text, vision_config=vision, tie_word_embeddings=True, **ids
+        )
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope}
     text.update(rope_parameters=rope)
     if family.model_type == "qwen2_vl":
         vision = {
-            "depth": size.vision_depth, "embed_dim": size.vision_hidden, "hidden_size": size.hidden_size,
-            "mlp_ratio": 2, "num_heads": size.vision_heads, "patch_size": family.patch_size,
-            "spatial_merge_size": 2, "temporal_patch_size": 2,
+            "depth": size.vision_depth,
+            "embed_dim": size.vision_hidden,
+            "hidden_size": size.hidden_size,
+            "mlp_ratio": 2,
+            "num_heads": size.vision_heads,
+            "patch_size": family.patch_size,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
         }
-        return transformers.Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True,
-                                          **ids)
+        return transformers.Qwen2VLConfig(
+            text_config=text, vision_config=vision, tie_word_embeddings=True, **ids
+        )
     vision = {
-        "depth": size.vision_depth, "hidden_size": size.vision_hidden,
-        "intermediate_size": 2 * size.vision_hidden, "num_heads": size.vision_heads,
-        "patch_size": family.patch_size, "spatial_merge_size": 2, "temporal_patch_size": 2,
-        "out_hidden_size": size.hidden_size, "window_size": family.patch_size * 2 * 4,
-        "fullatt_block_indexes": [size.vision_depth - 1], "tokens_per_second": 2,
+        "depth": size.vision_depth,
+        "hidden_size": size.vision_hidden,
+        "intermediate_size": 2 * size.vision_hidden,
+        "num_heads": size.vision_heads,
+        "patch_size": family.patch_size,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": size.hidden_size,
+        "window_size": family.patch_size * 2 * 4,
+        "fullatt_block_indexes": [size.vision_depth - 1],
+        "tokens_per_second": 2,
     }
-    return transformers.Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True,
-                                         **ids)
+    return transformers.Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, tie_word_embeddings=True, **ids
+    )
 
 
 def build_image_processor(family: Family, min_pixels: int | None = None, max_pixels: int | None = None):
@@ -233,8 +279,8 @@ def build_image_processor(family: Family, min_pixels: int | None = None, max_pix
         patch_size=family.patch_size,
         merge_size=2,
         temporal_patch_size=2,
-        min_pixels=min_pixels or 4 * factor * factor,       # at least 4 merged tokens
-        max_pixels=max_pixels or 16 * factor * factor,      # at most 16: tiny models, fast tests
+        min_pixels=min_pixels or 4 * factor * factor,  # at least 4 merged tokens
+        max_pixels=max_pixels or 16 * factor * factor,  # at most 16: tiny models, fast tests
     )
 
 
@@ -275,9 +321,17 @@ def make_tiny(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     build_image_processor(fam, min_pixels, max_pixels).save_pretrained(out)
-    (out / MARKER).write_text(json.dumps(
-        {"family": fam.name, "seed": seed, "size": size.__dict__, "note": "random weights; tests and demos only"},
-        indent=2))
+    (out / MARKER).write_text(
+        json.dumps(
+            {
+                "family": fam.name,
+                "seed": seed,
+                "size": size.__dict__,
+                "note": "random weights; tests and demos only",
+            },
+            indent=2,
+        )
+    )
     return out
 
 

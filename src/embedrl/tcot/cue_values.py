@@ -70,8 +70,8 @@ def _coordinate(value: Any, problems: list[TCoTProblem]) -> int | float | None:
 
 def looks_like_box(value: Any) -> bool:
     """Four entries that are numbers or strings: one box, even if a coordinate still needs converting."""
-    return isinstance(value, list) and len(value) == 4 and all(
-        is_number(v) or isinstance(v, str) for v in value
+    return (
+        isinstance(value, list) and len(value) == 4 and all(is_number(v) or isinstance(v, str) for v in value)
     )
 
 
@@ -109,7 +109,9 @@ def _normalise_boxes(value: Any, problems: list[TCoTProblem]) -> tuple[Box, ...]
     for raw in raw_boxes:
         coords = [_coordinate(v, problems) for v in raw]
         if any(c is None for c in coords):
-            problems.append(TCoTProblem("bbox_malformed", f"box {raw!r} has a non-finite or non-numeric value"))
+            problems.append(
+                TCoTProblem("bbox_malformed", f"box {raw!r} has a non-finite or non-numeric value")
+            )
             continue
         x1, y1, x2, y2 = coords  # type: ignore[misc]
         if x1 > x2 or y1 > y2:

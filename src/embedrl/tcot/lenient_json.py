@@ -179,7 +179,7 @@ class _LenientReader:
         if char in simple:
             return simple[char]
         if char == "u":
-            digits = self.text[self.pos:self.pos + 4]
+            digits = self.text[self.pos : self.pos + 4]
             if len(digits) == 4 and all(c in "0123456789abcdefABCDEF" for c in digits):
                 self.pos += 4
                 return chr(int(digits, 16))

@@ -17,7 +17,9 @@ from .types import CUE_KEYS, ParseResult, TCoT, TCoTProblem
 _SECTIONS = ("thinking", "rethink", "answer")
 _TAG_PATTERN = re.compile(r"<\s*(/?)\s*(thinking|rethinking|rethink|answer)\s*>", re.IGNORECASE)
 _CODE_FENCE = re.compile(r"```[A-Za-z0-9_+-]*")
-_CUE_KEY_MENTION = re.compile(r"""["'\u201c\u2018]?\b(text_keywords|bbox_2d|key_frames)\b["'\u201d\u2019]?\s*[:=]""")
+_CUE_KEY_MENTION = re.compile(
+    r"""["'\u201c\u2018]?\b(text_keywords|bbox_2d|key_frames)\b["'\u201d\u2019]?\s*[:=]"""
+)
 _EMPTY_BRACKETS = re.compile(r"\[\s*(?:,\s*)*\]")
 # Longer than any sensible cue; bounds the parser's work on adversarial text.
 _MAX_CUE_CHARS = 20_000
@@ -64,7 +66,9 @@ def _parse(text: Any, num_frames: int | None) -> ParseResult:
     first: dict[str, _Block] = {}
     for block in blocks:
         if block.section in first:
-            problems.append(TCoTProblem("repeated_tag", f"<{block.section}> appears again; the first is used"))
+            problems.append(
+                TCoTProblem("repeated_tag", f"<{block.section}> appears again; the first is used")
+            )
         else:
             first[block.section] = block
     for name in _SECTIONS:
@@ -85,8 +89,11 @@ def _parse(text: Any, num_frames: int | None) -> ParseResult:
     for start, end in outside:
         chunk = _TAG_PATTERN.sub("", text[start:end]).strip()  # stray tags are reported on their own
         if chunk:
-            where = "before the first section" if start == 0 else (
-                "after the last section" if end == len(text) else "between sections")
+            where = (
+                "before the first section"
+                if start == 0
+                else ("after the last section" if end == len(text) else "between sections")
+            )
             problems.append(TCoTProblem("text_outside_tags", f"{len(chunk)} characters {where} were ignored"))
 
     contents = {name: _section_text(text, first[name]) if name in first else "" for name in _SECTIONS}
@@ -135,7 +142,7 @@ def _scan_sections(text: str, problems: list[TCoTProblem]) -> tuple[list[_Block]
             blocks.append(_Block(word, open_start, match.start(), True, True))
             seen.add(word)
             open_name, boundary = None, match.end()
-        elif open_name is None and word not in seen and text[boundary:match.start()].strip():
+        elif open_name is None and word not in seen and text[boundary : match.start()].strip():
             # A closing tag without its opening tag: the section started after the previous one. This is what a
             # chat template that pre-fills "<thinking>" produces.
             blocks.append(_Block(word, boundary, match.start(), False, True))
@@ -154,7 +161,7 @@ def _scan_sections(text: str, problems: list[TCoTProblem]) -> tuple[list[_Block]
 
 def _section_text(text: str, block: _Block) -> str:
     # Any tag still inside a block is a stray one; keeping it would corrupt a later render.
-    return _TAG_PATTERN.sub("", text[block.start:block.end]).strip()
+    return _TAG_PATTERN.sub("", text[block.start : block.end]).strip()
 
 
 # ------------------------------------------------------------------------------------- cue extraction
@@ -173,8 +180,11 @@ def _extract_cue(
         return {**contents, "thinking": found.remaining}, found.cue, "thinking"
     if found.invalid:
         return contents, None, "thinking"
-    for where, place_text in (("rethink", contents["rethink"]), ("answer", contents["answer"]),
-                              ("text outside the tags", outside_text)):
+    for where, place_text in (
+        ("rethink", contents["rethink"]),
+        ("answer", contents["answer"]),
+        ("text outside the tags", outside_text),
+    ):
         scratch: list[TCoTProblem] = []
         elsewhere = _find_cue(place_text, scratch)
         if elsewhere.cue is not None:
@@ -223,7 +233,9 @@ def _find_cue(section: str, problems: list[TCoTProblem]) -> _CueSearch:
         mention = _CUE_KEY_MENTION.search(unfenced)
         if mention:
             problems.append(
-                TCoTProblem("cue_json_invalid", f"{mention.group(1)} is mentioned but its JSON cannot be read")
+                TCoTProblem(
+                    "cue_json_invalid", f"{mention.group(1)} is mentioned but its JSON cannot be read"
+                )
             )
             result.invalid = True
         elif other_keys:
@@ -283,7 +295,7 @@ def _read_bare_cues(text: str) -> list[tuple[int, int, dict]]:
         # Take a directly enclosing brace pair along, so no "{ }" residue stays in the prose.
         before = text[:start].rstrip()
         after_pos = len(text) - len(text[end:].lstrip())
-        if before.endswith("{") and text[after_pos:after_pos + 1] == "}":
+        if before.endswith("{") and text[after_pos : after_pos + 1] == "}":
             start, end = len(before) - 1, after_pos + 1
         found.append((start, end, {mention.group(1): value}))
     return found

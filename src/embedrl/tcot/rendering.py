@@ -19,7 +19,9 @@ def cue_json(tcot: TCoT) -> str:
     kind = tcot.cue_kind
     if kind is None:
         return ""
-    value: Any = [list(box) for box in tcot.bbox_2d or ()] if kind == "bbox_2d" else list(tcot.cue_value or ())
+    value: Any = (
+        [list(box) for box in tcot.bbox_2d or ()] if kind == "bbox_2d" else list(tcot.cue_value or ())
+    )
     return json.dumps({kind: value}, ensure_ascii=False).replace("<", "\\u003c").replace("`", "\\u0060")
 
 

@@ -56,9 +56,18 @@ TAG_DEFECT_CODES = frozenset(
 # JSON *syntax* repairs (code fences, quotes) are tolerated: the evidence builder reads them the same way.
 CUE_DEFECT_CODES = frozenset(
     {
-        "cue_json_invalid", "cue_outside_thinking", "cue_merged", "multiple_cues", "cue_not_list",
-        "keywords_malformed", "bbox_malformed", "bbox_swapped", "bbox_clamped",
-        "frame_not_int", "frame_out_of_range", "frame_duplicate",
+        "cue_json_invalid",
+        "cue_outside_thinking",
+        "cue_merged",
+        "multiple_cues",
+        "cue_not_list",
+        "keywords_malformed",
+        "bbox_malformed",
+        "bbox_swapped",
+        "bbox_clamped",
+        "frame_not_int",
+        "frame_out_of_range",
+        "frame_duplicate",
     }
 )
 FORMAT_BREAKING_CODES = TAG_DEFECT_CODES | CUE_DEFECT_CODES

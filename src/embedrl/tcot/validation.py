@@ -41,7 +41,8 @@ def validate(tcot: TCoT, modality: Modality, num_frames: int | None = None) -> l
     if kind == "text_keywords":
         return [
             TCoTProblem("keywords_malformed", f"keyword {i + 1} is not a non-empty string")
-            for i, kw in enumerate(values) if not isinstance(kw, str) or not kw.strip()
+            for i, kw in enumerate(values)
+            if not isinstance(kw, str) or not kw.strip()
         ]
     if kind == "bbox_2d":
         return [p for i, box in enumerate(values) for p in _box_problems(i, box)]
@@ -61,9 +62,7 @@ def validate(tcot: TCoT, modality: Modality, num_frames: int | None = None) -> l
 
 
 def _box_problems(i: int, box: Any) -> list[TCoTProblem]:
-    if not isinstance(box, tuple) or len(box) != 4 or not all(
-        is_number(c) and math.isfinite(c) for c in box
-    ):
+    if not isinstance(box, tuple) or len(box) != 4 or not all(is_number(c) and math.isfinite(c) for c in box):
         return [TCoTProblem("bbox_malformed", f"box {i + 1} is not four finite numbers")]
     x1, y1, x2, y2 = box
     if any(c < 0 or c > COORDINATE_MAX for c in box):
@@ -81,8 +80,9 @@ OFFICIAL_TAG_PATTERN = re.compile(
 )
 
 
-def format_ok(text: str, modality: Modality, num_frames: int = DEFAULT_NUM_FRAMES,
-              strict_tags_only: bool = False) -> bool:
+def format_ok(
+    text: str, modality: Modality, num_frames: int = DEFAULT_NUM_FRAMES, strict_tags_only: bool = False
+) -> bool:
     """The format check behind the format reward.
 
     Paper version (default): the official tag pattern matches, the tag structure has no defect, and the cue the

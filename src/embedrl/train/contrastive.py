@@ -83,16 +83,22 @@ def gather_ragged(x: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
 @dataclass
 class LossOutput:
     loss: torch.Tensor
-    accuracy: float          # fraction of local queries whose top target is their own positive
-    scale: float             # the logit scale s = 1/τ used
+    accuracy: float  # fraction of local queries whose top target is their own positive
+    scale: float  # the logit scale s = 1/τ used
 
 
 class ContrastiveLoss(torch.nn.Module):
     """Symmetric InfoNCE with gathered features. `learn_temperature=True` makes log(s) a parameter;
     `use_hard_negatives=False` ignores any hard negatives passed in (in-batch negatives only)."""
 
-    def __init__(self, temperature: float = 0.02, learn_temperature: bool = False, gather_with_grad: bool = True,
-                 max_scale: float = 100.0, use_hard_negatives: bool = True):
+    def __init__(
+        self,
+        temperature: float = 0.02,
+        learn_temperature: bool = False,
+        gather_with_grad: bool = True,
+        max_scale: float = 100.0,
+        use_hard_negatives: bool = True,
+    ):
         super().__init__()
         if temperature <= 0:
             raise ValueError("temperature must be > 0")
@@ -105,8 +111,9 @@ class ContrastiveLoss(torch.nn.Module):
         self.max_scale = max_scale
         self.use_hard_negatives = use_hard_negatives
 
-    def forward(self, queries: torch.Tensor, positives: torch.Tensor,
-                hard_negatives: torch.Tensor | None = None) -> LossOutput:
+    def forward(
+        self, queries: torch.Tensor, positives: torch.Tensor, hard_negatives: torch.Tensor | None = None
+    ) -> LossOutput:
         if queries.shape != positives.shape:
             raise ValueError(f"queries {tuple(queries.shape)} and positives {tuple(positives.shape)} differ")
         size, rank = world()
@@ -161,7 +168,7 @@ class RNGState:
 
 
 def chunked(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [seq[i:i + size] for i in range(0, len(seq), size)]
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
 
 
 def grad_cache_step(
@@ -198,7 +205,7 @@ def grad_cache_step(
     offsets = [0] * len(groups)
     for index, (g, chunk, state) in enumerate(jobs):
         last = index == len(jobs) - 1
-        grad = detached[g].grad[offsets[g]:offsets[g] + len(chunk)]
+        grad = detached[g].grad[offsets[g] : offsets[g] + len(chunk)]
         offsets[g] += len(chunk)
         context = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
         with context, state.replay():

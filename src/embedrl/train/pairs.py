@@ -41,8 +41,16 @@ class TrainingPair:
         return any(it.video is not None for it in (self.query, self.positive, *self.negatives))
 
 
-KNOWN_KEYS = {"dataset", "query", "positive", "negatives", "query_tcot", "positive_tcot", "negative_tcots",
-              "meta"}
+KNOWN_KEYS = {
+    "dataset",
+    "query",
+    "positive",
+    "negatives",
+    "query_tcot",
+    "positive_tcot",
+    "negative_tcots",
+    "meta",
+}
 
 
 def _item(raw, where: dict, name: str, path: Path, problems: list[Problem], check_media: bool) -> Item | None:
@@ -58,12 +66,15 @@ def _item(raw, where: dict, name: str, path: Path, problems: list[Problem], chec
     local: list[Problem] = []
     item = parse_item(raw, file=file, line=line, id_key="id", problems=local, allow_video_string=True)
     for p in local:  # qualify field names with the side ("positive.images[0]")
-        problems.append(Problem(p.file, p.message, p.line, f"{name}.{p.field}" if p.field else name, p.record))
+        problems.append(
+            Problem(p.file, p.message, p.line, f"{name}.{p.field}" if p.field else name, p.record)
+        )
     if item is None:
         return None
     local = []
-    item = resolve_item_media(item, path.parent, confine=False, file=file, line=line, problems=local,
-                              must_exist=check_media)
+    item = resolve_item_media(
+        item, path.parent, confine=False, file=file, line=line, problems=local, must_exist=check_media
+    )
     for p in local:
         problems.append(Problem(p.file, p.message, p.line, f"{name}.{p.field}", p.record))
     return item
@@ -105,8 +116,13 @@ def load_pairs(path: str | Path, check_media: bool = True) -> tuple[list[Trainin
                 problems.append(Problem(message="unknown field (typo?)", field=key, **where))
         dataset = obj.get("dataset")
         if not isinstance(dataset, str) or not dataset:
-            problems.append(Problem(message="missing required field" if dataset is None else "must be a "
-                                    "non-empty string", field="dataset", **where))
+            problems.append(
+                Problem(
+                    message="missing required field" if dataset is None else "must be a non-empty string",
+                    field="dataset",
+                    **where,
+                )
+            )
         sides = {}
         for side in ("query", "positive"):
             if side not in obj:
@@ -130,14 +146,32 @@ def load_pairs(path: str | Path, check_media: bool = True) -> tuple[list[Trainin
         neg_tcots = obj.get("negative_tcots")
         if neg_tcots is None:
             neg_tcots = [None] * len(raw_negs)
-        elif not isinstance(neg_tcots, list) or len(neg_tcots) != len(raw_negs) or not all(
-                t is None or isinstance(t, str) for t in neg_tcots):
-            problems.append(Problem(message="must be a list of strings (or nulls), one per negative",
-                                    field="negative_tcots", **where))
+        elif (
+            not isinstance(neg_tcots, list)
+            or len(neg_tcots) != len(raw_negs)
+            or not all(t is None or isinstance(t, str) for t in neg_tcots)
+        ):
+            problems.append(
+                Problem(
+                    message="must be a list of strings (or nulls), one per negative",
+                    field="negative_tcots",
+                    **where,
+                )
+            )
         if len(problems) > before or sides.get("query") is None or sides.get("positive") is None:
             continue
-        pairs.append(TrainingPair(dataset, sides["query"], sides["positive"], negatives, query_tcot,
-                                  positive_tcot, list(neg_tcots), line))
+        pairs.append(
+            TrainingPair(
+                dataset,
+                sides["query"],
+                sides["positive"],
+                negatives,
+                query_tcot,
+                positive_tcot,
+                list(neg_tcots),
+                line,
+            )
+        )
     return pairs, problems
 
 
@@ -145,5 +179,7 @@ def dataset_summary(pairs: list[TrainingPair]) -> dict[str, dict]:
     counts = Counter(p.dataset for p in pairs)
     video = {p.dataset for p in pairs if p.is_video}
     with_tcot = Counter(p.dataset for p in pairs if p.query_tcot and p.positive_tcot)
-    return {name: {"pairs": n, "video": name in video, "with_teacher_tcots": with_tcot[name]}
-            for name, n in sorted(counts.items())}
+    return {
+        name: {"pairs": n, "video": name in video, "with_teacher_tcots": with_tcot[name]}
+        for name, n in sorted(counts.items())
+    }

@@ -11,7 +11,9 @@ from typing import Any
 from ..fileio import write_json
 
 
-def plot_training_curves(history: Sequence[dict], out: str | Path, keys: Sequence[str], title: str = "") -> Path | None:
+def plot_training_curves(
+    history: Sequence[dict], out: str | Path, keys: Sequence[str], title: str = ""
+) -> Path | None:
     """One panel per logged key that appears in `history` (HF Trainer `log_history` entries)."""
     import matplotlib
 
@@ -47,8 +49,15 @@ def _jsonable(value: Any) -> bool:
         return False
 
 
-def write_run_outputs(out: Path, history: list[dict], record: dict[str, Any], config: Any, plot_file: str | None,
-                      plot_keys: Sequence[str], title: str) -> None:
+def write_run_outputs(
+    out: Path,
+    history: list[dict],
+    record: dict[str, Any],
+    config: Any,
+    plot_file: str | None,
+    plot_keys: Sequence[str],
+    title: str,
+) -> None:
     """log_history.json, embedrl_training.json (the record plus every JSON-able config field) and a curve PNG."""
     write_json(out / "log_history.json", history, indent=1)
     settings = {k: v for k, v in asdict(config).items() if _jsonable(v)}

@@ -81,26 +81,38 @@ class SubBatchSampler:
         weights = dict(weights or {})
         unknown = set(weights) - set(self.datasets)
         if weights and unknown == set(weights):
-            raise ConfigError(f"no mixture weight names a dataset of the data (typo?): weights for "
-                              f"{sorted(weights)[:5]}, data has {sorted(self.datasets)[:5]}")
+            raise ConfigError(
+                f"no mixture weight names a dataset of the data (typo?): weights for "
+                f"{sorted(weights)[:5]}, data has {sorted(self.datasets)[:5]}"
+            )
         if unknown:
             log.warning("mixture weights for datasets absent from the data are ignored: %s", sorted(unknown))
         self.weights = {k: float(weights.get(k, 1.0)) for k in self.datasets}
         self.names = sorted(n for n in self.datasets if self.weights[n] > 0)
         if not self.names:
             raise ConfigError("every dataset has weight 0")
-        small = [f"{n} ({len(self.datasets[n])})" for n in self.names if len(self.datasets[n]) < sub_batch_size]
+        small = [
+            f"{n} ({len(self.datasets[n])})" for n in self.names if len(self.datasets[n]) < sub_batch_size
+        ]
         if small:
             # A sub-batch larger than its dataset would repeat pairs: a pair would be its own negative.
-            raise ConfigError(f"datasets smaller than the sub-batch size {sub_batch_size}: {', '.join(small)}; "
-                              "lower the sub-batch size or give them weight 0")
+            raise ConfigError(
+                f"datasets smaller than the sub-batch size {sub_batch_size}: {', '.join(small)}; "
+                "lower the sub-batch size or give them weight 0"
+            )
         self.video = set(video_datasets or ()) & set(self.names)
         self.sub_batch_size = sub_batch_size
         self.sub_batches_per_batch = sub_batches_per_batch
         self.max_video = max_video_sub_batches
-        if self.video and not (set(self.names) - self.video) and sub_batches_per_batch > max_video_sub_batches:
-            raise ConfigError("only video datasets are left but a batch may hold at most "
-                              f"{max_video_sub_batches} video sub-batch(es)")
+        if (
+            self.video
+            and not (set(self.names) - self.video)
+            and sub_batches_per_batch > max_video_sub_batches
+        ):
+            raise ConfigError(
+                "only video datasets are left but a batch may hold at most "
+                f"{max_video_sub_batches} video sub-batch(es)"
+            )
         self.global_batch = sub_batch_size * sub_batches_per_batch
         if self.global_batch % world_size:
             raise ConfigError(f"global batch {self.global_batch} is not divisible by {world_size} ranks")
@@ -147,7 +159,7 @@ class SubBatchSampler:
         per_rank = self.global_batch // self.world_size
         start = self.rank * per_rank
         for batch in self.global_batches():
-            yield batch[start:start + per_rank]
+            yield batch[start : start + per_rank]
 
 
 class _Cycle:
@@ -179,10 +191,17 @@ class _Cycle:
 class PairGroupSampler:
     """EG-RL batches: B distinct pairs from one dataset per step (dataset ∝ weight × size)."""
 
-    def __init__(self, datasets: Mapping[str, Sequence[int]], pairs_per_step: int,
-                 weights: Mapping[str, float] | None = None, seed: int = 0, steps_per_epoch: int | None = None):
-        self.inner = SubBatchSampler(datasets, pairs_per_step, 1, weights, None, seed=seed,
-                                     steps_per_epoch=steps_per_epoch)
+    def __init__(
+        self,
+        datasets: Mapping[str, Sequence[int]],
+        pairs_per_step: int,
+        weights: Mapping[str, float] | None = None,
+        seed: int = 0,
+        steps_per_epoch: int | None = None,
+    ):
+        self.inner = SubBatchSampler(
+            datasets, pairs_per_step, 1, weights, None, seed=seed, steps_per_epoch=steps_per_epoch
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.inner.set_epoch(epoch)

@@ -37,8 +37,10 @@ class EmbedderTrainingConfig(TrainingArguments):
     one dataset, split evenly across ranks (`per_device_train_batch_size` is derived from it).
     """
 
-    lora: str = field(default="2b", metadata={"help": "LoRA preset: 2b (r64/a128), 4b (r96/a192), tiny, "
-                                                      "or none for full fine-tuning"})
+    lora: str = field(
+        default="2b",
+        metadata={"help": "LoRA preset: 2b (r64/a128), 4b (r96/a192), tiny, or none for full fine-tuning"},
+    )
     lora_r: int | None = field(default=None, metadata={"help": "override the preset's rank"})
     lora_alpha: int | None = field(default=None, metadata={"help": "override the preset's alpha"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
@@ -52,8 +54,10 @@ class EmbedderTrainingConfig(TrainingArguments):
     grad_cache_chunk: int | None = field(default=None, metadata={"help": "GradCache chunk size (None: off)"})
     use_tcot: bool = field(default=True, metadata={"help": "condition on teacher T-CoTs (False: raw input)"})
     gather_with_grad: bool = field(default=True, metadata={"help": "all-gather features with gradients"})
-    use_hard_negatives: bool = field(default=True, metadata={"help": "add the pairs' hard negatives to the "
-                                                                     "in-batch ones (False: in-batch only)"})
+    use_hard_negatives: bool = field(
+        default=True,
+        metadata={"help": "add the pairs' hard negatives to the in-batch ones (False: in-batch only)"},
+    )
     max_text_tokens: int | None = field(default=480, metadata={"help": "truncate item text (tokens)"})
     merge_lora: bool = field(default=True, metadata={"help": "save a merged checkpoint at the end"})
     plot: bool = field(default=True, metadata={"help": "write training_curve.png at the end"})
@@ -71,7 +75,12 @@ class EmbedderTrainingConfig(TrainingArguments):
         if self.output_dir is None:
             raise ConfigError("output_dir is required")
         self.remove_unused_columns = False
-        if not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() and not self.fp16:
+        if (
+            not self.use_cpu
+            and torch.cuda.is_available()
+            and torch.cuda.is_bf16_supported()
+            and not self.fp16
+        ):
             self.bf16 = True
         for name in ("sub_batch_size", "sub_batches_per_batch"):
             if getattr(self, name) < 1:
@@ -82,8 +91,10 @@ class EmbedderTrainingConfig(TrainingArguments):
             raise ConfigError(f"learning_rate must be >= 0, got {self.learning_rate}")
         deepspeed = self.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
         if self.grad_cache_chunk is not None and deepspeed:
-            raise ConfigError("GradCache replays several backward passes per step, which DeepSpeed's engine "
-                              "does not support; use DDP with GradCache, or DeepSpeed without it")
+            raise ConfigError(
+                "GradCache replays several backward passes per step, which DeepSpeed's engine "
+                "does not support; use DDP with GradCache, or DeepSpeed without it"
+            )
         super().__post_init__()
         if self.grad_cache_chunk is not None and self.grad_cache_chunk < 1:
             raise ConfigError("grad_cache_chunk must be >= 1")
@@ -106,10 +117,27 @@ class EmbedderTrainingConfig(TrainingArguments):
 
     PRESETS = {
         # paper App. B.1: batch 512 = 2 sub-batches of 256 (2B), 256 = 2 x 128 (4B)
-        "2b": {"lora": "2b", "sub_batch_size": 256, "sub_batches_per_batch": 2, "activation_checkpointing": True},
-        "4b": {"lora": "4b", "sub_batch_size": 128, "sub_batches_per_batch": 2, "activation_checkpointing": True},
-        "tiny": {"lora": "tiny", "sub_batch_size": 8, "sub_batches_per_batch": 1, "learning_rate": 2e-3,
-                 "warmup_steps": 2, "save_steps": 1000, "max_text_tokens": 128},
+        "2b": {
+            "lora": "2b",
+            "sub_batch_size": 256,
+            "sub_batches_per_batch": 2,
+            "activation_checkpointing": True,
+        },
+        "4b": {
+            "lora": "4b",
+            "sub_batch_size": 128,
+            "sub_batches_per_batch": 2,
+            "activation_checkpointing": True,
+        },
+        "tiny": {
+            "lora": "tiny",
+            "sub_batch_size": 8,
+            "sub_batches_per_batch": 1,
+            "learning_rate": 2e-3,
+            "warmup_steps": 2,
+            "save_steps": 1000,
+            "max_text_tokens": 128,
+        },
     }
 
 
@@ -146,8 +174,12 @@ class PairCollator:
         def build(item, tcot):
             return self.embedder.build_input(item, tcot if self.use_tcot else None)
 
-        negatives = [build(n, t) for p in pairs if self.use_negatives
-                     for n, t in zip(p.negatives, p.negative_tcots or [None] * len(p.negatives))]
+        negatives = [
+            build(n, t)
+            for p in pairs
+            if self.use_negatives
+            for n, t in zip(p.negatives, p.negative_tcots or [None] * len(p.negatives))
+        ]
         return {
             "queries": [build(p.query, p.query_tcot) for p in pairs],
             "positives": [build(p.positive, p.positive_tcot) for p in pairs],
@@ -180,19 +212,25 @@ class EmbeddingModule(torch.nn.Module):
             return tuple(pooled_embeddings(self.backbone, b, self.emb_token_id) for b in batches)
         return pooled_embeddings(self.backbone, batch, self.emb_token_id)
 
-    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
-                                        every_n_layers: int = 1, offload: bool = False) -> None:
+    def activation_checkpointing_enable(
+        self,
+        activation_checkpointing_kwargs: dict | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> None:
         """What the Trainer calls for `gradient_checkpointing` / `activation_checkpointing`: checkpoint the
         backbone's layers (non-reentrant unless told otherwise), with inputs that require grad so that a frozen
         embedding layer under LoRA still lets gradients through."""
         kwargs = activation_checkpointing_kwargs or {"use_reentrant": False}
-        self.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs,
-                                                      every_n_layers=every_n_layers, offload=offload)
+        self.backbone.activation_checkpointing_enable(
+            activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers, offload=offload
+        )
         if hasattr(self.backbone, "enable_input_require_grads"):
             self.backbone.enable_input_require_grads()
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None,
-                                      **kwargs: Any) -> None:
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any
+    ) -> None:
         self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
 
@@ -205,17 +243,32 @@ class _ClearGradientAfterStep(TrainerCallback):
 
 
 class ContrastiveTrainer(Trainer):
-    def __init__(self, embedder: Embedder, args: EmbedderTrainingConfig, train_dataset: PairDataset,
-                 mixture: Mixture | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        embedder: Embedder,
+        args: EmbedderTrainingConfig,
+        train_dataset: PairDataset,
+        mixture: Mixture | None = None,
+        **kwargs: Any,
+    ):
         self.embedder = embedder
         embedder.changed_in_memory = True  # training moves the weights away from any saved folder
         self.mixture = mixture
-        self.loss_fn = ContrastiveLoss(args.temperature, args.learn_temperature, args.gather_with_grad,
-                                       use_hard_negatives=args.use_hard_negatives)
+        self.loss_fn = ContrastiveLoss(
+            args.temperature,
+            args.learn_temperature,
+            args.gather_with_grad,
+            use_hard_negatives=args.use_hard_negatives,
+        )
         self._accuracies: list[float] = []
         collator = PairCollator(embedder, args.use_tcot, args.use_hard_negatives)
-        super().__init__(model=EmbeddingModule(embedder), args=args, train_dataset=train_dataset,
-                         data_collator=collator, **kwargs)
+        super().__init__(
+            model=EmbeddingModule(embedder),
+            args=args,
+            train_dataset=train_dataset,
+            data_collator=collator,
+            **kwargs,
+        )
         self.loss_fn.to(self.args.device)
 
     # ------------------------------------------------------------------------------------------------ data
@@ -224,21 +277,31 @@ class ContrastiveTrainer(Trainer):
         dataset: PairDataset = self.train_dataset  # type: ignore[assignment]
         video = dataset.video_datasets() | (self.mixture.video if self.mixture else set())
         sampler = SubBatchSampler(
-            dataset.groups(), self.args.sub_batch_size, self.args.sub_batches_per_batch,
-            weights=self.mixture.weights if self.mixture else None, video_datasets=video,
-            max_video_sub_batches=self.args.max_video_sub_batches, world_size=self.args.world_size,
-            rank=self.args.process_index, seed=self.args.seed,
+            dataset.groups(),
+            self.args.sub_batch_size,
+            self.args.sub_batches_per_batch,
+            weights=self.mixture.weights if self.mixture else None,
+            video_datasets=video,
+            max_video_sub_batches=self.args.max_video_sub_batches,
+            world_size=self.args.world_size,
+            rank=self.args.process_index,
+            seed=self.args.seed,
         )
         # Not passed through accelerator.prepare: the sampler already yields this rank's slice.
-        return EpochDataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
-                               num_workers=self.args.dataloader_num_workers)
+        return EpochDataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+        )
 
     # ------------------------------------------------------------------------------------------- optimiser
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
         if self.args.learn_temperature and not any(
-                self.loss_fn.log_scale is p for g in optimizer.param_groups for p in g["params"]):
+            self.loss_fn.log_scale is p for g in optimizer.param_groups for p in g["params"]
+        ):
             optimizer.add_param_group({"params": [self.loss_fn.log_scale], "weight_decay": 0.0})
             # The Trainer zeroes the model's gradients after each step; the temperature lives outside the model.
             self.add_callback(_ClearGradientAfterStep(self.loss_fn.log_scale))
@@ -259,8 +322,13 @@ class ContrastiveTrainer(Trainer):
             # chunk but the last runs under no_sync, which makes no collective in DDP's forward or backward.
             distributed = self.args.world_size > 1
             out = grad_cache_step(
-                encode, groups, self.loss_fn, self.args.grad_cache_chunk, backward=self.accelerator.backward,
-                no_sync=(lambda: self.accelerator.no_sync(model)) if distributed else None, loss_scale=scale,
+                encode,
+                groups,
+                self.loss_fn,
+                self.args.grad_cache_chunk,
+                backward=self.accelerator.backward,
+                no_sync=(lambda: self.accelerator.no_sync(model)) if distributed else None,
+                loss_scale=scale,
             )
         else:
             out = self.loss_fn(*self._encode_groups(model, groups))
@@ -358,23 +426,36 @@ def log_hard_negatives(pairs: list[TrainingPair], used: bool) -> None:
     if not carrying:
         log.info("hard negatives: none in the %d pairs; in-batch negatives only", len(pairs))
     elif used:
-        log.info("hard negatives: used; %d of %d pairs carry them (%d in all)",
-                 len(carrying), len(pairs), count)
+        log.info(
+            "hard negatives: used; %d of %d pairs carry them (%d in all)", len(carrying), len(pairs), count
+        )
     else:
-        log.info("hard negatives: ignored (use_hard_negatives=False), in-batch negatives only; "
-                 "%d of %d pairs carry them (%d in all)", len(carrying), len(pairs), count)
+        log.info(
+            "hard negatives: ignored (use_hard_negatives=False), in-batch negatives only; "
+            "%d of %d pairs carry them (%d in all)",
+            len(carrying),
+            len(pairs),
+            count,
+        )
 
 
-def train_embedder(model_path: str | Path, pairs: list[TrainingPair], config: EmbedderTrainingConfig,
-                   resume: bool | str = False, callbacks: list | None = None) -> Path:
+def train_embedder(
+    model_path: str | Path,
+    pairs: list[TrainingPair],
+    config: EmbedderTrainingConfig,
+    resume: bool | str = False,
+    callbacks: list | None = None,
+) -> Path:
     """Run stage 1 and return the final Embedder checkpoint folder (merged LoRA by default)."""
     from ..models.backbone import LoadOptions
     from ..models.embedder import EmbedderConfig
 
     embedder_config = EmbedderConfig.load(model_path)
     embedder_config.max_text_tokens = config.max_text_tokens
-    options = LoadOptions(dtype="float32" if not (config.bf16 or config.fp16) else "auto",
-                          device="cpu" if config.use_cpu else "auto")
+    options = LoadOptions(
+        dtype="float32" if not (config.bf16 or config.fp16) else "auto",
+        device="cpu" if config.use_cpu else "auto",
+    )
     embedder = Embedder.from_pretrained(model_path, options, config=embedder_config)
     lora = config.lora_settings()
     if lora is not None:
@@ -394,9 +475,13 @@ def train_embedder(model_path: str | Path, pairs: list[TrainingPair], config: Em
     if trainer.is_world_process_zero():
         embedder.name_or_path = str(model_path)
         embedder.save_pretrained(final, merge=config.merge_lora)
-        write_run_outputs(out, trainer.state.log_history,
-                          {"stage": 1, "model": str(model_path), "pairs": len(pairs)}, config,
-                          "training_curve.png" if config.plot else None, ("loss", "accuracy"),
-                          "Stage 1: Embedder contrastive training")
+        write_run_outputs(
+            out,
+            trainer.state.log_history,
+            {"stage": 1, "model": str(model_path), "pairs": len(pairs)},
+            config,
+            "training_curve.png" if config.plot else None,
+            ("loss", "accuracy"),
+            "Stage 1: Embedder contrastive training",
+        )
     return final
-

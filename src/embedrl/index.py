@@ -39,6 +39,7 @@ import numpy as np
 from .data.items import Item
 from .errors import ConfigError, DataError, EmbedRLError, MediaError, Problem
 from .fileio import atomic_open, read_json, write_json
+from .models.protocols import EmbedderLike, ReasonerLike
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ SEARCH_KINDS = ("flat", "hnsw", "exact")
 # ------------------------------------------------------------------------------------------- evidence
 
 
-def evidence_record(embedder: Any, item: Item, tcot: str | None, media: Any = None) -> dict:
+def evidence_record(embedder: EmbedderLike, item: Item, tcot: str | None, media: Any = None) -> dict:
     """What a T-CoT made the Embedder look at, as JSON: its keywords, the crop boxes it cut (pixels of the item's
     first image, or first frame), the keyframes it re-inserted (0-based positions in the sampled frames) and the
     notes on what was dropped. Read from `Embedder.build_input`, so it is exactly what was embedded."""
@@ -150,7 +151,7 @@ def _data_dir(root: Path, generation: int) -> Path:
     return root / f"data-{generation:06d}"
 
 
-def _fingerprints(embedder: Any, reasoner: Any) -> tuple[str, str | None]:
+def _fingerprints(embedder: EmbedderLike, reasoner: ReasonerLike | None) -> tuple[str, str | None]:
     from .pipeline import embedder_fingerprint, reasoner_fingerprint
 
     return embedder_fingerprint(embedder), reasoner_fingerprint(reasoner) if reasoner is not None else None
@@ -170,8 +171,8 @@ def _item_json(item: Item) -> dict:
 
 def _encode(
     items: Sequence[Item],
-    embedder: Any,
-    reasoner: Any,
+    embedder: EmbedderLike,
+    reasoner: ReasonerLike | None,
     root: Path,
     *,
     reasoning: str | None,
@@ -262,8 +263,8 @@ def _normalised(vectors: np.ndarray) -> np.ndarray:
 def build_index(
     root: str | Path,
     items: Sequence[Item],
-    embedder: Any,
-    reasoner: Any = None,
+    embedder: EmbedderLike,
+    reasoner: ReasonerLike | None = None,
     *,
     models: dict | None = None,
     reasoning: str | None = None,
@@ -360,8 +361,8 @@ def build_index(
 def add_to_index(
     root: str | Path,
     items: Sequence[Item],
-    embedder: Any,
-    reasoner: Any = None,
+    embedder: EmbedderLike,
+    reasoner: ReasonerLike | None = None,
     *,
     batch_size: int = 8,
     progress: bool = True,
@@ -524,7 +525,7 @@ class Index:
     def default_query_reasoning(self, have_reasoner: bool) -> str:
         return "generate" if have_reasoner and self.manifest.get("reasoning") == "generate" else "off"
 
-    def check_embedder(self, embedder: Any) -> None:
+    def check_embedder(self, embedder: EmbedderLike) -> None:
         """Refuse, saying why, an Embedder whose vectors are not comparable with this index's."""
         from .pipeline import embedder_fingerprint
 

@@ -295,7 +295,7 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="item", disable=not enabled or total == 0, leave=False)
 
 
-def _model_leaves_cpu_free(embedder: Any) -> bool:
+def _model_leaves_cpu_free(embedder: EmbedderLike) -> bool:
     device = getattr(embedder, "device", None)
     return getattr(device, "type", "cpu") != "cpu"
 

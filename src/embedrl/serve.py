@@ -49,6 +49,7 @@ from PIL import Image
 from .data.items import Item, VideoRef
 from .data.media import ALLOWED_IMAGE_FORMATS, decode_image_file
 from .errors import ConfigError, EmbedRLError, MediaError
+from .models.protocols import EmbedderLike, ReasonerLike
 
 if TYPE_CHECKING:
     from .models.reasoner import GenerationSettings
@@ -653,9 +654,9 @@ class EmbedRLService:
     def __init__(
         self,
         generator: Any = None,
-        embedder: Any = None,
+        embedder: EmbedderLike | None = None,
         *,
-        reasoner: Any = None,
+        reasoner: ReasonerLike | None = None,
         index: Any = None,
         settings: ServeSettings | None = None,
         api_key: str | None = None,
@@ -1539,13 +1540,13 @@ class EmbedRLServer:
     def __init__(
         self,
         generator: Any = None,
-        embedder: Any = None,
+        embedder: EmbedderLike | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         generator_name: str = "reasoner",
         embedder_name: str = "embedder",
         *,
-        reasoner: Any = None,
+        reasoner: ReasonerLike | None = None,
         index: Any = None,
         settings: ServeSettings | None = None,
         api_key: str | None = None,

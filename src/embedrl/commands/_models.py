@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..models.protocols import EmbedderLike
 from ._checks import checkpoint, device, non_negative_float, positive_int
 
 
@@ -41,7 +42,7 @@ def add_evidence_style_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def apply_evidence_style(embedder: Any, args: argparse.Namespace) -> None:
+def apply_evidence_style(embedder: EmbedderLike, args: argparse.Namespace) -> None:
     """Set the Embedder's evidence rules from --evidence-style, when given."""
     style = getattr(args, "evidence_style", None)
     if style:

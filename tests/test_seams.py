@@ -369,3 +369,20 @@ def test_a_legacy_config_keeps_its_frame_minimum(tmp_path: Path) -> None:
     (tmp_path / EMBEDDER_CONFIG_FILE).write_text(json.dumps({"image_min_pixels": 131072, "num_frames": 8}))
     config = EmbedderConfig.load(tmp_path)
     assert config.frame_min_pixels == 131072 and config.evidence_style == "embedrl"
+
+
+def test_a_stale_tcot_cache_is_named_and_the_other_side_is_not(embedder, tmp_path: Path, caplog) -> None:
+    items = [Item(id="t", text="a ball")]
+    cache = tmp_path / "cache"
+    encode_detailed(items, embedder, SpyReasoner(), side="candidate", cache_dir=cache, progress=False)
+    with caplog.at_level("WARNING", logger="embedrl.pipeline"):
+        encode_detailed(items, embedder, SpyReasoner(), side="query", cache_dir=cache, progress=False)
+    assert not caplog.records  # the candidate-side records are not stale, only other
+
+    class OtherSettings(SpyReasoner):
+        def cache_identity(self) -> dict:
+            return {"backend": "spy", "temperature": 0.7}
+
+    with caplog.at_level("WARNING", logger="embedrl.pipeline"):
+        encode_detailed(items, embedder, OtherSettings(), side="query", cache_dir=cache, progress=False)
+    assert any("another Reasoner" in r.getMessage() for r in caplog.records)

@@ -657,15 +657,20 @@ def _known_tcots(
             )
         else:
             pending.setdefault(key, []).append(i)
-    found = sum(t is not None for t in texts)
-    if cache is not None and cache.entries and found == 0 and n:
+    # Records for these very items (same content and side) that another Reasoner or other settings wrote: say
+    # why nothing is reused. Records of other items or of the other side are no reason to warn.
+    stale = (
+        cache is not None
+        and reasoner is not None
+        and not any(t is not None for t in texts)
+        and any(content in cache.latest_by_content for content in contents)
+    )
+    if stale:
         log.warning(
-            "%s holds %d T-CoTs but none for these %d items with this Reasoner and these settings (written "
-            "by another Reasoner, frame count or embedrl version?); %s",
+            "%s holds T-CoTs for these items written by another Reasoner or with other generation "
+            "settings; they are not reused: %s",
             cache.path,
-            len(cache.entries),
-            n,
-            "they are generated again" if settings.reasoning == "generate" else "each item fails",
+            "new ones are generated" if settings.reasoning == "generate" else "each item fails",
         )
     return texts, pending, dict(zip(keys, contents))
 

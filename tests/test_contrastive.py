@@ -70,6 +70,8 @@ def _rank_worker(rank: int, world: int, port: int, q: torch.Tensor, p: torch.Ten
             {"loss": out.loss.item(), "gq": local_q.grad, "gp": local_p.grad, "acc": out.accuracy},
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
+        # every rank done before any closes its connections, else the peer may abort ("closed by peer")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -17,6 +17,9 @@ import pytest
 
 NUM_ITEMS = 60
 BATCH = 2  # 30 batches, one cache shard each: the kill lands well before the last one
+# encode() works in windows of 4 x the batch size (4 batches here): killing after 5 shards lands mid-window, the
+# case where a rerun that re-cut its windows from the missing items alone would batch them differently.
+KILL_AFTER_SHARDS = 5
 
 
 def _embedrl() -> str:
@@ -75,7 +78,9 @@ def test_sigkill_then_rerun_gives_the_vectors_of_an_uninterrupted_run(tiny_qwen3
     )
     try:
         deadline = time.monotonic() + 90
-        while len(_shards(killed)) < 4 and proc.poll() is None and time.monotonic() < deadline:
+        while (
+            len(_shards(killed)) < KILL_AFTER_SHARDS and proc.poll() is None and time.monotonic() < deadline
+        ):
             time.sleep(0.01)
         assert proc.poll() is None, "encode ended before it could be killed half-way"
         os.kill(proc.pid, signal.SIGKILL)
@@ -89,7 +94,7 @@ def test_sigkill_then_rerun_gives_the_vectors_of_an_uninterrupted_run(tiny_qwen3
     leftovers = [p.name for p in killed.iterdir() if p.name.startswith((".v.npy", "v.npy")) and p.is_file()]
     assert leftovers == []
     shards = _shards(killed)
-    assert 4 <= len(shards) < NUM_ITEMS // BATCH
+    assert KILL_AFTER_SHARDS <= len(shards) < NUM_ITEMS // BATCH
     for shard in shards:
         with np.load(shard, allow_pickle=False) as data:
             assert data["vectors"].shape[0] == len(data["keys"])
@@ -98,8 +103,34 @@ def test_sigkill_then_rerun_gives_the_vectors_of_an_uninterrupted_run(tiny_qwen3
     counts = re.search(r"\((\d+) computed, (\d+) from cache", done.stdout)
     assert counts, done.stdout
     computed, cached = int(counts[1]), int(counts[2])
-    assert computed > 0 and cached >= 4 * BATCH and computed + cached == NUM_ITEMS
+    assert computed > 0 and cached >= KILL_AFTER_SHARDS * BATCH and computed + cached == NUM_ITEMS
     # Bit-identical, not merely close: the rerun embeds the missing items in the very batches the uninterrupted
-    # run used (same longest-first order; each shard is one whole batch), on the same device and thread count,
-    # and cached vectors are the float32 rows first computed. A mismatch means a cache key or row mix-up.
+    # run used (same windows, same longest-first order; each shard is one whole batch), on the same device and
+    # thread count, and cached vectors are the float32 rows first computed. A mismatch means a cache key or row
+    # mix-up, or batches re-cut on the rerun.
     assert np.array_equal(np.load(killed / "v.npy"), expected)
+
+
+@pytest.mark.parametrize("lost", [[2], [1, 4, 5], [0, 3, 6, 7, 9]])
+def test_any_lost_shards_are_recomputed_in_their_original_batches(
+    tiny_qwen3_embedder, tmp_path, lost
+) -> None:
+    """Shards lost anywhere (mid-window, several windows, non-adjacent) come back bit-identical: the rerun cuts
+    the same windows from all items, cached ones included, and batches each window's rest longest first."""
+    from embedrl.data.items import Item
+    from embedrl.models.embedder import Embedder
+    from embedrl.pipeline import encode_detailed
+
+    embedder = Embedder.from_pretrained(tiny_qwen3_embedder)
+    items = [
+        Item(id=f"item{i}", text=" ".join(["word"] * (1 + (i * 7) % 23)) + f" number {i}") for i in range(24)
+    ]
+    cache = tmp_path / "cache"
+    first = encode_detailed(items, embedder, batch_size=BATCH, cache_dir=cache, progress=False)
+    shards = sorted((cache / "vectors").glob("*/shard-*.npz"))
+    assert len(shards) == len(items) // BATCH
+    for index in lost:
+        shards[index].unlink()
+    again = encode_detailed(items, embedder, batch_size=BATCH, cache_dir=cache, progress=False)
+    assert again.computed == len(lost) * BATCH
+    assert np.array_equal(again.vectors, first.vectors)

@@ -56,6 +56,15 @@ def _init(rank: int, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=30))
 
 
+def _finish() -> None:
+    """Tear down only once every rank is done: a rank that closes its gloo connections while its peer is still
+    finishing the last collective makes that peer abort (SIGABRT, "connection closed by peer")."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _case_data(seed: int, counts: tuple[int, int], dim: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     n = WORLD * PER_RANK
@@ -103,8 +112,10 @@ def _loss_worker(rank: int, port: int, cases: list[dict], variants: list[dict], 
                 grad_neg = neg.grad if neg.grad is not None else torch.zeros_like(neg)
                 results.append({"loss": out.loss.item(), "gq": q.grad, "gp": p.grad, "gneg": grad_neg})
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
+        _finish()
+    except BaseException:
         dist.destroy_process_group()
+        raise
 
 
 @pytest.mark.timeout(120)
@@ -204,8 +215,10 @@ def _grad_cache_worker(rank: int, port: int, cases: list[dict], out_dir: str) ->
                 {"loss": out.loss.item(), "w": model.weight.grad.clone(), "b": model.bias.grad.clone()}
             )
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
+        _finish()
+    except BaseException:
         dist.destroy_process_group()
+        raise
 
 
 @pytest.mark.timeout(120)

@@ -385,7 +385,11 @@ def _embed_groups(
 ) -> int:
     """Embed one representative row per vector key in `groups`, write every row of the group; returns how many
     vectors were computed."""
-    todo = sorted(groups, key=lambda k: -_estimated_cost(items[groups[k][0]], _tcot_id(texts[groups[k][0]])))
+    # ties broken by input row, not by how the groups were found, so that a rerun batches them the same way
+    todo = sorted(
+        groups,
+        key=lambda k: (-_estimated_cost(items[groups[k][0]], _tcot_id(texts[groups[k][0]])), groups[k][0]),
+    )
 
     def prepare(chunk: list[str]) -> tuple[list[str], Any]:
         ready, inputs = [], []
@@ -541,11 +545,18 @@ def encode_detailed(
     for row in range(n):
         if row not in waiting:
             to_embed.setdefault(vector_key(row), []).append(row)
+    # Windows are cut from every item in input order, those already cached included, so a rerun after a crash
+    # sees the same windows and, within each, the same longest-first batches: the remaining vectors come out
+    # of the very batches (hence the very padding and floats) an uninterrupted run would have used.
+    row_unit: dict[int, tuple[str, str]] = {}
+    for kind, keyed in (("reason", pending), ("embed", to_embed)):
+        for key, rows in keyed.items():
+            row_unit.update((row, (kind, key)) for row in rows)
+    units = list(dict.fromkeys(row_unit[row] for row in sorted(row_unit)))
     for key in [k for k in to_embed if vcache is not None and vcache.get(k) is not None]:
         out[to_embed.pop(key)] = vcache.get(key)
 
     # 3. Windows: load media once, reason, embed.
-    units: list[tuple[str, str]] = [("reason", k) for k in pending] + [("embed", k) for k in to_embed]
     computed = 0
     reason_bar = _progress(len(pending), "reason", settings.progress)
     embed_bar = _progress(len(to_embed) + len(pending), "embed", settings.progress)
@@ -553,7 +564,7 @@ def encode_detailed(
         for start in range(0, len(units), settings.window):
             window = units[start : start + settings.window]
             media = _MediaWindow(frames)
-            groups = {key: to_embed[key] for kind, key in window if kind == "embed"}
+            groups = {key: to_embed[key] for kind, key in window if kind == "embed" and key in to_embed}
             generate = [key for kind, key in window if kind == "reason"]
             for key in generate:  # once for the Reasoner, once for the Embedder
                 media.expect(items[pending[key][0]], uses=2)

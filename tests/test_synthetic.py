@@ -35,6 +35,12 @@ from embedrl.prompts import format_judge_anchor
 from embedrl.train.pairs import read_pairs
 
 
+def event_tcot_for(frames: list[int]) -> str:
+    from embedrl.data.synthetic import event_tcot
+
+    return event_tcot(frames)
+
+
 def _resized(img: Image.Image, max_tokens: int) -> np.ndarray:
     h, w = smart_resize(img.height, img.width, 32, 4 * 1024, max_tokens * 1024)
     return np.asarray(img.resize((w, h), Image.Resampling.BICUBIC)).astype(float)
@@ -108,6 +114,53 @@ def test_teacher_noise_rates_and_grades() -> None:
     assert grade_tcot({"kind": "crop", "box": [0, 0, 500, 500]}, "not a t-cot") == "unparsable"
 
 
+def test_keyframes_outside_the_clip_are_not_evidence() -> None:
+    _, gt = event_frames(random.Random(3), "blue", ["red", "green", "yellow"])
+    first, second = gt["event_frames"]
+    assert grade_tcot(gt, event_tcot_for([first, second, 99])) == "exact"
+    assert grade_tcot(gt, event_tcot_for([first, second, 0])) == "exact"
+    assert grade_tcot(gt, event_tcot_for([42, 99])) == "wrong"
+    assert evidence_facts(gt, event_tcot_for([first, 99])) == {"colour:blue"}
+
+
+def test_teacher_noise_never_changes_the_items(tmp_path: Path) -> None:
+    """The teacher draws from its own stream: other noise rates give the same scenes, clips and sentences (only
+    the teacher's T-CoTs differ), so rows compared across noise settings see the same test items."""
+    clean = write_evidence_benchmark(tmp_path / "clean", 3, 3, noise=TeacherNoise(0.0, 0.0))
+    noisy = write_evidence_benchmark(tmp_path / "noisy", 3, 3, noise=TeacherNoise(0.5, 0.1))
+    differing_tcots = 0
+    for a, b in zip(clean, noisy):
+        qa, qb = read_task(a).queries, read_task(b).queries
+        assert [q.meta["gt"] for q in qa] == [q.meta["gt"] for q in qb]
+        assert [q.text for q in qa] == [q.text for q in qb]
+        for x, y in zip(qa, qb):
+            for fa, fb in zip(
+                x.images + (x.video.frames if x.video else []), y.images + (y.video.frames if y.video else [])
+            ):
+                assert (a / fa).read_bytes() == (b / fb).read_bytes()
+        differing_tcots += sum(x.meta["teacher_tcot"] != y.meta["teacher_tcot"] for x, y in zip(qa, qb))
+    assert differing_tcots > 0
+
+
+def test_test_items_are_never_training_items(tmp_path: Path) -> None:
+    """The scene space is small (a 2 x 2 grid), so independent streams draw some identical SynCrop scenes; the
+    benchmark redraws test items whose content a training or RL item of the seed already has."""
+    from embedrl.data.synthetic import evidence_signature, evidence_signatures
+
+    train, rl = tmp_path / "train" / "pairs.jsonl", tmp_path / "rl" / "pairs.jsonl"
+    write_evidence_pairs(train, 1, 24, group_pairs=8, split="train")
+    write_evidence_pairs(rl, 1, 16, split="rl")
+    seen = evidence_signatures(train) | evidence_signatures(rl)
+
+    def signatures(folders) -> list[str]:
+        return [evidence_signature(q.meta["gt"]) for f in folders for q in read_task(f).queries]
+
+    plain = signatures(write_evidence_benchmark(tmp_path / "plain", 1, 12))
+    assert sum(s in seen for s in plain) > 0  # what the check guards against does happen with this seed
+    kept = signatures(write_evidence_benchmark(tmp_path / "kept", 1, 12, exclude=seen))
+    assert len(kept) == len(plain) and not any(s in seen for s in kept)
+
+
 def test_ground_truth_judge_prefers_exact_evidence() -> None:
     _, gt = crop_scene(random.Random(5), "red", "vertical")
     query = Item(id="q", images=["x.png"], meta={"gt": gt})
@@ -126,10 +179,22 @@ def test_ground_truth_judge_prefers_exact_evidence() -> None:
     loose_tcot, _ = teacher_tcot(gt, random.Random(0), TeacherNoise(loose=1.0, wrong=0.0))
     assert evidence_facts(gt, loose_tcot) == {"colour:red"}  # a loose crop shows the colour, not the pattern
     loose = format_judge_anchor(None, loose_tcot, "query")
-    picks = judge.choose(
-        [loose] * 60, [label_texts] * 60, anchor_items=[query] * 60, candidate_items=[labels] * 60
+    picks = {
+        GroundTruthJudge(seed=s).choose(
+            [loose], [label_texts], anchor_items=[query], candidate_items=[labels]
+        )[0]
+        for s in range(60)
+    }
+    assert picks == {1, 2, 3}  # a tie among the three red labels, broken at random
+    # ... but the same prompt always gets the same verdict from a judge of the same seed, whatever it judged
+    # before: a resumed EG-RL run sees the rewards of an uninterrupted one
+    again = judge.choose(
+        [loose] * 8, [label_texts] * 8, anchor_items=[query] * 8, candidate_items=[labels] * 8
     )
-    assert set(picks) == {1, 2, 3}  # a tie among the three red labels, broken at random
+    fresh = GroundTruthJudge(seed=0).choose(
+        [loose], [label_texts], anchor_items=[query], candidate_items=[labels]
+    )
+    assert again == fresh * 8
 
 
 def test_written_benchmark_and_pairs(tmp_path: Path) -> None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -911,7 +913,12 @@ def _make_items(
     rng: random.Random,
     noise: TeacherNoise,
     geo: EvidenceGeometry,
+    teacher_rng: random.Random,
+    exclude: Collection[str] = (),
 ) -> list[EvidenceItem]:
+    """The items of `groups` label groups. `teacher_rng` draws the teacher's noise (its own stream: the rates never
+    change the items); an item whose `evidence_signature` is in `exclude` is drawn again (test items that
+    coincide with training items)."""
     media = _MediaWriter(root)
     items: list[EvidenceItem] = []
     for g, labels in enumerate(_label_groups(rng, task, groups)):
@@ -920,15 +927,24 @@ def _make_items(
             rng.shuffle(others)
             name = f"{prefix}{g:04d}-{k}"
             text, images, frames = None, [], []
+            for _attempt in range(1000):
+                if task == "SynCrop":
+                    image, gt = crop_scene(rng, *label, geo=geo)
+                elif task == "SynEvent":
+                    clip, gt = event_frames(rng, label[0], [o[0] for o in others], geo=geo)
+                else:
+                    text, gt = clause_text(rng, label, others)
+                if evidence_signature(gt) not in exclude:
+                    break
+            else:
+                raise ValueError(
+                    f"{task}: no item for label {label} outside the excluded ones after 1000 draws"
+                )
             if task == "SynCrop":
-                image, gt = crop_scene(rng, *label, geo=geo)
                 images = [media.image(image, f"media/{name}.png")]
             elif task == "SynEvent":
-                clip, gt = event_frames(rng, label[0], [o[0] for o in others], geo=geo)
                 frames = [media.image(f, f"media/{name}/{t:03d}.png") for t, f in enumerate(clip)]
-            else:
-                text, gt = clause_text(rng, label, others)
-            teacher, kind = teacher_tcot(gt, rng, noise)
+            teacher, kind = teacher_tcot(gt, teacher_rng, noise)
             items.append(
                 EvidenceItem(task, g, gt["label"], text, images, frames, gt, oracle_tcot(gt), teacher, kind)
             )
@@ -944,6 +960,27 @@ def _query_json(item: EvidenceItem, id_key: str = "id") -> dict:
     if item.frames:
         out["video"] = {"frames": item.frames}
     return out
+
+
+def evidence_signature(gt: dict) -> str:
+    """What makes two items the same input: the drawn content without the random placement noise (SynCrop: the
+    tiles' cells, colours and patterns; SynEvent: the objects, frame by frame; SynClause: the sentence)."""
+    if gt["kind"] == "crop":
+        content: Any = [gt["tiles"]]
+    elif gt["kind"] == "event":
+        content = gt["frames"]
+    elif gt["kind"] == "clause":
+        content = gt.get("text") or [gt["template"], gt["keywords"], gt["distractors"]]
+    else:
+        content = gt["label"]
+    return json.dumps([gt["kind"], content], sort_keys=True)
+
+
+def evidence_signatures(pairs_file: str | Path) -> set[str]:
+    """The signatures of the query items of an evidence pairs file (`write_evidence_pairs`)."""
+    from ..fileio import read_jsonl
+
+    return {evidence_signature(row["query"]["meta"]["gt"]) for row in read_jsonl(pairs_file)}
 
 
 def write_evidence_pairs(
@@ -969,8 +1006,9 @@ def write_evidence_pairs(
     records = []
     for task in tasks:
         rng = random.Random(f"evidence/{split}/{seed}/{task}")
+        teacher_rng = random.Random(f"teacher/{split}/{seed}/{task}")
         items = _make_items(
-            path.parent, f"{split}-{EV_DATASETS[task]}-", task, groups_per_task, rng, noise, geo
+            path.parent, f"{split}-{EV_DATASETS[task]}-", task, groups_per_task, rng, noise, geo, teacher_rng
         )
         per = max(1, group_pairs // 4)
         for i, item in enumerate(items):
@@ -1006,16 +1044,19 @@ def write_evidence_benchmark(
     noise: TeacherNoise = TeacherNoise(),
     geo: EvidenceGeometry = EvidenceGeometry(),
     tasks: tuple[str, ...] = EV_TASKS,
+    exclude: Collection[str] = (),
 ) -> list[Path]:
     """Task folders `root/<task>` (benchmark 'synthetic-evidence'): queries of `groups_per_task` x 4 items over
     the task's label pool (16 labels, global retrieval, hit@1). Each query's meta holds `gt`, `oracle_tcot`,
     `teacher_tcot`, `noise`; meta['tcot'] is the oracle T-CoT (what reasoning='cached' reads; see
-    `tcot_variant` for the teacher's)."""
+    `tcot_variant` for the teacher's). Items whose `evidence_signature` is in `exclude` (e.g. the training and RL
+    items of the same seed, `evidence_signatures`) are drawn again, so no test input is a training input."""
     folders = []
     for task in tasks:
         folder = Path(root) / task
         rng = random.Random(f"evidence/{split}/{seed}/{task}")
-        items = _make_items(folder, "q", task, groups_per_task, rng, noise, geo)
+        teacher_rng = random.Random(f"teacher/{split}/{seed}/{task}")
+        items = _make_items(folder, "q", task, groups_per_task, rng, noise, geo, teacher_rng, exclude)
         labels = [" ".join(lab) for lab in ev_labels(task)]
         cands = [
             Item(
@@ -1142,7 +1183,11 @@ def grade_tcot(gt: dict, tcot: str | None) -> str:
     if kind == "event":
         if not t.key_frames:
             return "no_cue"
-        chosen, event = set(t.key_frames), set(gt["event_frames"])
+        # frames outside the clip show nothing (the Embedder drops them), so they neither help nor count
+        chosen = {k for k in t.key_frames if 1 <= k <= len(gt["frames"])}
+        if not chosen:
+            return "wrong"
+        event = set(gt["event_frames"])
         return "exact" if chosen == event else "loose" if event <= chosen else "wrong"
     if not t.text_keywords:
         return "no_cue"
@@ -1164,7 +1209,9 @@ def evidence_facts(gt: dict, tcot: str | None) -> frozenset[str]:
     """What a perfect reader learns from a T-CoT's evidence, using the ground truth of what is drawn where:
 
     - a box: the colour of every coloured tile it covers (at least half of the tile's cell) and, when the box is
-      no larger than 1.5 cells (a crop the Embedder gets at near full resolution), that tile's pattern;
+      no larger than 1.5 cells (a crop the Embedder gets at near full resolution), that tile's pattern. Each box
+      is read on its own, as the Embedder gets each crop within its own pixel budget: several small boxes
+      (e.g. one per cell) show the pattern too, at the price of more crops (graded 'loose');
     - keyframes: the colour of the object in each cited frame;
     - keywords: the colour, shape and pattern words among them.
 
@@ -1215,14 +1262,15 @@ class GroundTruthJudge:
     """A SYNTHETIC judge for the evidence benchmark, behind the EG-RL judge interface (`Judge.choose`): instead of
     a language model reading the reasoning, it reads each reasoning's evidence with the ground truth
     (`evidence_facts`) and picks the candidate whose facts best match the anchor's (Jaccard overlap; ties broken
-    at random, seeded). It is what a judge that could see the evidence perfectly would answer; it is not a model
+    at random, from a generator seeded with `seed` and the prompt itself, so the same prompt gets the same verdict
+    in a resumed run). It is what a judge that could see the evidence perfectly would answer; it is not a model
     and is only defined for items that carry `meta['gt']` (the demo's data)."""
 
     reads_items = True
     name = "ground-truth synthetic judge"
 
     def __init__(self, seed: int = 0):
-        self._rng = random.Random(seed)
+        self.seed = seed
         self.calls = 0
 
     def choose(
@@ -1247,5 +1295,6 @@ class GroundTruthJudge:
                 scores.append(len(mine & theirs) / len(union) if union else 0.0)
             best = max(scores)
             tied = [i for i, v in enumerate(scores) if v == best]
-            choices.append(self._rng.choice(tied) + 1)
+            rng = random.Random("\x00".join([str(self.seed), anchor, *candidates]))
+            choices.append(rng.choice(tied) + 1)
         return choices

@@ -110,6 +110,7 @@ def build_report(settings: Any, summaries: list[dict], seconds: float) -> dict[s
         )
         if settings.judge == "ground-truth"
         else "none (process weight 0)",
+        "reward_weights": _reward_weights(settings),
         "tasks": list(TASKS),
         "rows": rows,
         "checks": checks,
@@ -121,13 +122,25 @@ def build_report(settings: Any, summaries: list[dict], seconds: float) -> dict[s
     return report
 
 
+def _reward_weights(settings: Any) -> str:
+    """The EG-RL reward weights the run used, as text."""
+    from .stages import rl_config
+
+    w = rl_config(settings, settings.out / "unused", 0).reward_weights_dict()
+    return " + ".join(f"{w[k]:g} {k}" for k in ("format", "outcome", "process"))
+
+
 def _checks(rows: dict[str, Any]) -> dict[str, Any]:
+    """Each step of the shape: the difference of the means against the larger of the two rows' standard
+    deviations over seeds. With one seed there is no spread, so nothing is claimed (`holds` is None)."""
+
     def beats(a: str, b: str) -> dict[str, Any]:
         if a not in rows or b not in rows:
             return {}
         diff = rows[a]["mean"] - rows[b]["mean"]
         spread = max(rows[a]["std"], rows[b]["std"])
-        return {"difference": diff, "spread": spread, "holds": bool(diff > spread)}
+        seeds = min(len(rows[a]["seed_means"]), len(rows[b]["seed_means"]))
+        return {"difference": diff, "spread": spread, "holds": bool(diff > spread) if seeds >= 2 else None}
 
     out = {"egrl_over_sft": beats("egrl", "sft"), "sft_over_no_tcot": beats("sft", "no_tcot")}
     per_task = {}
@@ -135,12 +148,11 @@ def _checks(rows: dict[str, Any]) -> dict[str, Any]:
         for task in ("SynCrop", "SynEvent"):
             per_task[task] = bool(rows["sft"]["tasks"][task]["mean"] > rows["no_tcot"]["tasks"][task]["mean"])
     out["sft_over_no_tcot_on_crop_and_keyframe_tasks"] = per_task
-    out["shape_reached"] = bool(
-        out["egrl_over_sft"].get("holds")
-        and out["sft_over_no_tcot"].get("holds")
-        and per_task
-        and all(per_task.values())
-    )
+    steps = (out["egrl_over_sft"].get("holds"), out["sft_over_no_tcot"].get("holds"))
+    if None in steps:
+        out["shape_reached"] = None
+    else:
+        out["shape_reached"] = bool(all(steps) and per_task and all(per_task.values()))
     return out
 
 
@@ -164,18 +176,31 @@ def _verdict(report: dict[str, Any]) -> list[str]:
     ):
         check = c.get(name) or {}
         if check:
+            verdict = (
+                "n/a (one seed: no spread to compare with)"
+                if check["holds"] is None
+                else "holds"
+                if check["holds"]
+                else "does NOT hold"
+            )
             lines.append(
-                f"{label}: {check['difference']:+.1f} points, seed spread {check['spread']:.1f} -> "
-                f"{'holds' if check['holds'] else 'does NOT hold'}"
+                f"{label}: {check['difference']:+.1f} points, seed spread {check['spread']:.1f} -> {verdict}"
             )
     per_task = c.get("sft_over_no_tcot_on_crop_and_keyframe_tasks") or {}
     if per_task:
         lines.append(
             "(c) above (a) on " + ", ".join(f"{t}: {'yes' if v else 'no'}" for t, v in per_task.items())
         )
+    reached = c.get("shape_reached")
     lines.append(
         "the paper's shape (d) > (c) > (a), each step larger than the seed spread: "
-        + ("REACHED" if c.get("shape_reached") else "NOT reached")
+        + (
+            "n/a with one seed (run 2 or more)"
+            if reached is None
+            else "REACHED"
+            if reached
+            else "NOT reached"
+        )
     )
     return lines
 
@@ -222,7 +247,7 @@ def render_markdown(report: dict[str, Any], figures: list[tuple[str, str]]) -> s
         f"test items (loose evidence for {100 * s['noise_loose']:.0f} % of queries, wrong for "
         f"{100 * s['noise_wrong']:.0f} %).",
         "- **(c)** the same Embedder reading T-CoTs that the SFT Reasoner writes (greedy).",
-        "- **(d)** the same, after EG-RL (frozen Embedder; rewards 0.05 format + 0.2 outcome + 0.8 process; judge: "
+        f"- **(d)** the same, after EG-RL (frozen Embedder; rewards {report['reward_weights']}; judge: "
         f"{report['judge']}).",
         "- **(e)** the same Embedder reading oracle T-CoTs written from the ground truth: the ceiling of the "
         "evidence.",

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..fileio import write_json
+from ..fileio import write_json, write_text
 
 # Seconds per unit on one CPU thread of the development machine (2 shared cores): the printed budgets.
 COST = {
@@ -135,6 +135,7 @@ def _data(settings: Any, seed: int, root: Path) -> dict[str, Any]:
     from ..data.synthetic import (
         EV_TASKS,
         TeacherNoise,
+        evidence_signatures,
         tcot_variant,
         write_evidence_benchmark,
         write_evidence_pairs,
@@ -149,8 +150,10 @@ def _data(settings: Any, seed: int, root: Path) -> dict[str, Any]:
         shutil.rmtree(data, ignore_errors=True)
         write_evidence_pairs(train, seed, settings.train_groups, noise=noise, group_pairs=8, split="train")
         write_evidence_pairs(rl, seed, settings.rl_groups, noise=noise, group_pairs=4, split="rl")
+        # no test (or dev) input is a training or RL input of the same seed
+        seen = evidence_signatures(train) | evidence_signatures(rl)
         write_evidence_benchmark(
-            bench / "oracle", seed, settings.test_groups, split=settings.split, noise=noise
+            bench / "oracle", seed, settings.test_groups, split=settings.split, noise=noise, exclude=seen
         )
         for task in EV_TASKS:
             tcot_variant(bench / "oracle" / task, bench / "teacher" / task, "teacher_tcot")
@@ -163,13 +166,24 @@ def _data(settings: Any, seed: int, root: Path) -> dict[str, Any]:
     }
 
 
+def _finished(out: Path) -> bool:
+    """Whether a training phase wrote everything (weights, settings, logs): its marker is written last, so a
+    phase that crashed half-way is run again instead of being read as done."""
+    return (out / "DONE").is_file()
+
+
+def _mark_finished(out: Path, final: Path) -> Path:
+    write_text(out / "DONE", f"{final.name}\n")
+    return final
+
+
 def _stage1(
     base: Path, pairs_file: Path, out: Path, steps: int, use_tcot: bool, seed: int, progress: Progress
 ) -> Path:
     from ..train.pairs import read_pairs
     from ..train.stage1 import EmbedderTrainingConfig, train_embedder
 
-    if (out / "final" / "config.json").is_file():
+    if _finished(out):
         return out / "final"
     values = dict(EmbedderTrainingConfig.PRESETS["tiny"])
     values.update(
@@ -184,9 +198,10 @@ def _stage1(
         save_strategy="no",
         plot=False,
     )
-    return train_embedder(
+    final = train_embedder(
         base, read_pairs(pairs_file), EmbedderTrainingConfig(**values), callbacks=[_step_callback(progress)]
     )
+    return _mark_finished(out, final)
 
 
 def base_reasoner() -> Path:
@@ -196,7 +211,7 @@ def base_reasoner() -> Path:
     if not (SHIPPED_BASE / "config.json").is_file():
         raise ConfigError(
             f"the demo's base Reasoner is missing ({SHIPPED_BASE}); rebuild it with "
-            "`python -m embedrl.demo.base` (about 12 minutes on 2 cores)"
+            "`python -m embedrl.demo.base` (about 12 minutes on one CPU core)"
         )
     return SHIPPED_BASE
 
@@ -205,9 +220,9 @@ def _sft(settings: Any, init: Path, pairs_file: Path, out: Path, seed: int, prog
     from ..train.egrl import sft_cold_start
     from ..train.pairs import read_pairs
 
-    if (out / "final" / "config.json").is_file():
+    if _finished(out):
         return out / "final"
-    return sft_cold_start(
+    final = sft_cold_start(
         init,
         read_pairs(pairs_file),
         out,
@@ -225,6 +240,7 @@ def _sft(settings: Any, init: Path, pairs_file: Path, out: Path, seed: int, prog
         lr_scheduler_type="constant",
         callbacks=[_step_callback(progress)],
     )
+    return _mark_finished(out, final)
 
 
 def rl_config(settings: Any, out: Path, seed: int, variant: str = "paper"):
@@ -272,7 +288,7 @@ def _egrl(
     from ..train.egrl import local_embed_fn, train_reasoner
     from ..train.pairs import read_pairs
 
-    if (out / "final" / "config.json").is_file():
+    if _finished(out):
         return out / "final"
     config = rl_config(settings, out, seed, variant)
     judge = GroundTruthJudge(seed) if config.reward_weights_dict()["process"] > 0 else None
@@ -287,7 +303,7 @@ def _egrl(
         callbacks=[_step_callback(progress)],
     )
     write_json(out / "reward_history.json", reward.history, indent=None)
-    return final
+    return _mark_finished(out, final)
 
 
 def greedy_training_reward(

@@ -82,3 +82,15 @@ def test_a_folder_of_other_settings_is_not_resumed(tmp_path: Path, capsys) -> No
     assert json.loads((out / "settings.json").read_text()) == saved
     assert main(["demo", "--out", str(out), "--split", "dev"]) != 0
     assert "split: 'test' there, 'dev' now" in capsys.readouterr().err
+
+
+def test_rates_and_foreign_folders_are_checked(tmp_path: Path, capsys) -> None:
+    for bad in ("1.5", "-0.1", "nan", "half"):
+        with pytest.raises(SystemExit):
+            main(["demo", "--quick", "--out", str(tmp_path / "x"), "--noise-loose", bad])
+        assert "expected a rate between 0 and 1" in capsys.readouterr().err
+    foreign = tmp_path / "old"
+    (foreign / "seed-0").mkdir(parents=True)
+    assert main(["demo", "--quick", "--out", str(foreign)]) != 0
+    assert "no settings.json" in capsys.readouterr().err
+    assert sorted(p.name for p in foreign.iterdir()) == ["seed-0"]

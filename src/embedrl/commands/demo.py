@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._checks import FOLDER, Output, check_outputs, non_negative_int, positive_float, positive_int, writing
+from ._checks import FOLDER, Output, check_outputs, non_negative_int, positive_int, writing
 
 
 def _rate(text: str) -> float:
-    value = positive_float(text) if text.strip() not in ("0", "0.0") else 0.0
-    if value > 1:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate between 0 and 1, got {text!r}") from None
+    if not 0 <= value <= 1:  # also rejects nan
         raise argparse.ArgumentTypeError(f"expected a rate between 0 and 1, got {text!r}")
     return value
 
@@ -30,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="one seed, small data and budgets (about 3 minutes on 2 cores): a check of the machinery",
+        help="one seed, small data and budgets (about 2.5 minutes on 2 cores): a check of the machinery",
     )
     p.add_argument("--seeds", type=positive_int, help="seeds to run (default 3; 1 with --quick)")
     p.add_argument("--first-seed", type=non_negative_int, default=0, help="first seed (default 0)")

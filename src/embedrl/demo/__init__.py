@@ -387,13 +387,18 @@ def _check_resumable(settings: DemoSettings) -> None:
 
     saved_file = settings.out / "settings.json"
     if not saved_file.is_file():
+        if any(settings.out.glob("seed-*")):
+            raise ConfigError(
+                f"{settings.out} holds seed folders but no settings.json (not written by this version of "
+                "`embedrl demo`): its finished phases cannot be checked. Choose another --out, or delete it."
+            )
         return
     saved, now = read_json(saved_file), settings.record()
-    changed = sorted(k for k in now if k not in _RESUME_FREE and k in saved and saved[k] != now[k])
+    changed = sorted(k for k in now if k not in _RESUME_FREE and saved.get(k) != now[k])
     if changed:
         raise ConfigError(
             f"{saved_file}: this folder holds a demo run with other settings ("
-            + ", ".join(f"{k}: {saved[k]!r} there, {now[k]!r} now" for k in changed)
+            + ", ".join(f"{k}: {saved.get(k, '(not set)')!r} there, {now[k]!r} now" for k in changed)
             + "); its finished phases would be reused as they are. Choose another --out, or delete the folder."
         )
 

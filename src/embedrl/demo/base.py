@@ -109,6 +109,7 @@ def make_base_reasoner(
     held_out = work / "data-eval" / "pairs.jsonl"
     if not train.is_file():
         write_evidence_pairs(train, seed, groups, group_pairs=8, split="pretrain")
+    if not held_out.is_file():
         write_evidence_pairs(held_out, seed + 1, 4, group_pairs=4, split="pretrain")
     pairs = read_pairs(train)
     # 1. a vision tower: stage 1 on the oracle T-CoTs of the pretraining split

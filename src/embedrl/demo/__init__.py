@@ -83,7 +83,7 @@ class DemoSettings:
     sft_steps: int = 600
     sft_lr: float = 2e-3
     rl_steps: int = 60
-    rl_lr: float = 1e-4
+    rl_lr: float = 2e-4  # chosen on the dev split: 1e-4 left one seed's loose boxes loose
     rl_generations: int = 4
     max_new_tokens: int = 96
     judge: str = "ground-truth"  # or "none" (process weight 0)
@@ -92,7 +92,7 @@ class DemoSettings:
     def quick_preset(cls, out: Path, **overrides: Any) -> DemoSettings:
         # The SFT Reasoner keeps the default's training data: with less (16 groups, 300 steps) its boxes were
         # wrong for half of the SynCrop items of some seeds and 30 EG-RL steps could not move its reward; with
-        # these settings the greedy training reward rose in each of seeds 0-2.
+        # these settings (and the default's RL learning rate) the greedy training reward rose in each of seeds 0-2.
         values = dict(
             out=out,
             seeds=1,
@@ -103,7 +103,6 @@ class DemoSettings:
             raw_steps=100,
             sft_steps=450,
             rl_steps=30,
-            rl_lr=2e-4,
         )
         values.update(overrides)
         return cls(**values)

@@ -50,6 +50,18 @@ def test_quick_demo(tmp_path: Path, capsys) -> None:
         assert (out / name).stat().st_size > 1000
     assert "the paper's shape (d) > (c) > (a)" in capsys.readouterr().out
 
+    # A rerun into the same folder resumes: every phase's output is reused, the rows are the same, and the time
+    # table keeps the times of the run that did the work (marked as reused) instead of this run's near-zero ones.
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert {k: r["seed_means"] for k, r in again["rows"].items()} == {
+        k: r["seed_means"] for k, r in report["rows"].items()
+    }
+    first, second = report["timings"]["0"], again["timings"]["0"]
+    for name in ("stage 1: T-CoT Embedder", "SFT cold start", "EG-RL", "evaluation"):
+        assert second[name]["reused"] and second[name]["seconds"] == first[name]["seconds"] > 0
+    assert "reused the finished output" in capsys.readouterr().out
+
 
 @pytest.mark.slow
 def test_base_reasoner_builder_runs_and_loads(tmp_path: Path) -> None:

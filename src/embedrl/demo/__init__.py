@@ -42,6 +42,7 @@ from .stages import (
     _base_embedder,
     _data,
     _egrl,
+    _finished,
     _Phase,
     _render,
     _say,
@@ -191,27 +192,34 @@ def run_seed(settings: DemoSettings, seed: int, queue: Any = None) -> dict[str, 
     progress = Progress(seed, queue)
     root = seed_dir(settings, seed)
     root.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, Any] = {}
-    data_items = 3 * 4 * (2 * settings.train_groups + settings.rl_groups + settings.test_groups)
-    with _Phase(progress, timings, "data", data_items, COST["data"]):
+    timings_file = root / "timings.json"
+    # the times of the runs that made the phases this run reuses
+    timings: dict[str, Any] = read_json(timings_file) if timings_file.is_file() else {}
+
+    def phase(name: str, units: int, cost: float, reused: bool) -> _Phase:
+        return _Phase(progress, timings, name, units, cost, reused=reused, timings_file=timings_file)
+
+    data_items = 3 * 4 * (settings.train_groups + settings.rl_groups + settings.test_groups)
+    with phase("data", data_items, COST["data"], (root / "data" / f"{settings.split}.done").is_file()):
         data = _data(settings, seed, root)
         base = _base_embedder(root / "models" / "embedder-base", seed)
-    with _Phase(progress, timings, "stage 1: T-CoT Embedder", settings.stage1_steps, COST["stage1"]):
+    with phase(
+        "stage 1: T-CoT Embedder", settings.stage1_steps, COST["stage1"], _finished(root / "stage1-tcot")
+    ):
         embedder = _stage1(
             base, data["train"], root / "stage1-tcot", settings.stage1_steps, True, seed, progress
         )
-    with _Phase(progress, timings, "stage 1: raw Embedder", settings.raw_steps, COST["raw"]):
+    with phase("stage 1: raw Embedder", settings.raw_steps, COST["raw"], _finished(root / "stage1-raw")):
         raw = _stage1(base, data["train"], root / "stage1-raw", settings.raw_steps, False, seed, progress)
-    with _Phase(progress, timings, "SFT cold start", settings.sft_steps, COST["sft"]):
+    with phase("SFT cold start", settings.sft_steps, COST["sft"], _finished(root / "sft")):
         sft = _sft(settings, base_reasoner(), data["train"], root / "sft", seed, progress)
-    with _Phase(progress, timings, "EG-RL", settings.rl_steps, COST["rl"]):
+    with phase("EG-RL", settings.rl_steps, COST["rl"], _finished(root / "egrl")):
         rl = _egrl(settings, sft, embedder, data["rl"], root / "egrl", seed, progress)
     ablations = {}
     if settings.ablations:
         for variant in ("wo_outcome", "wo_process"):
-            with _Phase(
-                progress, timings, f"EG-RL {variant.replace('_', ' ')}", settings.rl_steps, COST["rl"]
-            ):
+            name = f"EG-RL {variant.replace('_', ' ')}"
+            with phase(name, settings.rl_steps, COST["rl"], _finished(root / f"egrl-{variant}")):
                 ablations[f"egrl_{variant}"] = _egrl(
                     settings, sft, embedder, data["rl"], root / f"egrl-{variant}", seed, progress, variant
                 )
@@ -226,7 +234,8 @@ def run_seed(settings: DemoSettings, seed: int, queue: Any = None) -> dict[str, 
     units = sum(COST["eval_reasoner"] if r[2] is not None else COST["eval_cached"] for r in runs.values())
     units += COST["eval_reasoner"] * (2 + len(ablations))
     rows: dict[str, Any] = {}
-    with _Phase(progress, timings, "evaluation", len(runs), units / len(runs)):
+    scores = [root / "scores" / f"{key}.json" for key in runs]
+    with phase("evaluation", len(runs), units / len(runs), all(f.is_file() for f in scores)):
         for key, (tasks, emb, reasoner, mode) in runs.items():
             rows[key] = _score(tasks, emb, reasoner, mode, settings, root / "scores" / f"{key}.json")
             progress.advance(1)

@@ -302,7 +302,12 @@ def render_markdown(report: dict[str, Any], figures: list[tuple[str, str]]) -> s
         lines.append(
             f"| {seed} | "
             + " | ".join(
-                f"{timing[p]['seconds']:.0f} ({timing[p]['budget']:.0f})" if p in timing else "-"
+                (
+                    f"{timing[p]['seconds']:.0f} ({timing[p]['budget']:.0f})"
+                    + (" reused" if timing[p].get("reused") else "")
+                )
+                if p in timing
+                else "-"
                 for p in phases
             )
             + " |"

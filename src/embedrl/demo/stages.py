@@ -92,11 +92,24 @@ def _step_callback(progress: Progress):
 
 
 class _Phase:
-    """Times one phase, reports its budget and its time, and skips it when `done` says its output exists."""
+    """Times one phase and reports its budget and its time. `reused`: the phase's output existed before (a
+    resumed run), so the time of the run that made it (`timings` as loaded) is kept instead of this run's
+    near-zero one; `timings` is written to `timings_file` after each phase, so a crash keeps them too."""
 
-    def __init__(self, progress: Progress, timings: dict, name: str, units: int, cost: float):
+    def __init__(
+        self,
+        progress: Progress,
+        timings: dict,
+        name: str,
+        units: int,
+        cost: float,
+        *,
+        reused: bool = False,
+        timings_file: Path | None = None,
+    ):
         self.progress, self.timings, self.name = progress, timings, name
         self.units, self.budget = units, units * cost
+        self.reused, self.timings_file = reused, timings_file
 
     def __enter__(self) -> _Phase:
         self.start = time.perf_counter()
@@ -106,8 +119,17 @@ class _Phase:
     def __exit__(self, kind, value, tb) -> None:
         if kind is None:
             seconds = time.perf_counter() - self.start
-            self.timings[self.name] = {"seconds": round(seconds, 1), "budget": round(self.budget, 1)}
-            self.progress.done(self.name, seconds)
+            if self.reused and self.name in self.timings:
+                self.timings[self.name] = {**self.timings[self.name], "reused": True}
+            else:
+                self.timings[self.name] = {
+                    "seconds": round(seconds, 1),
+                    "budget": round(self.budget, 1),
+                    **({"reused": True} if self.reused else {}),
+                }
+            if self.timings_file is not None:
+                write_json(self.timings_file, self.timings)
+            self.progress.done(self.name, seconds, "reused" if self.reused else "")
 
 
 # ------------------------------------------------------------------------------------------- phases
@@ -395,7 +417,10 @@ def _render(message: dict, state: dict) -> None:
         if bar is not None:
             bar.close()
             bars.pop(seed, None)
-        _say(f"seed {seed}: {message['name']} done in {message['seconds']:.0f} s")
+        if message.get("note") == "reused":
+            _say(f"seed {seed}: {message['name']}: reused the finished output of an earlier run")
+        else:
+            _say(f"seed {seed}: {message['name']} done in {message['seconds']:.0f} s")
     elif kind == "finished":
         _say(f"seed {seed}: all phases done")
 

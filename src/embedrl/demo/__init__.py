@@ -125,11 +125,11 @@ def _score(
         return read_json(out)
     from ..data.synthetic import grade_tcot
     from ..data.taskdir import read_task
-    from ..eval.runner import candidate_modality
+    from ..eval.runner import encode_task, task_frames
     from ..eval.scoring import score_task
     from ..models.embedder import Embedder
     from ..models.reasoner import GenerationSettings, Reasoner
-    from ..pipeline import EncodeSettings, encode_detailed
+    from ..pipeline import EncodeSettings
 
     embedder = Embedder.from_pretrained(embedder_path)
     reasoner = None
@@ -144,20 +144,9 @@ def _score(
     for folder in tasks:
         task = read_task(folder)
         common = EncodeSettings(
-            reasoning=reasoning,
-            batch_size=16,
-            progress=False,
-            num_frames=task.meta.num_frames if task.meta.task == "SynEvent" else None,
+            reasoning=reasoning, batch_size=16, progress=False, num_frames=task_frames(task)
         )
-        cands = encode_detailed(task.candidates_for_encoding(), embedder, reasoner, common, side="candidate")
-        queries = encode_detailed(
-            task.queries_for_encoding(),
-            embedder,
-            reasoner,
-            common,
-            side="query",
-            target_modality=candidate_modality(task),
-        )
+        cands, queries = encode_task(task, embedder, reasoner, common)
         failures = cands.failures + queries.failures
         if failures:
             raise RuntimeError(f"{task.meta.task}: {len(failures)} item(s) failed: {failures[0]}")

@@ -20,7 +20,7 @@ from ..errors import EmbedRLError
 from ..fileio import file_sha256, read_json, write_json
 from ..models.identity import weights_fixed
 from ..models.protocols import EmbedderLike, ReasonerLike
-from ..pipeline import EncodeSettings, encode_detailed
+from ..pipeline import EncodeResult, EncodeSettings, encode_detailed
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,28 @@ def has_video(task: Task) -> bool:
     return any(item.video is not None for item in (*task.queries, *task.candidates))
 
 
+def task_frames(task: Task) -> int | None:
+    """Frames per video for a task's items: the task's own count when it has videos (None: the Embedder's)."""
+    return task.meta.num_frames if has_video(task) else None
+
+
+def encode_task(
+    task: Task, embedder: EmbedderLike, reasoner: ReasonerLike | None, settings: EncodeSettings
+) -> tuple[EncodeResult, EncodeResult]:
+    """(candidates, queries) of a task through `encode_detailed`: candidates on the candidate side, queries on
+    the query side with the candidates' modality as the target (what the Reasoner's prompt is chosen by)."""
+    cands = encode_detailed(task.candidates_for_encoding(), embedder, reasoner, settings, side="candidate")
+    queries = encode_detailed(
+        task.queries_for_encoding(),
+        embedder,
+        reasoner,
+        settings,
+        side="query",
+        target_modality=candidate_modality(task),
+    )
+    return cands, queries
+
+
 def result_path(out_dir: Path, task: Task) -> Path:
     return out_dir / task.meta.benchmark / f"{task.meta.task}.json"
 
@@ -66,8 +88,7 @@ def evaluate_task(
     `num_frames`, whatever the models' own setting."""
     settings = settings or EvalSettings()
     task = read_task(task_dir)
-    frames = task.meta.num_frames if has_video(task) else None
-    return _evaluate(task, embedder, reasoner, Path(out_dir), settings, frames)
+    return _evaluate(task, embedder, reasoner, Path(out_dir), settings, task_frames(task))
 
 
 def _evaluate(
@@ -112,15 +133,7 @@ def _evaluate(
         progress=settings.progress,
         num_frames=frames,
     )
-    cands = encode_detailed(task.candidates_for_encoding(), embedder, reasoner, common, side="candidate")
-    queries = encode_detailed(
-        task.queries_for_encoding(),
-        embedder,
-        reasoner,
-        common,
-        side="query",
-        target_modality=candidate_modality(task),
-    )
+    cands, queries = encode_task(task, embedder, reasoner, common)
     failures = [("candidate", f) for f in cands.failures] + [("query", f) for f in queries.failures]
     if failures:
         lines = "; ".join(f"{side} {f}" for side, f in failures[:10])

@@ -483,7 +483,24 @@ def _item_text(item: Item) -> str:
 # --------------------------------------------------------------------------------------------- trainer
 
 
-class EGRLTrainer(GRPOTrainer):
+class _SavesProcessor:
+    """Trainer mixin: checkpoints save our processor with `save_processor`. A Qwen-VL processor built without a
+    video processor (torchvision-free) is one `ProcessorMixin.save_pretrained` cannot save, so the trainer's own
+    save runs without it."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        from ..models.backbone import save_processor
+
+        processor, self.processing_class = self.processing_class, None
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            self.processing_class = processor
+        if self.args.should_save:
+            save_processor(processor, output_dir or self.args.output_dir)
+
+
+class EGRLTrainer(_SavesProcessor, GRPOTrainer):
     """`GRPOTrainer` with pair-grouped rollouts and checkpoints that save our processor."""
 
     def __init__(self, *args: Any, egrl_dataset: RLPromptDataset, **kwargs: Any):
@@ -499,17 +516,6 @@ class EGRLTrainer(GRPOTrainer):
             repeat_count=self.num_iterations * self.args.steps_per_generation,
             seed=self.args.seed,
         )
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        from ..models.backbone import save_processor
-
-        processor, self.processing_class = self.processing_class, None
-        try:
-            super()._save(output_dir, state_dict)
-        finally:
-            self.processing_class = processor
-        if self.args.should_save:
-            save_processor(processor, output_dir or self.args.output_dir)
 
 
 def _lora_config(spec: str):
@@ -626,9 +632,8 @@ def train_reasoner(
 def _sft_trainer_class():
     from trl import SFTTrainer
 
-    class _Trainer(SFTTrainer):
-        """`SFTTrainer` whose checkpoints save our processor (a Qwen-VL processor built without a video processor,
-        which `ProcessorMixin.save_pretrained` cannot save), as `EGRLTrainer` does, and whose loss is the plain
+    class _Trainer(_SavesProcessor, SFTTrainer):
+        """`SFTTrainer` whose checkpoints save our processor (`_SavesProcessor`), and whose loss is the plain
         token cross-entropy on the completion: TRL's fused chunked log-prob kernel computes the same loss but took
         half of each step on CPU with tiny models."""
 
@@ -652,17 +657,6 @@ def _sft_trainer_class():
                     correct = ((logits.argmax(-1) == target) & mask).sum()
                 self._metrics["train"]["mean_token_accuracy"].append(float(correct) / max(1, int(mask.sum())))
             return (loss, None) if return_outputs else loss
-
-        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-            from ..models.backbone import save_processor
-
-            processor, self.processing_class = self.processing_class, None
-            try:
-                super()._save(output_dir, state_dict)
-            finally:
-                self.processing_class = processor
-            if self.args.should_save:
-                save_processor(processor, output_dir or self.args.output_dir)
 
     return _Trainer
 

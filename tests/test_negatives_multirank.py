@@ -3,6 +3,7 @@ oracle over the global batch, with GradCache on and off, and the switch that ign
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import socket
@@ -47,22 +48,22 @@ def _run_ranks(fn, args: tuple, timeout: float = 90.0) -> None:
                 process.kill()
 
 
-def _init(rank: int, port: int) -> None:
+@contextlib.contextmanager
+def _process_group(rank: int, port: int):
+    """One rank's gloo group for the body of the `with`. On success every rank is done before any tears down: a
+    rank that closes its connections while its peer is still finishing the last collective makes that peer abort
+    (SIGABRT, "connection closed by peer")."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     # A short collective timeout so that a mismatched collective errors out well before the test's deadline.
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=30))
-
-
-def _finish() -> None:
-    """Tear down only once every rank is done: a rank that closes its gloo connections while its peer is still
-    finishing the last collective makes that peer abort (SIGABRT, "connection closed by peer")."""
-    import torch.distributed as dist
-
-    dist.barrier()
-    dist.destroy_process_group()
+    try:
+        yield
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def _case_data(seed: int, counts: tuple[int, int], dim: int) -> dict:
@@ -96,10 +97,7 @@ def _oracle_loss(q: torch.Tensor, p: torch.Tensor, negatives: torch.Tensor) -> t
 
 def _loss_worker(rank: int, port: int, cases: list[dict], variants: list[dict], out_dir: str) -> None:
     """Each case under each variant (ContrastiveLoss keyword arguments), results in case-major order."""
-    import torch.distributed as dist
-
-    _init(rank, port)
-    try:
+    with _process_group(rank, port):
         rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
         results = []
         for case in cases:
@@ -112,10 +110,6 @@ def _loss_worker(rank: int, port: int, cases: list[dict], variants: list[dict], 
                 grad_neg = neg.grad if neg.grad is not None else torch.zeros_like(neg)
                 results.append({"loss": out.loss.item(), "gq": q.grad, "gp": p.grad, "gneg": grad_neg})
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        _finish()
-    except BaseException:
-        dist.destroy_process_group()
-        raise
 
 
 @pytest.mark.timeout(120)
@@ -199,10 +193,7 @@ def _encode_with(model: torch.nn.Module):
 
 
 def _grad_cache_worker(rank: int, port: int, cases: list[dict], out_dir: str) -> None:
-    import torch.distributed as dist
-
-    _init(rank, port)
-    try:
+    with _process_group(rank, port):
         rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
         results = []
         for case in cases:
@@ -215,10 +206,6 @@ def _grad_cache_worker(rank: int, port: int, cases: list[dict], out_dir: str) ->
                 {"loss": out.loss.item(), "w": model.weight.grad.clone(), "b": model.bias.grad.clone()}
             )
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        _finish()
-    except BaseException:
-        dist.destroy_process_group()
-        raise
 
 
 @pytest.mark.timeout(120)

@@ -7,11 +7,8 @@ import json
 import os
 import random
 import re
-import shutil
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -22,6 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from crash import embedrl_executable, sigkill_when
 from embedrl.annotate import (
     ANNOTATE_JOURNAL,
     AnnotateConfig,
@@ -574,11 +572,6 @@ def test_split_sizes_proportions_disjointness_and_statistics(tmp_path, capsys) -
 # -------------------------------------------------------------------------- served tiny Reasoner (slow)
 
 
-def _embedrl() -> str:
-    beside = Path(sys.executable).parent / "embedrl"
-    return str(beside) if beside.exists() else shutil.which("embedrl") or "embedrl"
-
-
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -591,7 +584,16 @@ def served_teacher(tiny_qwen3_reasoner):
     # One thread: a tiny model gains nothing from two, and OpenMP threads spinning against other test processes
     # on a 2-core machine made each request about 20 times slower.
     proc = subprocess.Popen(
-        [_embedrl(), "serve", "--reasoner", str(tiny_qwen3_reasoner), "--port", str(port), "--device", "cpu"],
+        [
+            embedrl_executable(),
+            "serve",
+            "--reasoner",
+            str(tiny_qwen3_reasoner),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -648,22 +650,11 @@ def test_sigkill_half_way_then_rerun_equals_an_uninterrupted_run(served_teacher,
     assert main(_annotate_command(served_teacher, pairs, whole)) == 0
 
     journal = killed.with_name("annotated.jsonl.journal.jsonl")
-    proc = subprocess.Popen(
-        [_embedrl(), *_annotate_command(served_teacher, pairs, killed)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    sigkill_when(
+        [embedrl_executable(), *_annotate_command(served_teacher, pairs, killed)],
+        lambda: _ok_records(journal) >= 12,
+        "annotate",
     )
-    try:
-        deadline = time.monotonic() + 120
-        while _ok_records(journal) < 12 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert proc.poll() is None, "annotate ended before it could be killed half-way"
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert not killed.exists()  # written only at the end
     before = _ok_records(journal)
     assert 12 <= before < 40

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from crash import embedrl_executable, sigkill_when
 
 NUM_ITEMS = 60
 BATCH = 2  # 30 batches, one cache shard each: the kill lands well before the last one
@@ -22,14 +19,9 @@ BATCH = 2  # 30 batches, one cache shard each: the kill lands well before the la
 KILL_AFTER_SHARDS = 5
 
 
-def _embedrl() -> str:
-    beside = Path(sys.executable).parent / "embedrl"  # the venv's console script, as a user runs it
-    return str(beside) if beside.exists() else shutil.which("embedrl") or "embedrl"
-
-
 def _command(embedder: Path, folder: Path) -> list[str]:
     return [
-        _embedrl(),
+        embedrl_executable(),
         "encode",
         "--embedder",
         str(embedder),
@@ -73,22 +65,9 @@ def test_sigkill_then_rerun_gives_the_vectors_of_an_uninterrupted_run(tiny_qwen3
     expected = np.load(whole / "v.npy")
     assert expected.shape[0] == NUM_ITEMS and np.isfinite(expected).all()
 
-    proc = subprocess.Popen(
-        _command(tiny_qwen3_embedder, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    sigkill_when(
+        _command(tiny_qwen3_embedder, killed), lambda: len(_shards(killed)) >= KILL_AFTER_SHARDS, "encode"
     )
-    try:
-        deadline = time.monotonic() + 90
-        while (
-            len(_shards(killed)) < KILL_AFTER_SHARDS and proc.poll() is None and time.monotonic() < deadline
-        ):
-            time.sleep(0.01)
-        assert proc.poll() is None, "encode ended before it could be killed half-way"
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
     # Nothing half-written: no output (it is written once, at the end) and every cache shard readable.
     leftovers = [p.name for p in killed.iterdir() if p.name.startswith((".v.npy", "v.npy")) and p.is_file()]

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from crash import sigkill_when
 from embedrl.cli import main
 from embedrl.data.items import Item, VideoRef
 from embedrl.index import Index, build_index
@@ -369,22 +366,8 @@ def test_a_killed_build_resumes_to_the_same_vectors(tiny_qwen3_embedder, embedde
         "1",
         "--no-progress",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(out.glob("cache/vectors/*/shard-*.npz")):
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        still_running = proc.poll() is None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
-    assert still_running and not (out / "index.json").exists()
+    sigkill_when(command, lambda: bool(list(out.glob("cache/vectors/*/shard-*.npz"))), "index build")
+    assert not (out / "index.json").exists()
     shards = len(list(out.glob("cache/vectors/*/shard-*.npz")))
     assert (
         main(
